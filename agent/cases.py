@@ -1,0 +1,253 @@
+"""Case folders: discovery, ``case.yaml``, image listing, and typed errors for bad input.
+
+Format (DESIGN.md): ``CASES_DIR/CASE_ID/`` holds images (``.png .jpg .tif``) and/or whole-slide files
+(``.svs .ndpi .mrxs ...``) and an optional ``case.yaml`` (stain, organ, question, mpp, notes, diagnosis).
+Unknown files are ignored with a warning; unreadable ones are reported in ``Case.problems``; a case with no usable
+image raises ``EmptyCaseError``. Paths (and symlinks) may not escape the cases root.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "PATCH_EXTENSIONS",
+    "SLIDE_EXTENSIONS",
+    "Case",
+    "CaseError",
+    "CaseImage",
+    "CaseMeta",
+    "CaseProblem",
+    "CorruptImageError",
+    "EmptyCaseError",
+    "FileTooLargeError",
+    "ImageTooLargeError",
+    "InvalidCaseFileError",
+    "PathEscapeError",
+    "UnsupportedFormatError",
+    "classify_file",
+    "discover_cases",
+    "ensure_inside",
+    "load_case",
+    "single_image_case",
+]
+
+log = logging.getLogger(__name__)
+
+PATCH_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+SLIDE_EXTENSIONS = frozenset({".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff"})
+CASE_FILE = "case.yaml"
+_IGNORED_NAMES = {CASE_FILE, "case.yml", ".DS_Store", "Thumbs.db"}
+
+
+# --- errors -----------------------------------------------------------------------------------------
+class CaseError(Exception):
+    """Base class of input errors. Each one is reported for its file or case; a batch goes on."""
+
+    code = "case_error"
+
+
+class UnsupportedFormatError(CaseError):
+    code = "unsupported_format"
+
+
+class CorruptImageError(CaseError):
+    code = "corrupt_image"
+
+
+class ImageTooLargeError(CaseError):
+    code = "image_too_large"
+
+
+class FileTooLargeError(CaseError):
+    code = "file_too_large"
+
+
+class EmptyCaseError(CaseError):
+    code = "empty_case"
+
+
+class PathEscapeError(CaseError):
+    code = "path_escape"
+
+
+class InvalidCaseFileError(CaseError):
+    code = "invalid_case_yaml"
+
+
+# --- models -----------------------------------------------------------------------------------------
+class CaseMeta(BaseModel):
+    """Contents of ``case.yaml``. All keys optional; unknown keys are kept in ``extra``."""
+
+    model_config = ConfigDict(extra="forbid")
+    stain: str | None = Field(None, description="Stain, e.g. 'H&E', 'Ki-67', 'ER', 'PR', 'PD-L1'.")
+    organ: str | None = Field(None, description="Organ or site, e.g. 'colon', 'breast'.")
+    question: str | None = Field(None, description="Default question for this case.")
+    mpp: float | None = Field(None, gt=0, description="Microns per pixel of the plain images.")
+    notes: str | None = Field(None, description="Clinical notes (treated as data, never as instructions).")
+    diagnosis: str | None = Field(None, description="Known diagnosis (for the case library).")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Any other keys found in case.yaml.")
+
+
+class CaseImage(BaseModel):
+    name: str = Field(..., description="Path relative to the case folder (what tools are called with).")
+    path: Path
+    kind: Literal["patch", "wsi"]
+
+
+class CaseProblem(BaseModel):
+    name: str
+    code: str
+    message: str
+
+
+class Case(BaseModel):
+    id: str
+    root: Path
+    meta: CaseMeta = Field(default_factory=CaseMeta)
+    images: list[CaseImage] = Field(default_factory=list)
+    problems: list[CaseProblem] = Field(default_factory=list)
+    ignored: list[str] = Field(default_factory=list)
+
+    @property
+    def image_kind(self) -> Literal["patch", "wsi"]:
+        return "wsi" if any(i.kind == "wsi" for i in self.images) else "patch"
+
+    def image(self, name: str) -> CaseImage:
+        for img in self.images:
+            if img.name == name:
+                return img
+        raise KeyError(name)
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+def ensure_inside(path: Path, root: Path) -> Path:
+    """Resolve ``path`` (following symlinks) and check it stays under ``root``; return the resolved path."""
+    real = Path(path).resolve()
+    real_root = Path(root).resolve()
+    if real != real_root and real_root not in real.parents:
+        raise PathEscapeError(f"{path} resolves to {real}, outside the cases root {real_root}")
+    return real
+
+
+def classify_file(path: Path) -> Literal["patch", "wsi"] | None:
+    """'patch', 'wsi' or None (not an image we read) by extension; TIFF is a slide when OpenSlide sees levels."""
+    ext = path.suffix.lower()
+    if ext in {".tif", ".tiff"}:
+        return "wsi" if _is_pyramidal_tiff(path) else "patch"
+    if ext in SLIDE_EXTENSIONS:
+        return "wsi"
+    if ext in PATCH_EXTENSIONS:
+        return "patch"
+    return None
+
+
+def _is_pyramidal_tiff(path: Path) -> bool:
+    try:
+        import openslide
+
+        fmt = openslide.OpenSlide.detect_format(str(path))
+        if fmt is None or fmt == "generic-tiff" and path.stat().st_size < 64 * 1024**2:
+            if fmt is None:
+                return False
+            with openslide.OpenSlide(str(path)) as s:
+                return s.level_count > 1
+        return True
+    except (OSError, ImportError):
+        return False
+
+
+def _read_meta(case_dir: Path) -> CaseMeta:
+    for name in (CASE_FILE, "case.yml"):
+        f = case_dir / name
+        if f.is_file():
+            try:
+                data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                raise InvalidCaseFileError(f"{f}: not valid YAML ({exc})") from exc
+            if not isinstance(data, dict):
+                raise InvalidCaseFileError(f"{f}: expected a mapping of keys, got {type(data).__name__}")
+            known = set(CaseMeta.model_fields) - {"extra"}
+            core = {str(k): v for k, v in data.items() if str(k) in known}
+            extra = {str(k): v for k, v in data.items() if str(k) not in known}
+            for key in ("stain", "organ", "question", "notes", "diagnosis"):
+                if core.get(key) is not None and not isinstance(core[key], str):
+                    core[key] = str(core[key])
+            try:
+                return CaseMeta(**core, extra=extra)
+            except ValidationError as exc:
+                raise InvalidCaseFileError(f"{f}: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+    return CaseMeta()
+
+
+def discover_cases(cases_dir: Path) -> list[Path]:
+    """Case folders directly under ``cases_dir`` (sorted; hidden folders skipped)."""
+    cases_dir = Path(cases_dir)
+    if not cases_dir.is_dir():
+        raise CaseError(f"cases folder not found: {cases_dir}")
+    return sorted(p for p in cases_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_case(case_dir: Path, cases_root: Path | None = None, max_file_bytes: int | None = None) -> Case:
+    """Read one case folder. Raises ``CaseError`` subclasses for a bad folder; per-file problems are listed."""
+    case_dir = Path(case_dir)
+    root = Path(cases_root) if cases_root is not None else case_dir.parent
+    real_dir = ensure_inside(case_dir, root)
+    if not real_dir.is_dir():
+        raise EmptyCaseError(f"case folder not found: {case_dir}")
+    meta = _read_meta(real_dir)
+    case = Case(id=case_dir.name, root=real_dir, meta=meta)
+    for f in sorted(real_dir.rglob("*")):
+        rel = f.relative_to(real_dir).as_posix()
+        if f.name in _IGNORED_NAMES or any(part.startswith(".") for part in Path(rel).parts):
+            continue
+        if f.is_dir() and not f.is_symlink():
+            continue
+        try:
+            real = ensure_inside(f, root)
+            if real.is_dir():
+                continue
+            kind = classify_file(f)
+            if kind is None:
+                log.warning("case %s: ignoring %s (unknown file type)", case.id, rel)
+                case.ignored.append(rel)
+                continue
+            if max_file_bytes is not None and real.stat().st_size > max_file_bytes:
+                raise FileTooLargeError(f"{rel}: {real.stat().st_size} bytes exceeds the limit of {max_file_bytes}")
+            if real.stat().st_size == 0:
+                raise CorruptImageError(f"{rel}: empty file")
+        except CaseError as exc:
+            case.problems.append(CaseProblem(name=rel, code=exc.code, message=str(exc)))
+            continue
+        except OSError as exc:
+            case.problems.append(CaseProblem(name=rel, code="unreadable", message=f"{rel}: {exc}"))
+            continue
+        case.images.append(CaseImage(name=rel, path=real, kind=kind))
+    if not case.images:
+        detail = "; ".join(p.message for p in case.problems) or "no image or slide files found"
+        raise EmptyCaseError(f"case {case.id}: no usable images ({detail})")
+    return case
+
+
+def single_image_case(path: Path, meta: CaseMeta | None = None) -> Case:
+    """A one-image case for ``pathasst ask IMAGE``: the image's folder is the root, the stem is the case id."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaseError(f"file not found: {path}")
+    kind = classify_file(path)
+    if kind is None:
+        raise UnsupportedFormatError(
+            f"{path.name}: unsupported file type {path.suffix!r}; "
+            f"supported: {', '.join(sorted(PATCH_EXTENSIONS | SLIDE_EXTENSIONS))}"
+        )
+    return Case(
+        id=path.stem,
+        root=path.resolve().parent,
+        meta=meta or CaseMeta(),
+        images=[CaseImage(name=path.name, path=path.resolve(), kind=kind)],
+    )

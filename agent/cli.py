@@ -1,0 +1,202 @@
+"""The ``pathasst`` command line (Typer + Rich)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="PathAsst: a runnable pathology AI assistant.", no_args_is_help=True, add_completion=False)
+tools_app = typer.Typer(help="The pathology tool catalogue.", no_args_is_help=True)
+app.add_typer(tools_app, name="tools")
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _settings(**overrides: Any):
+    from pathasst.agent.settings import Settings
+
+    s = Settings()
+    return s.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+PlannerOpt = Annotated[str | None, typer.Option("--planner", "-p", help="rules | llamacpp | openai (default: settings)")]
+
+
+def _run_batch(cases_dir: Path, out: Path, planner: str | None, question: str | None, force: bool) -> int:
+    from pathasst.agent.cases import CaseError, discover_cases
+    from pathasst.agent.planners.base import PlannerError
+    from pathasst.agent.runner import Engine, run_batch
+
+    settings = _settings(cases_root=cases_dir)
+    try:
+        n = len(discover_cases(cases_dir))
+        engine = Engine(settings, planner=planner)
+    except (CaseError, PlannerError) as exc:
+        _fail(str(exc))
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as bar:
+        task = bar.add_task("cases", total=n)
+
+        def tick(o) -> None:
+            colour = {"ok": "green", "failed": "red", "skipped": "dim"}[o.status]
+            bar.console.print(f"[{colour}]{o.status:>7}[/] {o.case_id} {o.reason}")
+            bar.advance(task)
+
+        result = run_batch(cases_dir, out, engine, question=question, force=force, progress=tick)
+    c = result.counts
+    console.print(
+        f"[bold]{c.get('ok', 0)} ok, {c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped[/]; "
+        f"reports in [cyan]{out.resolve()}[/] (summary: {(out / 'summary.csv').resolve()})"
+    )
+    return 1 if c.get("failed") and not c.get("ok") and not c.get("skipped") else 0
+
+
+@app.command()
+def run(
+    cases_dir: Annotated[Path, typer.Argument(help="Folder of case folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out"),
+    planner: PlannerOpt = None,
+    question: Annotated[str | None, typer.Option("--question", "-q", help="Ask this of every case.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo cases that are already complete.")] = False,
+) -> None:
+    """Run every case under CASES_DIR and write one report per case plus OUT/summary.csv (resumable)."""
+    raise typer.Exit(_run_batch(cases_dir, out, planner, question, force))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_out"),
+    planner: PlannerOpt = None,
+) -> None:
+    """Build example cases from images shipped inside installed packages, then run them."""
+    from pathasst.agent.demo import build_demo_cases
+
+    cases = build_demo_cases(out / "cases")
+    console.print(f"built {len(cases)} example cases in [cyan]{(out / 'cases').resolve()}[/]")
+    code = _run_batch(out / "cases", out / "reports", planner, None, False)
+    for cid in cases:
+        md = out / "reports" / cid / "report.md"
+        if md.is_file():
+            out_console.print(f"[green]report:[/] {md.resolve()}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def ask(
+    image: Annotated[Path, typer.Argument(help="An image or whole-slide file.")],
+    question: Annotated[str, typer.Argument(help="Your question.")],
+    planner: PlannerOpt = None,
+    stain: Annotated[str | None, typer.Option(help="Stain, e.g. H&E, Ki-67.")] = None,
+    mpp: Annotated[float | None, typer.Option(help="Microns per pixel.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the report files here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json instead of Markdown.")] = False,
+) -> None:
+    """Ask one question about one image or slide."""
+    from pathasst.agent.cases import CaseError, CaseMeta, single_image_case
+    from pathasst.agent.outputs import write_case
+    from pathasst.agent.planners.base import PlannerError
+    from pathasst.agent.report import render_markdown
+    from pathasst.agent.runner import Engine
+
+    settings = _settings()
+    try:
+        case = single_image_case(image, CaseMeta(stain=stain, mpp=mpp))
+        engine = Engine(settings, planner=planner)
+    except (CaseError, PlannerError) as exc:
+        _fail(str(exc))
+    def show(event: str, payload: dict[str, Any]) -> None:
+        if event == "tool_start":
+            console.print(f"[dim]-> {payload['tool']} {json.dumps(payload['arguments'])}[/]")
+        elif event == "tool_end":
+            console.print(f"[dim]<- {payload['summary']} ({payload['duration_s']:.2f} s)[/]")
+
+    report, artifacts = engine.run(case=case, question=question, on_event=show)
+    if out is not None:
+        folder = write_case(out, report, artifacts, overwrite=True)
+        console.print(f"report written to [cyan]{folder.resolve()}[/]")
+    if as_json:
+        out_console.print_json(report.model_dump_json())
+    else:
+        out_console.print(render_markdown(report), markup=False, highlight=False)
+
+
+@tools_app.command("list")
+def tools_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable catalogue.")] = False) -> None:
+    """List the registered tools."""
+    from pathasst.tools.registry import default_registry
+
+    reg = default_registry(_settings())
+    if as_json:
+        out_console.print_json(json.dumps(reg.catalogue()))
+        return
+    table = Table(title=f"{len(reg)} tools")
+    for col in ("name", "version", "weights setting", "description"):
+        table.add_column(col)
+    for c in reg.catalogue():
+        setting = f"PATHASST_{c['weights_setting'].upper()}" if c["weights_setting"] else "-"
+        table.add_row(c["name"], c["version"], setting, c["description"].split(". ")[0])
+    out_console.print(table)
+
+
+@tools_app.command("predict")
+def tools_predict(
+    tool: Annotated[str, typer.Argument(help="Tool name.")],
+    input_dir: Annotated[Path, typer.Argument(help="Folder of images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    mpp: Annotated[float | None, typer.Option(help="Microns per pixel of the images.")] = None,
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="Extra tool argument KEY=JSON_VALUE.")] = None,
+) -> None:
+    """Run one tool on every image of a folder: DIR/STEM.json (+ DIR/STEM.png 16-bit labels for segmentation)."""
+    from pathasst.agent.predict import predict_folder
+    from pathasst.tools.errors import UnknownToolError
+
+    extra: dict[str, Any] = {}
+    for a in arg or []:
+        key, _, value = a.partition("=")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    try:
+        done, failed = predict_folder(tool, input_dir, out, _settings(), mpp=mpp, extra_args=extra)
+    except (UnknownToolError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    console.print(f"{done} images done, {len(failed)} failed; outputs in [cyan]{out.resolve()}[/]")
+    for name, reason in failed:
+        console.print(f"[red]failed[/] {name}: {reason}")
+    raise typer.Exit(1 if failed and not done else 0)
+
+
+def _mount_eval() -> None:
+    from pathasst.agent.cli_eval import eval_app
+
+    app.add_typer(eval_app, name="eval")
+
+
+_mount_eval()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

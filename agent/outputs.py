@@ -1,0 +1,123 @@
+"""Writing a case's outputs atomically: ``report.json``, ``report.md``, overlay PNGs, ``annotations.geojson``.
+
+Everything is written into a hidden temporary folder next to the final one and renamed into place in one step, so a
+case folder in the output either holds a complete report or does not exist. A killed run loses nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pathasst.agent.report import Report, render_markdown
+
+__all__ = ["atomic_write_text", "case_is_done", "clean_stale", "feature_collection", "write_case"]
+
+TMP_PREFIX = ".tmp-"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def case_is_done(out_dir: Path, case_id: str) -> bool:
+    return (Path(out_dir) / case_id / "report.json").is_file()
+
+
+def clean_stale(out_dir: Path) -> list[str]:
+    """Remove temporary folders/files left by a killed run; return their names."""
+    removed = []
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        for p in out_dir.iterdir():
+            if p.name.startswith(TMP_PREFIX) or p.name.startswith(".old-"):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p.name)
+    return removed
+
+
+def feature_collection(features: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _stem(name: str) -> str:
+    return Path(name).with_suffix("").as_posix().replace("/", "__")
+
+
+def _save_png(path: Path, arr: np.ndarray) -> None:
+    Image.fromarray(np.ascontiguousarray(arr)).save(path, optimize=False)
+
+
+def write_case(out_dir: Path, report: Report, artifacts: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write one case's outputs atomically under ``out_dir/report.case_id``; return that folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / report.case_id
+    tmp = out_dir / f"{TMP_PREFIX}{report.case_id}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        all_features: list[dict[str, Any]] = []
+        per_image: dict[str, list[dict[str, Any]]] = {}
+        overlays: list[str] = []
+        for rec in report.trace:
+            res = artifacts.get(rec.id)
+            if res is None:
+                continue
+            if getattr(res, "overlay", None) is not None:
+                (tmp / "overlays").mkdir(exist_ok=True)
+                name = f"overlays/{_stem(rec.image or 'image')}__{rec.tool}.png"
+                _save_png(tmp / name, res.overlay)
+                overlays.append(name)
+            for feat in getattr(res, "features", None) or []:
+                f = {**feat, "properties": {**feat.get("properties", {}), "tool": rec.tool, "call_id": rec.id,
+                                            "image": rec.image}}
+                all_features.append(f)
+                per_image.setdefault(rec.image or "image", []).append(f)
+        report_dict = report.model_dump(mode="json")
+        report_dict["files"] = {"overlays": overlays, "annotations": "annotations.geojson"}
+        (tmp / "annotations.geojson").write_text(json.dumps(feature_collection(all_features)), encoding="utf-8")
+        if len(per_image) > 1:
+            (tmp / "annotations").mkdir()
+            for img, feats in per_image.items():
+                (tmp / "annotations" / f"{_stem(img)}.geojson").write_text(
+                    json.dumps(feature_collection(feats)), encoding="utf-8"
+                )
+        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        # report.json last: its presence marks a complete case
+        with open(tmp / "report.json", "w", encoding="utf-8") as f:
+            json.dump(report_dict, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            if not overwrite:
+                raise FileExistsError(f"{final} exists (use --force to overwrite)")
+            old = out_dir / f".old-{report.case_id}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

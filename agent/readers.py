@@ -1,0 +1,317 @@
+"""Pixel readers: plain images (PNG/JPEG/TIFF patches) and whole slides through OpenSlide.
+
+A whole slide is never read whole at level 0: regions are read from the pyramid level closest to the wanted
+resolution, and the pixels of one read are capped by ``Settings.max_region_pixels``. Plain images are checked
+against ``Settings.max_image_pixels`` from their header, before any pixel is decoded (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pathasst.agent.cases import (
+    Case,
+    CaseError,
+    CorruptImageError,
+    ImageTooLargeError,
+    UnsupportedFormatError,
+)
+from pathasst.tools.base import Region
+from pathasst.tools.errors import ToolCallError
+from pathasst.tools.imaging import ImageData, as_rgb_uint8, tissue_mask
+
+__all__ = ["CaseImageResolver", "SlideReader", "TileSpec", "open_slide", "read_patch"]
+
+
+# --- plain images ----------------------------------------------------------------------------------
+def read_patch(path: Path, max_pixels: int, mpp: float | None = None, name: str | None = None) -> ImageData:
+    """Read a PNG/JPEG/TIFF patch as RGB, refusing images above ``max_pixels`` before decoding them."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext in {".tif", ".tiff"}:
+        pixels = _read_tiff(path, max_pixels)
+    else:
+        pixels = _read_pil(path, max_pixels)
+    try:
+        return ImageData(pixels=pixels, name=name or path.name, mpp=mpp)
+    except ValueError as exc:
+        raise CorruptImageError(f"{path.name}: {exc}") from exc
+
+
+def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageTooLargeError(
+                        f"{path.name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+                        "(PATHASST_MAX_IMAGE_PIXELS)"
+                    )
+                im.load()
+                return np.asarray(im.convert("RGB"))
+    except CaseError:
+        raise
+    except Image.UnidentifiedImageError as exc:
+        raise UnsupportedFormatError(f"{path.name}: not a readable image ({exc})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{path.name}: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImageError(f"{path.name}: corrupt or truncated image ({exc})") from exc
+
+
+def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            shape = page.shape
+            h, w = int(shape[0]), int(shape[1])
+            if h * w > max_pixels:
+                raise ImageTooLargeError(
+                    f"{path.name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+                    "(PATHASST_MAX_IMAGE_PIXELS)"
+                )
+            arr = page.asarray()
+    except CaseError:
+        raise
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
+        raise CorruptImageError(f"{path.name}: corrupt TIFF ({exc})") from exc
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    return as_rgb_uint8(arr)
+
+
+# --- whole slides ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TileSpec:
+    x: int
+    y: int
+    width: int
+    height: int
+    tissue_fraction: float
+
+
+class SlideReader:
+    """A whole slide opened with OpenSlide: size, mpp, thumbnail, regions at a resolution, tissue tiles."""
+
+    def __init__(self, path: Path, mpp: float | None = None) -> None:
+        import openslide
+
+        self.path = Path(path)
+        try:
+            self._slide = openslide.OpenSlide(str(self.path))
+        except openslide.OpenSlideUnsupportedFormatError as exc:
+            raise UnsupportedFormatError(f"{self.path.name}: not a whole-slide format OpenSlide reads") from exc
+        except (openslide.OpenSlideError, OSError) as exc:
+            raise CorruptImageError(f"{self.path.name}: corrupt whole-slide file ({exc})") from exc
+        props = self._slide.properties
+        file_mpp = props.get(openslide.PROPERTY_NAME_MPP_X)
+        self.mpp: float | None = float(file_mpp) if file_mpp else mpp
+        self.dimensions: tuple[int, int] = self._slide.dimensions
+        self.level_downsamples: tuple[float, ...] = tuple(self._slide.level_downsamples)
+        self.vendor: str | None = props.get(openslide.PROPERTY_NAME_VENDOR)
+        objective = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+        self.objective_power: float | None = float(objective) if objective else None
+        self._thumb: tuple[np.ndarray, float] | None = None
+        self._errors = (openslide.OpenSlideError, OSError)
+
+    def close(self) -> None:
+        self._slide.close()
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "dimensions": list(self.dimensions),
+            "levels": len(self.level_downsamples),
+            "level_downsamples": [round(d, 3) for d in self.level_downsamples],
+            "mpp": self.mpp,
+            "objective_power": self.objective_power,
+            "vendor": self.vendor,
+        }
+
+    def thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
+        """RGB thumbnail whose longer side is at most ``max_size``, and its downsample from level 0."""
+        if self._thumb is None or max(self._thumb[0].shape[:2]) != min(max_size, max(self.dimensions)):
+            try:
+                im = self._slide.get_thumbnail((max_size, max_size))
+            except self._errors as exc:
+                raise CorruptImageError(f"{self.path.name}: cannot read thumbnail ({exc})") from exc
+            arr = as_rgb_uint8(np.asarray(im.convert("RGB")))
+            self._thumb = (arr, self.dimensions[0] / arr.shape[1])
+        return self._thumb
+
+    def read_region(self, region: Region, downsample: float, max_pixels: int) -> ImageData:
+        """Read ``region`` (level 0) at ``downsample`` (>= 1) from the best pyramid level, capped at ``max_pixels``."""
+        W, H = self.dimensions
+        x0, y0 = max(0, region.x), max(0, region.y)
+        x1, y1 = min(W, region.x + region.width), min(H, region.y + region.height)
+        if x1 <= x0 or y1 <= y0:
+            raise ToolCallError(f"region {region.model_dump()} lies outside the slide ({W}x{H})")
+        downsample = max(1.0, downsample)
+        out_w, out_h = (x1 - x0) / downsample, (y1 - y0) / downsample
+        if out_w * out_h > max_pixels:  # never exceed the pixel budget: read coarser instead
+            downsample *= math.sqrt(out_w * out_h / max_pixels)
+            out_w, out_h = (x1 - x0) / downsample, (y1 - y0) / downsample
+        out_w, out_h = max(1, round(out_w)), max(1, round(out_h))
+        level = self._slide.get_best_level_for_downsample(downsample)
+        ds = self.level_downsamples[level]
+        lw, lh = math.ceil((x1 - x0) / ds), math.ceil((y1 - y0) / ds)
+        try:
+            im = self._slide.read_region((x0, y0), level, (lw, lh)).convert("RGBA")
+        except self._errors as exc:
+            raise CorruptImageError(f"{self.path.name}: cannot read region ({exc})") from exc
+        # composite transparent (outside scanned area) pixels on white
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        rgb = Image.alpha_composite(bg, im).convert("RGB")
+        if rgb.size != (out_w, out_h):
+            rgb = rgb.resize((out_w, out_h), Image.Resampling.LANCZOS)
+        scale = (x1 - x0) / out_w
+        return ImageData(
+            pixels=np.asarray(rgb),
+            name=self.path.name,
+            mpp=self.mpp * scale if self.mpp else None,
+            origin=(float(x0), float(y0)),
+            scale=float(scale),
+        )
+
+    def tissue_tiles(
+        self, tile_size: int, min_tissue: float = 0.5, thumb_size: int = 1024
+    ) -> Iterator[TileSpec]:
+        """Level-0 tiles of ``tile_size`` whose tissue fraction (from the thumbnail mask) is >= ``min_tissue``."""
+        thumb, ds = self.thumbnail(thumb_size)
+        mask = tissue_mask(thumb)
+        W, H = self.dimensions
+        for y in range(0, H, tile_size):
+            for x in range(0, W, tile_size):
+                tx0, ty0 = int(x / ds), int(y / ds)
+                tx1, ty1 = max(tx0 + 1, int((x + tile_size) / ds)), max(ty0 + 1, int((y + tile_size) / ds))
+                frac = float(mask[ty0:ty1, tx0:tx1].mean()) if mask[ty0:ty1, tx0:tx1].size else 0.0
+                if frac >= min_tissue:
+                    yield TileSpec(x, y, min(tile_size, W - x), min(tile_size, H - y), frac)
+
+    def best_window(self, width: int, height: int) -> Region:
+        """The level-0 window of the given size holding the most tissue (for analysing part of a big slide)."""
+        W, H = self.dimensions
+        width, height = min(width, W), min(height, H)
+        thumb, ds = self.thumbnail(1024)
+        mask = tissue_mask(thumb).astype(np.float64)
+        ww, wh = max(1, int(width / ds)), max(1, int(height / ds))
+        integral = np.pad(mask.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        sums = integral[wh:, ww:] - integral[:-wh, ww:] - integral[wh:, :-ww] + integral[:-wh, :-ww]
+        iy, ix = np.unravel_index(int(np.argmax(sums)), sums.shape)
+        x, y = min(int(ix * ds), W - width), min(int(iy * ds), H - height)
+        return Region(x=max(0, x), y=max(0, y), width=width, height=height)
+
+
+def open_slide(path: Path, mpp: float | None = None) -> SlideReader:
+    return SlideReader(path, mpp=mpp)
+
+
+# --- the resolver tools use -------------------------------------------------------------------------
+class CaseImageResolver:
+    """Turns a tool's ``image`` / ``region`` arguments into pixels for one case (implements ``ImageResolver``).
+
+    Plain images are read once and cropped per region. Slides are read at the tool's working resolution; when the
+    whole tissue area does not fit the pixel budget, the window with the most tissue is analysed and a note says so.
+    """
+
+    #: pixel budget for slide reads by tools with no working resolution (thumbnail-level analysis)
+    THUMB_PIXELS = 2048 * 2048
+
+    def __init__(self, case: Case, settings: Any) -> None:
+        self.case = case
+        self.settings = settings
+        self._patches: dict[str, ImageData] = {}
+        self._slides: dict[str, SlideReader] = {}
+
+    def close(self) -> None:
+        for s in self._slides.values():
+            s.close()
+        self._slides.clear()
+
+    def names(self) -> list[str]:
+        return [i.name for i in self.case.images]
+
+    def _mpp(self) -> float | None:
+        return self.case.meta.mpp or self.settings.default_mpp
+
+    def slide(self, name: str) -> SlideReader:
+        if name not in self._slides:
+            self._slides[name] = SlideReader(self.case.image(name).path, mpp=self._mpp())
+        return self._slides[name]
+
+    def patch(self, name: str) -> ImageData:
+        if name not in self._patches:
+            self._patches[name] = read_patch(
+                self.case.image(name).path, self.settings.max_image_pixels, mpp=self._mpp(), name=name
+            )
+        return self._patches[name]
+
+    def __call__(self, name: str, region: Region | None, working_mpp: float | None) -> ImageData:
+        if name not in self.names():
+            raise ToolCallError(f"unknown image {name!r}; this case has: {', '.join(self.names())}")
+        try:
+            img = self.case.image(name)
+            if img.kind == "patch":
+                return self._crop(self.patch(name), region)
+            return self._slide_pixels(name, region, working_mpp)
+        except CaseError as exc:
+            from pathasst.tools.errors import ToolExecutionError
+
+            raise ToolExecutionError(f"cannot read {name}: {exc}") from exc
+
+    @staticmethod
+    def _crop(image: ImageData, region: Region | None) -> ImageData:
+        if region is None:
+            return image
+        h, w = image.shape
+        x0, y0 = min(region.x, w), min(region.y, h)
+        x1, y1 = min(region.x + region.width, w), min(region.y + region.height, h)
+        if x1 <= x0 or y1 <= y0:
+            raise ToolCallError(f"region {region.model_dump()} lies outside the image ({w}x{h})")
+        return ImageData(
+            pixels=image.pixels[y0:y1, x0:x1], name=image.name, mpp=image.mpp, origin=(float(x0), float(y0))
+        )
+
+    def _slide_pixels(self, name: str, region: Region | None, working_mpp: float | None) -> ImageData:
+        slide = self.slide(name)
+        W, H = slide.dimensions
+        budget = self.settings.max_region_pixels
+        if working_mpp is None or slide.mpp is None:
+            # thumbnail-level analysis of the region (or whole slide)
+            reg = region or Region(x=0, y=0, width=W, height=H)
+            ds = max(1.0, math.sqrt(reg.width * reg.height / min(budget, self.THUMB_PIXELS)))
+            if working_mpp is not None and slide.mpp is None:
+                ds = max(1.0, ds)
+            return slide.read_region(reg, ds, budget)
+        ds = max(1.0, working_mpp / slide.mpp)
+        notes: list[str] = []
+        if region is None:
+            if (W / ds) * (H / ds) <= budget:
+                region = Region(x=0, y=0, width=W, height=H)
+            else:
+                side = int(math.sqrt(budget) * ds)
+                region = slide.best_window(side, side)
+                notes.append(
+                    f"slide larger than the analysis budget: analysed the {region.width}x{region.height} level-0 "
+                    f"window at ({region.x}, {region.y}) with the most tissue"
+                )
+        data = slide.read_region(region, ds, budget)
+        data.notes.extend(notes)
+        return data

@@ -1,0 +1,191 @@
+"""Running cases through the graph: one case (``run_case``), a folder of cases (``run_batch``), ``summary.csv``.
+
+Each case is isolated: an input error or an unexpected exception fails that case (with its reason in
+``summary.csv``) and the batch goes on. Outputs are atomic; a rerun skips finished cases and retries failed ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pathasst.agent.cases import CaseError, discover_cases
+from pathasst.agent.outputs import atomic_write_text, case_is_done, clean_stale, write_case
+from pathasst.agent.report import Report
+
+__all__ = ["BatchResult", "CaseOutcome", "Engine", "run_batch", "write_summary"]
+
+log = logging.getLogger(__name__)
+STATE_DIR = ".pathasst"
+SUMMARY_FIELDS = ["case_id", "status", "reason", "question", "n_calls", "tools", "failed_calls", "answer", "report"]
+
+
+@dataclass
+class CaseOutcome:
+    case_id: str
+    status: str  # ok | failed | skipped
+    reason: str = ""
+    report_dir: Path | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchResult:
+    out_dir: Path
+    outcomes: list[CaseOutcome] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        c: dict[str, int] = {}
+        for o in self.outcomes:
+            c[o.status] = c.get(o.status, 0) + 1
+        return c
+
+
+class Engine:
+    """Holds the compiled graph, the registry and the planner for many case runs (tools load weights once)."""
+
+    def __init__(self, settings: Any, planner: str | None = None, registry: Any = None, checkpointer: Any = None):
+        from pathasst.agent.planners import get_planner
+        from pathasst.graphs.case_graph import build_graph
+        from pathasst.tools.registry import default_registry
+
+        self.settings = settings
+        self.registry = registry if registry is not None else default_registry(settings)
+        self.planner = get_planner(planner or settings.planner, settings)
+        self.graph = build_graph(checkpointer)
+
+    def run(
+        self,
+        *,
+        case: Any = None,
+        case_dir: Path | None = None,
+        image_path: Path | None = None,
+        question: str | None = None,
+        cases_root: Path | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        thread_id: str | None = None,
+    ) -> tuple[Report, dict[str, Any]]:
+        """Run one case (a prepared ``Case``, a folder or a single image); return the report and the artifacts."""
+        from pathasst.graphs.state import CaseContext
+
+        ctx = CaseContext(
+            settings=self.settings,
+            registry=self.registry,
+            planner=self.planner,
+            cases_root=str(cases_root) if cases_root else None,
+            on_event=on_event,
+        )
+        inputs: dict[str, Any] = {"question": question, "records": [], "decisions": [], "notes": [], "timings": {}}
+        if case is not None:
+            inputs["case"] = case.model_dump(mode="json")
+            inputs["case_dir"] = str(case.root)
+        elif image_path is not None:
+            inputs["image_path"] = str(image_path)
+            inputs["case_dir"] = str(Path(image_path).parent)
+        else:
+            inputs["case_dir"] = str(case_dir)
+        config = {"configurable": {"thread_id": thread_id or uuid.uuid4().hex}, "recursion_limit": 4 * 64 + 8}
+        t0 = time.perf_counter()
+        try:
+            state = self.graph.invoke(inputs, config=config, context=ctx)
+        finally:
+            ctx.close()
+        report = Report.model_validate(state["report"])
+        report.timings["total"] = time.perf_counter() - t0
+        return report, ctx.artifacts
+
+
+def _summary_row(out_dir: Path, case_id: str, failed_dir: Path) -> dict[str, Any]:
+    rep_path = out_dir / case_id / "report.json"
+    if rep_path.is_file():
+        try:
+            rep = json.loads(rep_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            return {"case_id": case_id, "status": "failed", "reason": f"unreadable report.json: {exc}"}
+        trace = rep.get("trace", [])
+        return {
+            "case_id": case_id,
+            "status": "ok",
+            "reason": "",
+            "question": rep.get("question", ""),
+            "n_calls": len(trace),
+            "tools": ";".join(r["tool"] for r in trace),
+            "failed_calls": sum(1 for r in trace if r["status"] in ("failed", "bad_call")),
+            "answer": rep.get("answer", ""),
+            "report": f"{case_id}/report.md",
+        }
+    fail = failed_dir / f"{case_id}.json"
+    if fail.is_file():
+        info = json.loads(fail.read_text(encoding="utf-8"))
+        return {"case_id": case_id, "status": "failed", "reason": info.get("reason", "")}
+    return {"case_id": case_id, "status": "pending", "reason": "not run yet"}
+
+
+def write_summary(out_dir: Path, case_ids: list[str]) -> Path:
+    """(Re)write ``OUT/summary.csv`` atomically from what is on disk: every case, failed ones with the reason."""
+    out_dir = Path(out_dir)
+    failed_dir = out_dir / STATE_DIR / "failed"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for cid in case_ids:
+        w.writerow(_summary_row(out_dir, cid, failed_dir))
+    path = out_dir / "summary.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def run_batch(
+    cases_dir: Path,
+    out_dir: Path,
+    engine: Engine,
+    question: str | None = None,
+    force: bool = False,
+    progress: Callable[[CaseOutcome], None] | None = None,
+) -> BatchResult:
+    """Run every case folder under ``cases_dir``; skip finished ones unless ``force``."""
+    cases_dir, out_dir = Path(cases_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale(out_dir)
+    failed_dir = out_dir / STATE_DIR / "failed"
+    failed_dir.mkdir(parents=True, exist_ok=True)
+    case_dirs = discover_cases(cases_dir)
+    ids = [p.name for p in case_dirs]
+    result = BatchResult(out_dir=out_dir)
+    write_summary(out_dir, ids)
+    for case_dir in case_dirs:
+        cid = case_dir.name
+        t0 = time.perf_counter()
+        if case_is_done(out_dir, cid) and not force:
+            outcome = CaseOutcome(cid, "skipped", "already complete", out_dir / cid)
+        else:
+            try:
+                report, artifacts = engine.run(case_dir=case_dir, question=question, cases_root=cases_dir)
+                folder = write_case(out_dir, report, artifacts, overwrite=force)
+                (failed_dir / f"{cid}.json").unlink(missing_ok=True)
+                outcome = CaseOutcome(cid, "ok", "", folder)
+            except CaseError as exc:
+                outcome = CaseOutcome(cid, "failed", f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - per-case isolation: one broken case never stops the batch
+                log.error("case %s failed:\n%s", cid, traceback.format_exc())
+                outcome = CaseOutcome(cid, "failed", f"{type(exc).__name__}: {exc}")
+            if outcome.status == "failed":
+                atomic_write_text(
+                    failed_dir / f"{cid}.json", json.dumps({"case_id": cid, "reason": outcome.reason}, indent=2)
+                )
+            write_summary(out_dir, ids)
+        outcome.seconds = time.perf_counter() - t0
+        result.outcomes.append(outcome)
+        if progress is not None:
+            progress(outcome)
+    return result

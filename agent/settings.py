@@ -1,0 +1,86 @@
+"""One settings object for the whole system, read from the environment (prefix ``PATHASST_``) and ``.env``.
+
+Nothing here is read at import time: call :func:`get_settings` (cached) or build ``Settings()`` explicitly.
+Every field is documented in ``.env.example``; a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["PlannerName", "Settings", "get_settings"]
+
+PlannerName = Literal["rules", "llamacpp", "openai"]
+
+
+def _default_cache() -> Path:
+    return Path.home() / ".cache" / "pathasst"
+
+
+class Settings(BaseSettings):
+    """All knobs of PathAsst. Environment variables are ``PATHASST_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PATHASST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- planner -------------------------------------------------------------------------------
+    planner: PlannerName = Field("rules", description="Planner backend: rules | llamacpp | openai.")
+    llamacpp_model_path: Path | None = Field(
+        None, description="GGUF file for the llamacpp planner; empty = Gemma 3 270M assembled into cache_dir."
+    )
+    llamacpp_lora_path: Path | None = Field(None, description="Optional LoRA adapter GGUF applied on top of the model.")
+    llamacpp_n_ctx: int = Field(2048, ge=256, description="Context length for the llamacpp planner.")
+    llamacpp_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (empty = all cores).")
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
+    openai_api_key: SecretStr = Field(SecretStr("not-needed"), description="API key for the openai planner.")
+    openai_model: str = Field("pathasst", description="Model name sent to the OpenAI-compatible endpoint.")
+    openai_timeout_s: float = Field(60.0, gt=0, description="Per-request timeout for the openai planner.")
+    openai_max_retries: int = Field(2, ge=0, description="Retries for the openai planner on transient errors.")
+    step_budget: int = Field(6, ge=1, le=64, description="Maximum planner<->tool rounds per question.")
+
+    # --- data and outputs ----------------------------------------------------------------------
+    cases_root: Path | None = Field(None, description="Root folder of case folders (paths may not escape it).")
+    output_dir: Path = Field(Path("out"), description="Where reports are written.")
+    cache_dir: Path = Field(default_factory=_default_cache, description="Cache folder (assembled GGUF, etc.).")
+    chroma_path: Path = Field(
+        default_factory=lambda: _default_cache() / "chroma", description="Embedded Chroma case library folder."
+    )
+    chroma_host: str | None = Field(None, description="Chroma server host; set to use the client/server mode.")
+    chroma_port: int = Field(8000, description="Chroma server port.")
+
+    # --- limits --------------------------------------------------------------------------------
+    max_image_pixels: int = Field(
+        120_000_000, ge=1, description="Refuse plain images above this many pixels (decompression-bomb guard)."
+    )
+    max_region_pixels: int = Field(
+        16_777_216, ge=65_536, description="Largest region (pixels) read from a whole slide for one tool call."
+    )
+    max_file_bytes: int = Field(4 * 1024**3, ge=1, description="Refuse input files larger than this many bytes.")
+    default_mpp: float | None = Field(
+        None, gt=0, description="Microns per pixel assumed for plain images when neither case.yaml nor the file says."
+    )
+    torch_threads: int | None = Field(None, ge=1, description="Threads for torch-based tools (empty = default).")
+
+    # --- weights, one per deep tool (empty = embedded backend or 'not configured') ---------------
+    nuclei_weights: Path | None = Field(None, description="Nuclei network weights (deep nuclei_segmentation backend).")
+    ihc_weights: Path | None = Field(None, description="YOLO cell-detector .pt for ihc_quantification.")
+    mitosis_weights: Path | None = Field(None, description="YOLO .pt for mitosis_detection.")
+    pathclip_weights: Path | None = Field(None, description="PathCLIP open_clip checkpoint (pathclip-base.pt).")
+    tumor_seg_weights: Path | None = Field(None, description="U-Net state dict for tumor_segmentation.")
+    slide_mil_weights: Path | None = Field(None, description="ABMIL head state dict for slide_classification.")
+    sam_weights: Path | None = Field(None, description="segment-anything checkpoint for region_segmentation.")
+
+    def resolved_output(self, out: Path | None = None) -> Path:
+        return Path(out) if out is not None else self.output_dir
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once on first use."""
+    return Settings()

@@ -1,0 +1,49 @@
+"""State and runtime context of the case graph.
+
+The state is JSON-serialisable (so any LangGraph checkpointer can store it); array artifacts (label maps, masks,
+overlays) live in the runtime context's ``artifacts``, keyed by tool call id, and never enter the state.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypedDict
+
+__all__ = ["CaseContext", "CaseState"]
+
+
+class CaseState(TypedDict, total=False):
+    case_dir: str  # folder of the case (or of the single image)
+    image_path: str | None  # set for single-image runs (pathasst ask)
+    question: str | None
+    case: dict[str, Any]  # Case.model_dump(mode="json")
+    step: int
+    pending: list[dict[str, Any]]  # PlannedCall dumps waiting for the act node
+    records: Annotated[list[dict[str, Any]], operator.add]  # ToolCallRecord dumps (the trace)
+    decisions: Annotated[list[dict[str, Any]], operator.add]
+    notes: Annotated[list[str], operator.add]
+    timings: Annotated[dict[str, float], lambda a, b: {**a, **b}]
+    report: dict[str, Any]
+
+
+@dataclass
+class CaseContext:
+    """Runtime dependencies of one graph run (not checkpointed)."""
+
+    settings: Any
+    registry: Any  # pathasst.tools.registry.ToolRegistry
+    planner: Any  # pathasst.agent.planners.base.Planner
+    cases_root: str | None = None
+    artifacts: dict[str, Any] = field(default_factory=dict)  # call id -> ToolResult
+    resolvers: dict[str, Any] = field(default_factory=dict)  # case id -> CaseImageResolver
+    on_event: Any = None  # optional callback(event: str, payload: dict) for progress / UIs
+
+    def emit(self, event: str, payload: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(event, payload)
+
+    def close(self) -> None:
+        for r in self.resolvers.values():
+            r.close()
+        self.resolvers.clear()

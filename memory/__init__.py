@@ -1,0 +1,1 @@
+"""PathAsst memory package."""

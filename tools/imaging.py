@@ -1,0 +1,84 @@
+"""Shared image helpers for tools: the ``ImageData`` a tool analyses, and small geometry helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["ImageData", "as_rgb_uint8"]
+
+
+@dataclass
+class ImageData:
+    """Pixels handed to a tool.
+
+    ``pixels`` is an ``(H, W, 3)`` uint8 RGB array. ``origin`` and ``scale`` map array coordinates to the source
+    image's level-0 coordinates: ``level0 = origin + array_xy * scale`` (plain images: origin (0, 0), scale 1).
+    ``mpp`` is microns per pixel of ``pixels`` (None when unknown).
+    """
+
+    pixels: np.ndarray
+    name: str = "image"
+    mpp: float | None = None
+    origin: tuple[float, float] = (0.0, 0.0)
+    scale: float = 1.0
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pixels = as_rgb_uint8(self.pixels)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    @property
+    def area_mm2(self) -> float | None:
+        if self.mpp is None:
+            return None
+        h, w = self.shape
+        return h * w * (self.mpp / 1000.0) ** 2
+
+    def to_level0(self, xy: np.ndarray) -> np.ndarray:
+        """Map ``(N, 2)`` array (x, y) coordinates to level-0 coordinates of the source image."""
+        xy = np.asarray(xy, dtype=float)
+        return xy * self.scale + np.asarray(self.origin, dtype=float)
+
+
+def as_rgb_uint8(arr: np.ndarray) -> np.ndarray:
+    """Return an ``(H, W, 3)`` uint8 RGB view/copy of a grey, RGB or RGBA array."""
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"expected an RGB(A) or grey image, got array of shape {a.shape}")
+    if a.shape[2] == 4:
+        a = a[..., :3]
+    if a.dtype != np.uint8:
+        if np.issubdtype(a.dtype, np.floating) and a.max(initial=0) <= 1.0:
+            a = (a * 255.0).round()
+        elif a.dtype == np.uint16:
+            a = a / 257.0
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def tissue_mask(rgb: np.ndarray, min_size: int = 64) -> np.ndarray:
+    """Boolean tissue mask of an RGB image: saturation/darkness above an Otsu threshold, small specks removed.
+
+    Works on thumbnails of whole slides and on patches; a blank (all-background) image gives an empty mask.
+    """
+    from skimage import color, filters, morphology
+
+    rgb = as_rgb_uint8(rgb)
+    hsv = color.rgb2hsv(rgb)
+    sat = hsv[..., 1]
+    dark = 1.0 - hsv[..., 2]
+    score = np.maximum(sat, dark * 0.5)
+    if float(score.max() - score.min()) < 0.05:  # flat image: nothing to separate
+        return np.zeros(rgb.shape[:2], dtype=bool)
+    thr = max(float(filters.threshold_otsu(score)), 0.07)
+    mask = score > thr
+    mask = morphology.remove_small_objects(mask, max_size=min_size)
+    mask = morphology.remove_small_holes(mask, max_size=min_size * 4)
+    return mask

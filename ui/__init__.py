@@ -1,0 +1,1 @@
+"""PathAsst ui package."""
