@@ -30,6 +30,7 @@ __all__ = [
     "InvalidCaseFileError",
     "PathEscapeError",
     "UnsupportedFormatError",
+    "check_image",
     "classify_file",
     "discover_cases",
     "ensure_inside",
@@ -193,8 +194,14 @@ def discover_cases(cases_dir: Path) -> list[Path]:
     return sorted(p for p in cases_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def load_case(case_dir: Path, cases_root: Path | None = None, max_file_bytes: int | None = None) -> Case:
-    """Read one case folder. Raises ``CaseError`` subclasses for a bad folder; per-file problems are listed."""
+def load_case(case_dir: Path, cases_root: Path | None = None, settings: Any | None = None) -> Case:
+    """Read one case folder. Raises ``CaseError`` subclasses for a bad folder; per-file problems are listed.
+
+    Every image is checked when the case is loaded (size limits, header, decodability of patches, OpenSlide for
+    slides), so a corrupt or oversized file is reported with a clear reason instead of failing a tool later.
+    """
+    max_file_bytes = getattr(settings, "max_file_bytes", None)
+    max_pixels = getattr(settings, "max_image_pixels", None)
     case_dir = Path(case_dir)
     root = Path(cases_root) if cases_root is not None else case_dir.parent
     real_dir = ensure_inside(case_dir, root)
@@ -221,6 +228,7 @@ def load_case(case_dir: Path, cases_root: Path | None = None, max_file_bytes: in
                 raise FileTooLargeError(f"{rel}: {real.stat().st_size} bytes exceeds the limit of {max_file_bytes}")
             if real.stat().st_size == 0:
                 raise CorruptImageError(f"{rel}: empty file")
+            check_image(real, kind, max_pixels)
         except CaseError as exc:
             case.problems.append(CaseProblem(name=rel, code=exc.code, message=str(exc)))
             continue
@@ -234,7 +242,19 @@ def load_case(case_dir: Path, cases_root: Path | None = None, max_file_bytes: in
     return case
 
 
-def single_image_case(path: Path, meta: CaseMeta | None = None) -> Case:
+def check_image(path: Path, kind: str, max_pixels: int | None) -> None:
+    """Validate an image without keeping its pixels: raise a ``CaseError`` subclass with a clear reason."""
+    if kind == "wsi":
+        from pathasst.agent.readers import SlideReader
+
+        SlideReader(path).close()
+        return
+    from pathasst.agent.readers import verify_patch
+
+    verify_patch(path, max_pixels)
+
+
+def single_image_case(path: Path, meta: CaseMeta | None = None, settings: Any | None = None) -> Case:
     """A one-image case for ``pathasst ask IMAGE``: the image's folder is the root, the stem is the case id."""
     path = Path(path)
     if not path.is_file():
@@ -245,6 +265,7 @@ def single_image_case(path: Path, meta: CaseMeta | None = None) -> Case:
             f"{path.name}: unsupported file type {path.suffix!r}; "
             f"supported: {', '.join(sorted(PATCH_EXTENSIONS | SLIDE_EXTENSIONS))}"
         )
+    check_image(path, kind, getattr(settings, "max_image_pixels", None))
     return Case(
         id=path.stem,
         root=path.resolve().parent,

@@ -117,7 +117,7 @@ def ask(
 
     settings = _settings()
     try:
-        case = single_image_case(image, CaseMeta(stain=stain, mpp=mpp))
+        case = single_image_case(image, CaseMeta(stain=stain, mpp=mpp), settings)
         engine = Engine(settings, planner=planner)
     except (CaseError, PlannerError) as exc:
         _fail(str(exc))

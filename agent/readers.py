@@ -28,7 +28,7 @@ from pathasst.tools.base import Region
 from pathasst.tools.errors import ToolCallError
 from pathasst.tools.imaging import ImageData, as_rgb_uint8, tissue_mask
 
-__all__ = ["CaseImageResolver", "SlideReader", "TileSpec", "open_slide", "read_patch"]
+__all__ = ["CaseImageResolver", "SlideReader", "TileSpec", "open_slide", "read_patch", "verify_patch"]
 
 
 # --- plain images ----------------------------------------------------------------------------------
@@ -46,17 +46,61 @@ def read_patch(path: Path, max_pixels: int, mpp: float | None = None, name: str 
         raise CorruptImageError(f"{path.name}: {exc}") from exc
 
 
+def _too_large(path: Path, w: int, h: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLargeError(
+            f"{path.name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels "
+            "(PATHASST_MAX_IMAGE_PIXELS)"
+        )
+
+
+def _bomb(path: Path, max_pixels: int | None, exc: Exception) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"{path.name}: refused as a decompression bomb before decoding ({exc}); it exceeds the limit of "
+        f"{max_pixels} pixels (PATHASST_MAX_IMAGE_PIXELS)"
+    )
+
+
+def verify_patch(path: Path, max_pixels: int | None) -> None:
+    """Check a patch's header size against ``max_pixels`` and its data for corruption, without decoding to RGB."""
+    path = Path(path)
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.pages[0].shape
+                _too_large(path, int(shape[1]), int(shape[0]), max_pixels)
+                tif.pages[0].asarray()
+        except CaseError:
+            raise
+        except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
+            raise CorruptImageError(f"{path.name}: corrupt TIFF ({exc})") from exc
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _too_large(path, *im.size, max_pixels)
+                im.verify()
+            with Image.open(path) as im:  # verify() misses truncated pixel data in some formats
+                im.load()
+    except CaseError:
+        raise
+    except Image.UnidentifiedImageError as exc:
+        raise UnsupportedFormatError(f"{path.name}: not a readable image ({exc})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb(path, max_pixels, exc) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImageError(f"{path.name}: corrupt or truncated image ({exc})") from exc
+
+
 def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageTooLargeError(
-                        f"{path.name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
-                        "(PATHASST_MAX_IMAGE_PIXELS)"
-                    )
+                _too_large(path, *im.size, max_pixels)
                 im.load()
                 return np.asarray(im.convert("RGB"))
     except CaseError:
@@ -64,7 +108,7 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
     except Image.UnidentifiedImageError as exc:
         raise UnsupportedFormatError(f"{path.name}: not a readable image ({exc})") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"{path.name}: {exc}") from exc
+        raise _bomb(path, max_pixels, exc) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"{path.name}: corrupt or truncated image ({exc})") from exc
 
@@ -76,12 +120,7 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             shape = page.shape
-            h, w = int(shape[0]), int(shape[1])
-            if h * w > max_pixels:
-                raise ImageTooLargeError(
-                    f"{path.name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
-                    "(PATHASST_MAX_IMAGE_PIXELS)"
-                )
+            _too_large(path, int(shape[1]), int(shape[0]), max_pixels)
             arr = page.asarray()
     except CaseError:
         raise
@@ -112,7 +151,7 @@ class SlideReader:
         try:
             self._slide = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError as exc:
-            raise UnsupportedFormatError(f"{self.path.name}: not a whole-slide format OpenSlide reads") from exc
+            raise UnsupportedFormatError(f"{self.path.name}: cannot be opened as a whole slide (corrupt file or a format OpenSlide does not read)") from exc
         except (openslide.OpenSlideError, OSError) as exc:
             raise CorruptImageError(f"{self.path.name}: corrupt whole-slide file ({exc})") from exc
         props = self._slide.properties
@@ -125,6 +164,7 @@ class SlideReader:
         self.objective_power: float | None = float(objective) if objective else None
         self._thumb: tuple[np.ndarray, float] | None = None
         self._errors = (openslide.OpenSlideError, OSError)
+        self.last_level: int | None = None  # pyramid level of the last read (for tests and traces)
 
     def close(self) -> None:
         self._slide.close()
@@ -170,6 +210,7 @@ class SlideReader:
             out_w, out_h = (x1 - x0) / downsample, (y1 - y0) / downsample
         out_w, out_h = max(1, round(out_w)), max(1, round(out_h))
         level = self._slide.get_best_level_for_downsample(downsample)
+        self.last_level = level
         ds = self.level_downsamples[level]
         lw, lh = math.ceil((x1 - x0) / ds), math.ceil((y1 - y0) / ds)
         try:
