@@ -56,9 +56,9 @@ def load_case_node(state: CaseState, runtime: Runtime[CaseContext]) -> dict[str,
     if state.get("case"):
         case = _case(state)
     elif state.get("image_path"):
-        case = single_image_case(Path(state["image_path"]))
+        case = single_image_case(Path(state["image_path"]), settings=ctx.settings)
     else:
-        case = load_case(Path(state["case_dir"]), ctx.cases_root, ctx.settings.max_file_bytes)
+        case = load_case(Path(state["case_dir"]), ctx.cases_root, ctx.settings)
     ctx.resolvers[case.id] = CaseImageResolver(case, ctx.settings)
     question = state.get("question") or case.meta.question or default_question(case.meta.stain, case.image_kind)
     ctx.emit("case_loaded", {"case_id": case.id, "images": [i.name for i in case.images]})
