@@ -54,14 +54,15 @@ class BatchResult:
 class Engine:
     """Holds the compiled graph, the registry and the planner for many case runs (tools load weights once)."""
 
-    def __init__(self, settings: Any, planner: str | None = None, registry: Any = None, checkpointer: Any = None):
+    def __init__(self, settings: Any, planner: Any = None, registry: Any = None, checkpointer: Any = None):
         from pathasst.agent.planners import get_planner
         from pathasst.graphs.case_graph import build_graph
         from pathasst.tools.registry import default_registry
 
         self.settings = settings
         self.registry = registry if registry is not None else default_registry(settings)
-        self.planner = get_planner(planner or settings.planner, settings)
+        # a planner name (or None = settings.planner), or a ready planner object
+        self.planner = planner if hasattr(planner, "plan") else get_planner(planner or settings.planner, settings)
         self.graph = build_graph(checkpointer)
 
     def run(

@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     """All knobs of PathAsst. Environment variables are ``PATHASST_<FIELD>`` (upper case)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PATHASST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="PATHASST_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_parse_none_str="",  # an empty variable means "not set" (None) for optional fields
     )
 
     # --- planner -------------------------------------------------------------------------------
