@@ -2,6 +2,7 @@
 #   make demo   - create .venv if missing, install, run the example cases on the embedded default
 #   make test   - create .venv if missing, install, run the test suite
 PYTHON ?= python3
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
