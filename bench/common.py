@@ -1,0 +1,52 @@
+"""Helpers for benchmarks: timing, peak memory, a 2048x2048 H&E region from real data when present."""
+
+from __future__ import annotations
+
+import resource
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+__all__ = ["SHARED", "he_region", "measure", "rss_mib"]
+
+
+def rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(fn: Callable[[], Any], repeat: int = 3) -> dict[str, float]:
+    """Best-of-``repeat`` wall time and the peak traced Python/numpy allocation of one run."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    tracemalloc.start()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"best_s": min(times), "median_s": float(np.median(times)), "peak_traced_mib": peak / 2**20}
+
+
+def he_region(size: int = 2048) -> tuple[np.ndarray, float, str]:
+    """A ``size`` x ``size`` RGB H&E region (TCGA slide, level 0, most tissue) and its mpp, with a description."""
+    slide = SHARED / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+    if slide.is_file():
+        from pathasst.agent.readers import SlideReader
+
+        with SlideReader(slide, mpp=0.25) as s:
+            win = s.best_window(size, size)
+            img = s.read_region(win, 1.0, size * size)
+        return img.pixels, 0.25, f"{slide.name} level 0 window at ({win.x}, {win.y})"
+    from skimage import data
+
+    ihc = np.asarray(data.immunohistochemistry())
+    reps = -(-size // ihc.shape[0])
+    return np.tile(ihc, (reps, reps, 1))[:size, :size], 0.5, "tiled skimage IHC image (shared data absent)"
