@@ -214,7 +214,7 @@ def call_tool(
             result = tool.analyze(image, args)
         except ToolError:
             raise
-        except (MemoryError, ValueError, RuntimeError, OSError, ArithmeticError, IndexError, TypeError) as exc:
+        except (MemoryError, ValueError, RuntimeError, OSError, ArithmeticError, IndexError, TypeError, ImportError) as exc:
             raise ToolExecutionError(f"{type(exc).__name__}: {exc}") from exc
     except ToolError as exc:
         status = "bad_call" if isinstance(exc, ToolCallError) else "failed"

@@ -1,0 +1,460 @@
+"""Prompted segmentation: measure the object or area a user points at (point) or draws a box around.
+
+Backends: segment-anything when ``sam_weights`` is configured (not implemented in this version), otherwise an
+embedded classical seeded segmentation on optical density (stain-agnostic brightfield):
+
+* point prompt: the outline is a closed star-shaped path around the point, found by dynamic programming in polar
+  coordinates: along 96 rays it maximises the optical-density step from inside to outside (in the direction in which
+  the object differs from its surroundings), moving at most one pixel in radius between neighbouring rays, up to
+  ``max_radius_px``, with a mild preference for the nearest boundary. Suited to compact objects (nuclei, cells,
+  small glands).
+* box prompt: optical density inside the box is split into two colour clusters (k-means); the object is the cluster
+  that fills the box centre more than the box rim, its connected component over the centre, holes filled. Suited to
+  irregular areas.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import ConfigDict, Field, model_validator
+
+from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
+from pathasst.tools.deep import DeepTool
+from pathasst.tools.errors import ToolCallError, ToolExecutionError
+from pathasst.tools.imaging import ImageData
+
+__all__ = [
+    "DEFAULT_MAX_RADIUS_PX",
+    "DEFAULT_MAX_RADIUS_UM",
+    "RegionSegmentationInput",
+    "RegionSegmentationOutput",
+    "RegionSegmentationTool",
+    "segment_box",
+    "segment_point",
+]
+
+#: default search radius of a point prompt: 10 um (a large nucleus / small cell), or 40 px when the mpp is unknown
+DEFAULT_MAX_RADIUS_UM = 10.0
+DEFAULT_MAX_RADIUS_PX = 40
+_N_RAYS = 96
+_STEP = 2  # pixels averaged on each side of a candidate boundary
+_MIN_RADIUS = 3
+_SIGMA = 1.0
+_NEAR_BIAS = 0.5  # share of the typical edge strength subtracted at max_radius (tuned on CoNSeP)
+_MIN_CONTRAST_OD = 0.01  # mean optical-density step across the outline below which nothing was found
+
+Coord = Annotated[int, Field(ge=0)]
+Prompt = Literal["point", "box"]
+Method = Literal["polar_dp", "colour_clusters", "sam"]
+
+
+class RegionSegmentationInput(ToolInput):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"image": "he.png", "point": [128, 128]}, {"image": "he.png", "box": [96, 96, 160, 160]}]
+        }
+    )
+
+    point: tuple[Coord, Coord] | None = Field(
+        None,
+        description="[x, y] of a pixel inside the object, in the image's (level-0) pixel coordinates. "
+        "Give exactly one of point or box.",
+    )
+    box: tuple[Coord, Coord, Coord, Coord] | None = Field(
+        None,
+        description="[x0, y0, x1, y1] rectangle around the object or area (x1 > x0, y1 > y0), in the image's "
+        "(level-0) pixel coordinates. Give exactly one of point or box.",
+    )
+    max_radius_px: int | None = Field(
+        None,
+        ge=4,
+        le=4096,
+        description="Point prompts only: largest object radius searched, level-0 pixels. Default 10 um (40 px when "
+        "the mpp is unknown); use a box for larger areas.",
+    )
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> RegionSegmentationInput:
+        if (self.point is None) == (self.box is None):
+            raise ValueError("give exactly one of point or box")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if x1 <= x0 or y1 <= y0:
+                raise ValueError(f"box must satisfy x1 > x0 and y1 > y0, got {list(self.box)}")
+        if self.max_radius_px is not None and self.point is None:
+            raise ValueError("max_radius_px applies to point prompts only")
+        return self
+
+
+class RegionSegmentationOutput(ToolOutput):
+    prompt: Prompt | None = Field(None, description="Which prompt was used: 'point' or 'box'.")
+    method: Method | None = Field(
+        None, description="Segmentation method: 'polar_dp' (point), 'colour_clusters' (box) or 'sam'."
+    )
+    area_px: float | None = Field(None, ge=0, description="Area of the segmented object, level-0 pixels^2.")
+    area_um2: float | None = Field(None, ge=0, description="Area in um^2; None when the mpp is unknown.")
+    perimeter_px: float | None = Field(None, ge=0, description="Perimeter of the outline, level-0 pixels.")
+    perimeter_um: float | None = Field(None, ge=0, description="Perimeter in um; None when the mpp is unknown.")
+    equivalent_diameter_um: float | None = Field(
+        None, ge=0, description="Diameter of a circle of the same area, um; None when the mpp is unknown."
+    )
+    centroid: tuple[float, float] | None = Field(None, description="[x, y] centroid, level-0 pixels.")
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="[x0, y0, x1, y1] bounding box of the object, level-0 pixels."
+    )
+    boundary_contrast: float | None = Field(
+        None, ge=0, description="Mean optical-density step across the outline (higher = sharper boundary)."
+    )
+    reached_limit: bool | None = Field(
+        None,
+        description="True when the outline reached max_radius_px (point) or the box edge (box): the object may be "
+        "larger than measured; retry with a larger radius or box.",
+    )
+
+
+class RegionSegmentationTool(DeepTool):
+    name: ClassVar[str] = "region_segmentation"
+    description: ClassVar[str] = (
+        "Segments the single object or area the user points at and measures it: give a point [x, y] inside it "
+        "(a nucleus, cell, gland, focus) or a box [x0, y0, x1, y1] around it, in the image's pixel coordinates. "
+        "Returns area (px and um^2), perimeter, equivalent diameter, centroid and an outline (GeoJSON, overlay). "
+        "Use when the question refers to a specific location ('how big is this nucleus / this area?'). A point "
+        "searches up to max_radius_px (default 10 um); use a box for larger areas. Physical units need the image's "
+        "microns per pixel. Uses segment-anything when PATHASST_SAM_WEIGHTS is set, otherwise an embedded classical "
+        "seeded segmentation."
+    )
+    version: ClassVar[str] = "0.1.0"
+    input_model: ClassVar[type[ToolInput]] = RegionSegmentationInput
+    output_model: ClassVar[type[ToolOutput]] = RegionSegmentationOutput
+    segmentation: ClassVar[bool] = True
+    weights_setting: ClassVar[str] = "sam_weights"
+    weights_suffixes: ClassVar[tuple[str, ...]] = (".pth", ".pt")
+    weights_kind: ClassVar[str] = "a segment-anything checkpoint (.pth)"
+    backend_name: ClassVar[str] = "sam"
+
+    def analyze(self, image: ImageData, args: ToolInput) -> ToolResult:
+        if not isinstance(args, RegionSegmentationInput):
+            raise ToolCallError(f"{self.name} expects RegionSegmentationInput, got {type(args).__name__}")
+        if self.configured_weights() is not None:
+            self.load()
+            return self._analyze_deep(image, args)
+        return self._analyze_classical(image, args)
+
+    def _analyze_classical(self, image: ImageData, args: RegionSegmentationInput) -> ToolResult:
+        h, w = image.shape
+        if args.point is not None:
+            x, y = _to_array(image, args.point)
+            if not (0 <= x < w and 0 <= y < h):
+                raise ToolCallError(
+                    f"point {list(args.point)} lies outside the analysed image (level-0 extent {_extent(image)})"
+                )
+            radius = _point_radius(image, args.max_radius_px)
+            mask, contrast, limited = segment_point(image.pixels, int(x), int(y), radius)
+            method: Method = "polar_dp"
+            prompt: Prompt = "point"
+        else:
+            assert args.box is not None  # guaranteed by the input model
+            x0, y0 = _to_array(image, args.box[:2])
+            x1, y1 = _to_array(image, args.box[2:])
+            bx0, by0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+            bx1, by1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+            if bx1 - bx0 < 4 or by1 - by0 < 4:
+                raise ToolCallError(
+                    f"box {list(args.box)} does not overlap the analysed image (level-0 extent {_extent(image)}) "
+                    "by at least 4x4 pixels"
+                )
+            mask, contrast, limited = segment_box(image.pixels, (bx0, by0, bx1, by1))
+            method, prompt = "colour_clusters", "box"
+        if not mask.any() or contrast < _MIN_CONTRAST_OD:
+            raise ToolExecutionError(
+                f"no object boundary found at the {prompt} (mean optical-density step {contrast:.3f} < "
+                f"{_MIN_CONTRAST_OD}); the area looks uniform"
+            )
+        output, feature = _measure(image, mask, contrast, limited, prompt, method)
+        return ToolResult(
+            output=output,
+            labels=mask.astype(np.int32),
+            mask=mask,
+            overlay=_overlay(image.pixels, mask, args, image),
+            features=[feature],
+        )
+
+    def summarize(self, output: ToolOutput) -> str:
+        if output.status != "ok" or not isinstance(output, RegionSegmentationOutput) or output.area_px is None:
+            return super().summarize(output)
+        parts = []
+        if output.area_um2 is not None:
+            parts.append(f"area {output.area_um2:.4g} um^2 ({output.area_px:.0f} px)")
+        else:
+            parts.append(f"area {output.area_px:.0f} px (mpp unknown)")
+        if output.perimeter_um is not None:
+            parts.append(f"perimeter {output.perimeter_um:.4g} um")
+        elif output.perimeter_px is not None:
+            parts.append(f"perimeter {output.perimeter_px:.4g} px")
+        if output.equivalent_diameter_um is not None:
+            parts.append(f"equivalent diameter {output.equivalent_diameter_um:.3g} um")
+        text = f"{self.name} ({output.prompt}, {output.method}): " + ", ".join(parts)
+        if output.reached_limit:
+            text += "; the outline reached the search limit, the object may be larger"
+        return text
+
+
+# ---- geometry helpers ----------------------------------------------------------------------------
+def _to_array(image: ImageData, xy: tuple[int, ...]) -> tuple[float, float]:
+    """Level-0 (x, y) -> array (x, y) of ``image`` (inverse of ``ImageData.to_level0``)."""
+    ox, oy = image.origin
+    return (xy[0] - ox) / image.scale, (xy[1] - oy) / image.scale
+
+
+def _extent(image: ImageData) -> list[float]:
+    h, w = image.shape
+    ox, oy = image.origin
+    return [ox, oy, ox + w * image.scale, oy + h * image.scale]
+
+
+def _point_radius(image: ImageData, max_radius_px: int | None) -> int:
+    """Search radius in array pixels."""
+    if max_radius_px is not None:
+        level0 = float(max_radius_px)
+    elif image.mpp is not None:
+        return max(4, int(round(DEFAULT_MAX_RADIUS_UM / image.mpp)))
+    else:
+        level0 = float(DEFAULT_MAX_RADIUS_PX)
+    return max(4, int(round(level0 / image.scale)))
+
+
+def _optical_density(rgb: np.ndarray) -> np.ndarray:
+    """Smoothed optical density ``-log10(I / 255)`` per channel (what stains add linearly)."""
+    from skimage.filters import gaussian
+
+    smooth = gaussian(rgb.astype(np.float32) / 255.0, sigma=_SIGMA, channel_axis=-1, preserve_range=True)
+    return -np.log10(np.clip(smooth, 1.0 / 255.0, 1.0))
+
+
+def _dp_closed_path(score: np.ndarray, max_step: int = 1) -> np.ndarray:
+    """Radius index per ray maximising ``score[ray, r]`` with |r[i+1] - r[i]| <= max_step, closed around.
+
+    Closure is approximated by running over the rays three times and keeping the middle pass.
+    """
+    n_rays, n_r = score.shape
+    tiled = np.concatenate([score, score, score], axis=0)
+    acc = tiled[0].copy()
+    back = np.zeros(tiled.shape, dtype=np.int64)
+    idx = np.arange(n_r)
+    for i in range(1, len(tiled)):
+        best = np.full(n_r, -np.inf)
+        arg = idx.copy()
+        for s in range(-max_step, max_step + 1):
+            src = np.clip(idx + s, 0, n_r - 1)
+            cand = np.where((idx + s >= 0) & (idx + s < n_r), acc[src], -np.inf)
+            better = cand > best
+            best[better] = cand[better]
+            arg[better] = src[better]
+        acc = best + tiled[i]
+        back[i] = arg
+    path = np.zeros(len(tiled), dtype=np.int64)
+    path[-1] = int(np.argmax(acc))
+    for i in range(len(tiled) - 1, 0, -1):
+        path[i - 1] = back[i, path[i]]
+    return path[n_rays : 2 * n_rays]
+
+
+def segment_point(rgb: np.ndarray, x: int, y: int, max_radius: int) -> tuple[np.ndarray, float, bool]:
+    """Segment the compact object around array pixel ``(x, y)``.
+
+    Returns ``(mask, boundary_contrast, reached_limit)``: the boolean mask (same H x W as ``rgb``), the mean
+    optical-density step across the outline, and whether the outline touched ``max_radius`` or the image edge.
+    """
+    from scipy import ndimage as ndi
+    from skimage.draw import polygon
+
+    h, w = rgb.shape[:2]
+    margin = max_radius + _STEP + 4
+    wy0, wy1, wx0, wx1 = max(0, y - margin), min(h, y + margin + 1), max(0, x - margin), min(w, x + margin + 1)
+    od = _optical_density(rgb[wy0:wy1, wx0:wx1])
+    cy, cx = y - wy0, x - wx0
+    wh, ww = od.shape[:2]
+
+    theta = np.linspace(0.0, 2.0 * np.pi, _N_RAYS, endpoint=False)
+    radii = np.arange(0, max_radius + _STEP + 1, dtype=np.float64)
+    ys = cy + np.sin(theta)[:, None] * radii[None, :]
+    xs = cx + np.cos(theta)[:, None] * radii[None, :]
+    inside = (ys >= 0) & (ys <= wh - 1) & (xs >= 0) & (xs <= ww - 1)
+    profile = np.stack(
+        [ndi.map_coordinates(od[..., c], [ys, xs], order=1, mode="nearest") for c in range(3)], axis=-1
+    )  # rays x radii x 3
+    # the direction in OD space in which the surroundings differ from the object at the point
+    centre = profile[:, : _MIN_RADIUS + 1].reshape(-1, 3).mean(axis=0)
+    ring = profile[:, max_radius // 2 : max_radius + 1][inside[:, max_radius // 2 : max_radius + 1]]
+    direction = (ring.mean(axis=0) if len(ring) else centre) - centre
+    direction /= np.linalg.norm(direction) + 1e-12
+
+    n_r = max_radius + 1
+    score = np.full((_N_RAYS, n_r), -1e3)
+    for r in range(_MIN_RADIUS, n_r):
+        step = profile[:, r : r + _STEP].mean(axis=1) - profile[:, max(0, r - _STEP) : r].mean(axis=1)
+        score[:, r] = step @ direction
+    score[~inside[:, :n_r]] = -1e3
+    # a mild preference for the nearest boundary: subtract a share of the typical edge strength, growing with radius
+    best_per_ray = score[:, _MIN_RADIUS:].max(axis=1)
+    typical = float(np.median(best_per_ray[best_per_ray > -1e2])) if np.any(best_per_ray > -1e2) else 0.0
+    penalty = _NEAR_BIAS * max(typical, 0.0) * np.arange(n_r) / max_radius
+    path = _dp_closed_path(score - penalty[None, :], max_step=1)
+    on_path = score[np.arange(_N_RAYS), path]
+    valid = on_path > -1e2
+    contrast = float(np.mean(on_path[valid])) if valid.any() else 0.0
+    reached = bool(np.any(path >= max_radius) or np.any(~inside[np.arange(_N_RAYS), np.minimum(path + 1, n_r - 1)]))
+
+    mask = np.zeros((h, w), dtype=bool)
+    rr, cc = polygon(wy0 + cy + np.sin(theta) * path, wx0 + cx + np.cos(theta) * path, (h, w))
+    mask[rr, cc] = True
+    mask[y, x] = True
+    return mask, max(contrast, 0.0), reached
+
+
+def segment_box(rgb: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, float, bool]:
+    """Segment the object filling the centre of array box ``(x0, y0, x1, y1)`` (end-exclusive).
+
+    Returns ``(mask, boundary_contrast, reached_limit)`` as :func:`segment_point` does; ``reached_limit`` is True
+    when the object touches the box edge.
+    """
+    from scipy import ndimage as ndi
+    from scipy.cluster.vq import kmeans2, vq
+
+    x0, y0, x1, y1 = box
+    h, w = rgb.shape[:2]
+    pad = _STEP + 2  # context around the box, for the contrast across the object's edge
+    cy0, cy1, cx0, cx1 = max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
+    od_ctx = _optical_density(rgb[cy0:cy1, cx0:cx1])
+    inbox = (slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
+    od = od_ctx[inbox]
+    bh, bw = od.shape[:2]
+    flat = od.reshape(-1, 3).astype(np.float64)
+    rng = np.random.default_rng(0)
+    sample = flat if len(flat) <= 50_000 else flat[rng.choice(len(flat), 50_000, replace=False)]
+    centroids, _ = kmeans2(sample, 2, seed=rng, minit="++")
+    labels = vq(flat, centroids)[0].reshape(bh, bw)
+
+    rim_w = max(1, int(round(0.05 * min(bh, bw))))
+    rim = np.ones((bh, bw), dtype=bool)
+    rim[rim_w:-rim_w, rim_w:-rim_w] = False
+    core = np.zeros((bh, bw), dtype=bool)
+    core[bh // 4 : bh - bh // 4, bw // 4 : bw - bw // 4] = True
+    gain = [float((labels[core] == c).mean() - (labels[rim] == c).mean()) for c in (0, 1)]
+    fg = labels == int(np.argmax(gain))
+    fg = ndi.binary_fill_holes(ndi.binary_opening(fg, structure=np.ones((3, 3), dtype=bool)))
+    comps, n = ndi.label(fg)
+    mask = np.zeros((h, w), dtype=bool)
+    if n == 0:
+        return mask, 0.0, False
+    overlap = ndi.sum(core, comps, index=np.arange(1, n + 1))
+    obj = comps == 1 + int(np.argmax(overlap))
+    mask[y0:y1, x0:x1] = obj
+    obj_ctx = np.zeros(od_ctx.shape[:2], dtype=bool)
+    obj_ctx[inbox] = obj
+    inner = ndi.binary_erosion(obj_ctx, iterations=_STEP)
+    outer = ndi.binary_dilation(obj_ctx, iterations=_STEP) & ~obj_ctx
+    contrast = 0.0
+    if inner.any() and outer.any():
+        contrast = float(np.linalg.norm(od_ctx[inner].mean(axis=0) - od_ctx[outer].mean(axis=0)))
+    reached = bool(obj[0].any() or obj[-1].any() or obj[:, 0].any() or obj[:, -1].any())
+    return mask, contrast, reached
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The outer contour of a mask as array ``(x, y)`` points (closed, counter-clockwise).
+
+    The contour is traced at level 0.5 of the mask blurred with sigma 1 px, which removes the pixel staircase (a
+    staircase outline overestimates the perimeter of a disc by about 8 %) without moving straight edges.
+    """
+    from scipy import ndimage as ndi
+    from skimage.measure import find_contours
+
+    soft = ndi.gaussian_filter(np.pad(mask.astype(np.float32), 3), sigma=1.0)
+    contours = find_contours(soft, 0.5) or find_contours(np.pad(mask.astype(np.float32), 3), 0.5)
+    ring = max(contours, key=lambda c: abs(_signed_area(c[:, ::-1])))[:, ::-1] - 3.0
+    if not np.array_equal(ring[0], ring[-1]):
+        ring = np.vstack([ring, ring[:1]])
+    if _signed_area(ring) < 0:
+        ring = ring[::-1]
+    return ring
+
+
+def _signed_area(xy: np.ndarray) -> float:
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
+def _measure(
+    image: ImageData, mask: np.ndarray, contrast: float, limited: bool, prompt: Prompt, method: Method
+) -> tuple[RegionSegmentationOutput, dict[str, Any]]:
+    scale, mpp = image.scale, image.mpp
+    area_arr = float(mask.sum())
+    ring = _outline(mask)
+    perimeter_arr = float(np.sum(np.hypot(*np.diff(ring, axis=0).T)))
+    ys, xs = np.nonzero(mask)
+    centroid = image.to_level0(np.array([[xs.mean(), ys.mean()]]))[0]
+    corners = image.to_level0(np.array([[xs.min(), ys.min()], [xs.max() + 1.0, ys.max() + 1.0]]))
+    area_um2 = area_arr * mpp**2 if mpp is not None else None
+    output = RegionSegmentationOutput(
+        backend="classical",
+        prompt=prompt,
+        method=method,
+        area_px=round(area_arr * scale**2, 2),
+        area_um2=round(area_um2, 3) if area_um2 is not None else None,
+        perimeter_px=round(perimeter_arr * scale, 2),
+        perimeter_um=round(perimeter_arr * mpp, 3) if mpp is not None else None,
+        equivalent_diameter_um=round(2.0 * float(np.sqrt(area_um2 / np.pi)), 3) if area_um2 is not None else None,
+        centroid=(round(float(centroid[0]), 2), round(float(centroid[1]), 2)),
+        bbox=tuple(round(float(v), 2) for v in corners.ravel()),  # type: ignore[arg-type]
+        boundary_contrast=round(contrast, 4),
+        reached_limit=limited,
+    )
+    level0 = image.to_level0(ring)
+    measurements: dict[str, float] = {"Area px": output.area_px or 0.0, "Perimeter px": output.perimeter_px or 0.0}
+    if output.area_um2 is not None and output.perimeter_um is not None:
+        measurements |= {"Area um^2": output.area_um2, "Perimeter um": output.perimeter_um}
+    feature = {
+        "type": "Feature",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[round(float(px), 2), round(float(py), 2)] for px, py in level0]],
+        },
+        "properties": {
+            "objectType": "annotation",
+            "name": f"region_segmentation ({prompt})",
+            "classification": {"name": "Region", "color": [255, 200, 0]},
+            "measurements": measurements,
+        },
+    }
+    return output, feature
+
+
+def _overlay(rgb: np.ndarray, mask: np.ndarray, args: RegionSegmentationInput, image: ImageData) -> np.ndarray:
+    """The image with the object tinted and outlined in yellow and the prompt drawn in cyan."""
+    from skimage.draw import line
+    from skimage.segmentation import find_boundaries
+
+    out = rgb.astype(np.float32)
+    yellow = np.array([255, 200, 0], dtype=np.float32)
+    out[mask] = 0.7 * out[mask] + 0.3 * yellow
+    out[find_boundaries(mask, mode="inner")] = yellow
+    out = out.astype(np.uint8)
+    h, w = mask.shape
+    cyan = np.array([0, 220, 255], dtype=np.uint8)
+    if args.point is not None:
+        x, y = (int(round(v)) for v in _to_array(image, args.point))
+        for dx, dy in ((4, 0), (0, 4)):
+            rr, cc = line(y - dy, x - dx, y + dy, x + dx)
+            keep = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+            out[rr[keep], cc[keep]] = cyan
+    elif args.box is not None:
+        x0, y0 = _to_array(image, args.box[:2])
+        x1, y1 = _to_array(image, args.box[2:])
+        bx0, by0 = int(np.clip(x0, 0, w - 1)), int(np.clip(y0, 0, h - 1))
+        bx1, by1 = int(np.clip(np.ceil(x1) - 1, 0, w - 1)), int(np.clip(np.ceil(y1) - 1, 0, h - 1))
+        out[[by0, by1], bx0 : bx1 + 1] = cyan
+        out[by0 : by1 + 1, [bx0, bx1]] = cyan
+    return out
