@@ -1,0 +1,105 @@
+"""``pathasst eval ...``: measurement commands (mounted by the main CLI as the ``eval`` sub-app).
+
+``pathasst eval planner QUESTIONS_JSONL [--planner NAME]`` prints one JSON object: tool-set accuracy, per-tool
+precision/recall, valid-argument rate, latency and the mismatches (see :mod:`pathasst.agent.planner_eval`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+
+__all__ = ["catalogue_for_eval", "eval_app", "input_models_for_eval"]
+
+eval_app = typer.Typer(help="Measure PathAsst components (planner tool choice).", no_args_is_help=True)
+
+
+@eval_app.callback()
+def _eval_group() -> None:
+    """Measure PathAsst components (planner tool choice)."""
+
+
+def _registry(settings: Any) -> tuple[Any, list[str]]:
+    """The tool registry, loading each entry point on its own so one tool that is not importable yet skips only
+    itself (the skipped names are returned)."""
+    from pathasst.tools.registry import ENTRY_POINT_GROUP, ToolRegistry, default_registry
+
+    try:
+        return default_registry(settings), []
+    except ImportError:
+        registry = ToolRegistry(settings)
+        skipped: list[str] = []
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                registry.register(ep.load())
+            except ImportError as exc:
+                skipped.append(f"{ep.name} ({exc})")
+        return registry, skipped
+
+
+def catalogue_for_eval(settings: Any | None = None) -> list[dict[str, Any]]:
+    """The registry's catalogue PLUS placeholder entries for the DESIGN tools that are not registered yet.
+
+    Registered tools always come from the registry (their real class, description and input schema); the
+    placeholders (``"placeholder": True``, typed input models in :mod:`pathasst.agent.planner_eval`) only let a
+    planner be measured on the full DESIGN catalogue before every tool exists.
+    """
+    from pathasst.agent.planner_eval import design_catalogue
+
+    registry, _ = _registry(settings)
+    real = registry.catalogue()
+    return real + design_catalogue(exclude={t["name"] for t in real})
+
+
+def input_models_for_eval(settings: Any | None = None) -> dict[str, type[BaseModel]]:
+    """Pydantic input models by tool name (registry classes first, placeholders for the rest), for validation."""
+    from pathasst.agent.planner_eval import DESIGN_TOOLS
+
+    registry, _ = _registry(settings)
+    models: dict[str, type[BaseModel]] = {name: model for name, (_, model) in DESIGN_TOOLS.items()}
+    models.update({name: registry.tool_class(name).input_model for name in registry.names()})
+    return models
+
+
+@eval_app.command("planner")
+def planner_command(
+    questions: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="JSONL file of questions.")
+    ],
+    planner: Annotated[
+        str | None, typer.Option("--planner", "-p", help="rules | llamacpp | openai (default: settings.planner).")
+    ] = None,
+    show_failures: Annotated[bool, typer.Option(help="Include the mismatched questions in the output.")] = True,
+) -> None:
+    """Plan every question in QUESTIONS with one planner and print the scores as JSON."""
+    from pathasst.agent.planner_eval import evaluate_planner
+    from pathasst.agent.planners import PlannerError, get_planner
+    from pathasst.agent.settings import get_settings
+
+    settings = get_settings()
+    try:
+        backend = get_planner(planner or settings.planner, settings)
+    except PlannerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    registry, skipped = _registry(settings)
+    for name in skipped:
+        typer.echo(f"note: tool not importable yet, using its placeholder: {name}", err=True)
+    catalogue = catalogue_for_eval(settings)
+    result = evaluate_planner(questions, backend, catalogue, input_models=input_models_for_eval(settings))
+    result["questions"] = str(questions)
+    result["placeholder_tools"] = sorted(t["name"] for t in catalogue if t.get("placeholder"))
+    if not show_failures:
+        result.pop("failures", None)
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    eval_app()
