@@ -14,9 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_env_example_documents_every_setting():
+    from pathasst.ui.config import UISettings
+
     text = (REPO / ".env.example").read_text()
     documented = set(re.findall(r"PATHASST_([A-Z0-9_]+)=", text))
-    fields = {name.upper() for name in Settings.model_fields}
+    fields = {name.upper() for name in Settings.model_fields} | {f"UI_{n.upper()}" for n in UISettings.model_fields}
     assert fields - documented == set(), "settings missing from .env.example"
     assert documented - fields == set(), ".env.example documents settings that do not exist"
 

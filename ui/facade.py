@@ -1,0 +1,573 @@
+"""The one module the app's pages call for anything but layout.
+
+It lists cases with their review status, loads cases and their pixels (window by window), runs the graph through
+``pathasst.agent.runner.Engine`` with an event callback, reads and writes the review state (``ui/review.py``),
+exports reports (``ui/export.py``), checks logins, accepts uploads, and reports on the case library
+(``pathasst.memory``) and the tool catalogue. No Streamlit import here: the pages own the layout.
+
+Every case id or image name that comes from the browser is checked against what is actually on disk under the
+cases root (and resolved with ``ensure_inside``), so a request can never reach a path outside it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, Field
+
+from pathasst.agent.cases import (
+    PATCH_EXTENSIONS,
+    SLIDE_EXTENSIONS,
+    Case,
+    CaseError,
+    discover_cases,
+    ensure_inside,
+    load_case,
+)
+from pathasst.ui import catalogue, uploads
+from pathasst.ui import review as rv
+from pathasst.ui.catalogue import CaseLibrary, LibraryStatus, ToolInfo
+from pathasst.ui.config import UISettings
+from pathasst.ui.export import EXPORT_FORMATS, export_geojson, export_json, export_markdown, export_pdf
+from pathasst.ui.review import ChatTurn, ReviewLockedError, ReviewState
+from pathasst.ui.uploads import UPLOAD_EXTENSIONS, UploadError
+from pathasst.ui.viewer import ImageInfo, Layer, Marker, ViewResult, Window, compose, window_for, zoom_levels
+
+__all__ = [
+    "AnalysisError",
+    "CaseError",
+    "CaseLibrary",
+    "CaseRow",
+    "ExportFile",
+    "Facade",
+    "ImageInfo",
+    "Layer",
+    "LibraryStatus",
+    "Marker",
+    "ReviewLockedError",
+    "ReviewState",
+    "ToolInfo",
+    "UPLOAD_EXTENSIONS",
+    "UploadError",
+    "ViewResult",
+    "Window",
+    "filter_cases",
+    "zoom_levels",
+]
+
+CaseStatus = Literal["new", "analysed", "signed off", "failed"]
+#: most pixels one view may read from a slide level (a slide without a coarse pyramid level is not read whole)
+MAX_VIEW_READ_PIXELS = 64 * 1024 * 1024
+
+
+# --- errors and small models ------------------------------------------------------------------
+class AnalysisError(RuntimeError):
+    """An analysis could not run (bad case, planner not available); the message says why."""
+
+
+class CaseRow(BaseModel):
+    id: str
+    status: CaseStatus
+    stain: str | None = None
+    organ: str | None = None
+    question: str | None = None
+    diagnosis: str | None = None
+    n_files: int = 0
+    analysed_at: str | None = None
+    signed_by: str | None = None
+    signed_at: str | None = None
+    problem: str | None = Field(None, description="Why the case cannot be read or why its last run failed.")
+
+
+class ExportFile(BaseModel):
+    filename: str
+    mime: str
+    data: bytes
+
+
+def filter_cases(
+    rows: Iterable[CaseRow],
+    text: str = "",
+    statuses: Iterable[str] | None = None,
+    stains: Iterable[str] | None = None,
+    organs: Iterable[str] | None = None,
+) -> list[CaseRow]:
+    """Rows matching every given filter; ``text`` matches id, stain, organ, question and diagnosis (any word)."""
+    words = [w for w in text.lower().split() if w]
+    statuses, stains, organs = set(statuses or ()), set(stains or ()), set(organs or ())
+    out = []
+    for r in rows:
+        hay = " ".join(str(v) for v in (r.id, r.stain, r.organ, r.question, r.diagnosis) if v).lower()
+        if words and not all(w in hay for w in words):
+            continue
+        if statuses and r.status not in statuses:
+            continue
+        if stains and (r.stain or "unknown") not in stains:
+            continue
+        if organs and (r.organ or "unknown") not in organs:
+            continue
+        out.append(r)
+    return out
+
+
+def _read_case_yaml(case_dir: Path) -> tuple[dict[str, Any], str | None]:
+    for name in ("case.yaml", "case.yml"):
+        f = case_dir / name
+        if f.is_file():
+            try:
+                data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+                return {}, f"{name}: not valid YAML ({type(exc).__name__})"
+            return (data, None) if isinstance(data, dict) else ({}, f"{name}: not a mapping")
+    return {}, None
+
+
+def _str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+class Facade:
+    """Everything the pages do, for one cases root and one output folder. Thread-safe (one analysis at a time)."""
+
+    def __init__(
+        self, settings: Any = None, ui_settings: UISettings | None = None, planner: Any = None, registry: Any = None
+    ) -> None:
+        if settings is None:
+            from pathasst.agent.settings import Settings
+
+            settings = Settings()
+        self.settings = settings
+        self.ui = ui_settings if ui_settings is not None else UISettings()
+        self.planner = planner
+        self.registry = registry
+        self.out_dir = Path(settings.output_dir)
+        self._engine: Any = None
+        self._engine_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self._patches: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
+        self._patch_lock = threading.Lock()
+
+    # ---- cases --------------------------------------------------------------------------------
+    @property
+    def cases_root(self) -> Path:
+        root = self.settings.cases_root
+        if root is None:
+            raise CaseError("no cases folder configured: start the app with `pathasst ui --cases DIR`")
+        return Path(root)
+
+    def case_dir(self, case_id: str) -> Path:
+        """The folder of ``case_id``: an existing, non-hidden folder directly under the cases root, or CaseError."""
+        if not isinstance(case_id, str) or "/" in case_id or "\\" in case_id or case_id.startswith(".") or not case_id:
+            raise CaseError(f"not a case id: {case_id!r}")
+        names = {p.name for p in discover_cases(self.cases_root)}
+        if case_id not in names:
+            raise CaseError(f"no case {case_id!r} under {self.cases_root}")
+        return ensure_inside(self.cases_root / case_id, self.cases_root)
+
+    def list_cases(self) -> list[CaseRow]:
+        """Every case folder under the root, with stain/organ from case.yaml and status from the output folder."""
+        rows = []
+        failed_dir = self.out_dir / ".pathasst" / "failed"
+        for d in discover_cases(self.cases_root):
+            meta, problem = _read_case_yaml(d)
+            n_files = sum(
+                1 for f in d.rglob("*")
+                if f.suffix.lower() in PATCH_EXTENSIONS | SLIDE_EXTENSIONS and not f.name.startswith(".")
+            )
+            review = rv.load_review(self.out_dir, d.name)
+            report = self.out_dir / d.name / "report.json"
+            status: CaseStatus = "new"
+            analysed_at = None
+            if report.is_file():
+                status = "analysed"
+                analysed_at = time.strftime("%Y-%m-%d %H:%M", time.localtime(report.stat().st_mtime))
+            elif (failed_dir / f"{d.name}.json").is_file():
+                status = "failed"
+                try:
+                    problem = json.loads((failed_dir / f"{d.name}.json").read_text(encoding="utf-8")).get("reason")
+                except (OSError, json.JSONDecodeError):
+                    problem = "last run failed"
+            if review.sign_off is not None:
+                status = "signed off"
+            if n_files == 0 and problem is None:
+                problem = "no image files"
+            rows.append(
+                CaseRow(
+                    id=d.name, status=status, stain=_str(meta.get("stain")), organ=_str(meta.get("organ")),
+                    question=_str(meta.get("question")), diagnosis=_str(meta.get("diagnosis")), n_files=n_files,
+                    analysed_at=analysed_at, signed_by=review.sign_off.by if review.sign_off else None,
+                    signed_at=review.sign_off.at if review.sign_off else None, problem=problem,
+                )
+            )
+        return rows
+
+    def load_case(self, case_id: str) -> Case:
+        return load_case(self.case_dir(case_id), self.cases_root, self.settings)
+
+    # ---- pixels -------------------------------------------------------------------------------
+    def _image(self, case: Case, name: str):
+        try:
+            return case.image(name)
+        except KeyError:
+            raise CaseError(f"case {case.id} has no image {name!r}") from None
+
+    def image_info(self, case: Case, name: str) -> ImageInfo:
+        img = self._image(case, name)
+        mpp = case.meta.mpp or self.settings.default_mpp
+        if img.kind == "wsi":
+            from pathasst.agent.readers import SlideReader
+
+            with SlideReader(img.path, mpp=mpp) as s:
+                return ImageInfo(name, "wsi", *s.dimensions, mpp=s.mpp, level_downsamples=s.level_downsamples)
+        h, w = self._patch(img.path).shape[:2]
+        return ImageInfo(name, "patch", w, h, mpp=mpp)
+
+    def _patch(self, path: Path) -> np.ndarray:
+        from pathasst.agent.readers import read_patch
+
+        key = (str(path), path.stat().st_mtime)
+        with self._patch_lock:
+            if key in self._patches:
+                self._patches.move_to_end(key)
+                return self._patches[key]
+        pixels = read_patch(path, self.settings.max_image_pixels).pixels
+        with self._patch_lock:
+            self._patches[key] = pixels
+            while len(self._patches) > 4:
+                self._patches.popitem(last=False)
+        return pixels
+
+    def view(
+        self,
+        case: Case,
+        name: str,
+        zoom: float,
+        cx: float,
+        cy: float,
+        layers: list[Layer] | None = None,
+        marker: Marker | None = None,
+        alpha: float = 0.5,
+    ) -> ViewResult:
+        """The window of image ``name`` at ``zoom`` around (cx, cy), ``ui.view_px`` wide, with overlays drawn."""
+        from PIL import Image
+
+        info = self.image_info(case, name)
+        win = window_for(info, zoom, cx, cy)
+        view_px = self.ui.view_px
+        out_w = view_px
+        out_h = max(1, round(win.height * view_px / win.width))
+        level = None
+        if info.kind == "wsi":
+            from pathasst.agent.readers import SlideReader
+            from pathasst.tools.base import Region
+
+            with SlideReader(self._image(case, name).path, mpp=info.mpp) as s:
+                ds = max([d for d in s.level_downsamples if d <= max(1.0, win.width / view_px)] or [1.0])
+                if (win.width / ds) * (win.height / ds) > MAX_VIEW_READ_PIXELS:
+                    raise CaseError(
+                        f"{name} has no pyramid level coarse enough to show this window at once: zoom in"
+                    )
+                data = s.read_region(
+                    Region(x=win.x, y=win.y, width=win.width, height=win.height),
+                    downsample=win.width / view_px,
+                    max_pixels=view_px * view_px * 2,
+                )
+                level = s.last_level
+            pixels = data.pixels
+        else:
+            pixels = self._patch(self._image(case, name).path)[win.y : win.y + win.height, win.x : win.x + win.width]
+        if pixels.shape[1] != out_w or pixels.shape[0] != out_h:
+            resample = Image.Resampling.NEAREST if out_w > pixels.shape[1] else Image.Resampling.LANCZOS
+            pixels = np.asarray(Image.fromarray(pixels).resize((out_w, out_h), resample))
+        scale = win.width / out_w
+        mine = [lyr for lyr in (layers or []) if lyr.image == name]
+        composed, drawn = compose(pixels, win, scale, mine, marker, alpha)
+        return ViewResult(pixels=composed, window=win, scale=scale, level=level, drawn=drawn)
+
+    # ---- outputs of the last analysis ---------------------------------------------------------
+    def report(self, case_id: str) -> dict[str, Any] | None:
+        """``OUT/CASE/report.json`` of the last analysis, or None."""
+        self.case_dir(case_id)
+        path = self.out_dir / case_id / "report.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def features(self, case_id: str) -> list[dict[str, Any]]:
+        path = self.out_dir / case_id / "annotations.geojson"
+        try:
+            return json.loads(path.read_text(encoding="utf-8")).get("features", [])
+        except FileNotFoundError:
+            return []
+
+    def layers(self, case_id: str) -> list[Layer]:
+        """One layer per successful tool call of the last analysis that has something to draw."""
+        report = self.report(case_id)
+        if not report:
+            return []
+        by_call: dict[str, list[dict[str, Any]]] = {}
+        for f in self.features(case_id):
+            by_call.setdefault((f.get("properties") or {}).get("call_id", ""), []).append(f)
+        overlays = set((report.get("files") or {}).get("overlays") or [])
+        last_call: dict[str, str] = {}  # overlay file -> the last call that wrote it (write_case names by tool+image)
+        for rec in report.get("trace", []):
+            if rec.get("status") == "ok":
+                stem = Path(rec.get("image") or "image").with_suffix("").as_posix().replace("/", "__")
+                last_call[f"overlays/{stem}__{rec['tool']}.png"] = rec["id"]
+        out = []
+        for rec in report.get("trace", []):
+            if rec.get("status") != "ok":
+                continue
+            ov = next((name for name, cid in last_call.items() if cid == rec["id"] and name in overlays), None)
+            ov_path = self.out_dir / case_id / ov if ov else None
+            layer = Layer(
+                call_id=rec["id"],
+                tool=rec["tool"],
+                image=rec.get("image") or (rec.get("arguments") or {}).get("image", ""),
+                overlay_path=ov_path if ov_path is not None and ov_path.is_file() else None,
+                origin=tuple(rec.get("image_origin") or (0.0, 0.0)),
+                scale=float(rec.get("image_scale") or 1.0),
+                features=by_call.get(rec["id"], []),
+            )
+            if layer.overlay_path is not None or layer.features:
+                out.append(layer)
+        return out
+
+    @staticmethod
+    def similar_cases(report: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Retrieved cases of the report and of its ``similar_cases`` calls, one per case, nearest first.
+
+        Each keeps its nearest distance and lists every source (``retrieval`` and/or tool call ids).
+        """
+        if not report:
+            return []
+        found = [{**s, "source": s.get("source", "retrieval")} for s in report.get("similar_cases") or []]
+        for rec in report.get("trace", []):
+            if rec.get("tool") == "similar_cases" and rec.get("status") == "ok":
+                found.extend({**c, "source": rec["id"]} for c in (rec.get("output") or {}).get("cases", []))
+        merged: dict[str, dict[str, Any]] = {}
+        for s in sorted(found, key=lambda s: float(s.get("distance") or 0.0)):
+            key = str(s.get("case_id"))
+            if key in merged:
+                if s["source"] not in merged[key]["sources"]:
+                    merged[key]["sources"].append(s["source"])
+                continue
+            thumb = s.get("thumbnail")
+            ok = bool(thumb) and Path(thumb).suffix.lower() in PATCH_EXTENSIONS and Path(thumb).is_file()
+            merged[key] = {**s, "thumbnail": str(thumb) if ok else None, "sources": [s["source"]]}
+        return list(merged.values())
+
+    # ---- analysis -----------------------------------------------------------------------------
+    def engine(self) -> Any:
+        with self._engine_lock:
+            if self._engine is None:
+                from pathasst.agent.planners.base import PlannerError
+                from pathasst.agent.runner import Engine
+
+                try:
+                    self._engine = Engine(self.settings, planner=self.planner, registry=self.registry)
+                except PlannerError as exc:
+                    raise AnalysisError(f"planner not available: {exc}") from exc
+            return self._engine
+
+    @property
+    def planner_name(self) -> str:
+        return str(getattr(self.planner, "name", None) or self.planner or self.settings.planner)
+
+    @staticmethod
+    def region_question(marker: Marker) -> str:
+        """The request for ``region_segmentation`` at the user's point or box, in words the planners parse.
+
+        The image name is left out on purpose: file names such as ``ihc.png`` read as requests of their own.
+        """
+        if marker.box is not None:
+            x0, y0, x1, y1 = marker.box
+            return f"Measure the area I marked: box ({x0}, {y0}, {x1}, {y1})."
+        return f"Measure the area I marked: point {marker.x}, {marker.y}."
+
+    def analyse(
+        self,
+        case_id: str,
+        question: str | None,
+        user: str,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> ChatTurn:
+        """Run the graph on the case; write its outputs; record the turn and the new AI draft. Raises AnalysisError."""
+        from pathasst.agent.outputs import write_case
+        from pathasst.agent.planners.base import PlannerError
+        from pathasst.agent.report import render_markdown
+
+        try:
+            case = self.load_case(case_id)
+        except CaseError as exc:
+            raise AnalysisError(str(exc)) from exc
+        question = (question or "").strip() or None
+        with self._run_lock:
+            if self.review(case_id).sign_off is not None:
+                raise ReviewLockedError(f"case {case_id} is signed off: reopen it before a new analysis")
+            t0 = time.perf_counter()
+            rv.backup(self.out_dir, case_id)
+            try:
+                report, artifacts = self.engine().run(
+                    case=case, question=question, cases_root=self.cases_root, on_event=on_event,
+                    thread_id=f"ui-{case_id}-{uuid.uuid4().hex[:8]}",
+                )
+                write_case(self.out_dir, report, artifacts, overwrite=True)
+            except (CaseError, PlannerError) as exc:
+                self._record_turn(case_id, ChatTurn(question=question or "", asked_by=user, status="failed", error=str(exc)))
+                raise AnalysisError(str(exc)) from exc
+            finally:
+                rv.restore(self.out_dir, case_id)
+            with self._write_lock:
+                state = rv.load_review(self.out_dir, case_id)
+                state.set_ai_draft(render_markdown(report), report.question, report.created_at, report.planner)
+                rv.save_review(self.out_dir, state)
+                turn = ChatTurn(
+                    question=report.question,
+                    answer=report.answer,
+                    asked_by=user,
+                    calls=[r.model_dump(mode="json") for r in report.trace],
+                    findings=[f.model_dump(mode="json") for f in report.findings],
+                    similar_cases=self.similar_cases(report.model_dump(mode="json")),
+                    seconds=time.perf_counter() - t0,
+                )
+                self._record_turn(case_id, turn)
+        return turn
+
+    def _record_turn(self, case_id: str, turn: ChatTurn) -> None:
+        with self._write_lock:
+            turns = rv.load_chat(self.out_dir, case_id)
+            turns.append(turn)
+            rv.save_chat(self.out_dir, case_id, turns)
+
+    def chat(self, case_id: str) -> list[ChatTurn]:
+        self.case_dir(case_id)
+        return rv.load_chat(self.out_dir, case_id)
+
+    # ---- review -------------------------------------------------------------------------------
+    def review(self, case_id: str) -> ReviewState:
+        """The review state; a report written by a batch run (``pathasst run``) becomes the AI draft on first view."""
+        self.case_dir(case_id)
+        state = rv.load_review(self.out_dir, case_id)
+        if state.ai_draft is None and state.sign_off is None:
+            md, report = self.out_dir / case_id / "report.md", self.report(case_id)
+            if md.is_file() and report:
+                with self._write_lock:
+                    state = rv.load_review(self.out_dir, case_id)
+                    if state.ai_draft is None:
+                        state.set_ai_draft(
+                            md.read_text(encoding="utf-8"), str(report.get("question", "")),
+                            str(report.get("created_at", "")), str(report.get("planner", "")),
+                        )
+                        rv.save_review(self.out_dir, state)
+        return state
+
+    def _update(self, case_id: str, change: Callable[[ReviewState], None]) -> ReviewState:
+        self.review(case_id)  # a batch-run report becomes the AI draft first
+        with self._write_lock:
+            state = rv.load_review(self.out_dir, case_id)
+            change(state)
+            rv.save_review(self.out_dir, state)
+            return state
+
+    def save_edits(self, case_id: str, markdown: str, user: str) -> ReviewState:
+        return self._update(case_id, lambda s: s.save_edits(markdown, user))
+
+    def discard_edits(self, case_id: str, user: str) -> ReviewState:
+        return self._update(case_id, lambda s: s.discard_edits(user))
+
+    def sign_off(self, case_id: str, user: str) -> ReviewState:
+        return self._update(case_id, lambda s: s.sign(user))
+
+    def reopen(self, case_id: str, user: str, reason: str) -> ReviewState:
+        return self._update(case_id, lambda s: s.reopen(user, reason))
+
+    # ---- export -------------------------------------------------------------------------------
+    def export(self, case_id: str, fmt: str) -> ExportFile:
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
+        state = self.review(case_id)
+        if state.ai_draft is None:
+            raise ValueError("nothing to export: run an analysis first")
+        suffix, mime = EXPORT_FORMATS[fmt]
+        if fmt == "md":
+            data = export_markdown(state).encode("utf-8")
+        elif fmt == "json":
+            data = export_json(state, self.report(case_id)).encode("utf-8")
+        elif fmt == "pdf":
+            data = export_pdf(state)
+        else:
+            data = export_geojson(self.features(case_id)).encode("utf-8")
+        return ExportFile(filename=f"{case_id}-{suffix}", mime=mime, data=data)
+
+    # ---- access -------------------------------------------------------------------------------
+    @property
+    def login_mode(self) -> str:
+        return self.ui.login_mode
+
+    def check_password(self, user: str, password: str) -> bool:
+        """True when ``user`` is the configured user and ``password`` matches the bcrypt hash."""
+        import bcrypt
+
+        if self.ui.password_hash is None:
+            return False
+        user_ok = hmac.compare_digest(user.strip().encode("utf-8"), self.ui.user.encode("utf-8"))
+        try:
+            pw_ok = bcrypt.checkpw(password.encode("utf-8"), self.ui.password_hash.get_secret_value().encode("ascii"))
+        except ValueError:
+            return False
+        return user_ok and pw_ok
+
+    # ---- uploads ------------------------------------------------------------------------------
+    def check_upload(self, name: str, size: int, head: bytes) -> str:
+        """The safe file name for an upload, or UploadError (size, extension, content type)."""
+        return uploads.check_upload(name, size, head, self.ui.max_upload_bytes)
+
+    def create_case(
+        self,
+        case_id: str,
+        files: list[tuple[str, bytes]],
+        stain: str | None = None,
+        organ: str | None = None,
+        question: str | None = None,
+    ) -> Case:
+        """A new case folder under the cases root from uploaded files; refused as a whole if anything is wrong."""
+        meta = {"stain": stain, "organ": organ, "question": question}
+        uploads.create_case(self.cases_root, case_id, files, meta, self.settings, self.ui.max_upload_bytes)
+        return self.load_case(case_id)
+
+    # ---- case library (pathasst.memory) and tools ---------------------------------------------
+    def library_status(self) -> LibraryStatus:
+        return catalogue.library_status(self.settings)
+
+    def add_to_library(
+        self, case_ids: list[str], progress: Callable[[int, int, str, str], None] | None = None
+    ) -> list[tuple[str, str, bool]]:
+        """Add cases one by one; ``progress(done, total, case_id, outcome)``; returns (case id, outcome, ok)."""
+        lib = catalogue.open_case_library(self.settings)
+        if lib is None:
+            raise AnalysisError("case library not set up")
+        pairs = [(cid, lambda cid=cid: self.load_case(cid)) for cid in case_ids]
+        return catalogue.add_cases(lib, pairs, len(pairs), progress)
+
+    def tools(self) -> list[ToolInfo]:
+        from pathasst.tools.errors import ToolError
+        from pathasst.tools.registry import default_registry
+
+        try:
+            reg = self.registry if self.registry is not None else default_registry(self.settings)
+        except (ToolError, ImportError) as exc:
+            raise AnalysisError(f"the tool catalogue could not be loaded: {exc}") from exc
+        return catalogue.tool_infos(reg, self.settings, self.out_dir, self.ui.accuracy_file)

@@ -1,0 +1,232 @@
+"""Review state of one case, kept in files next to its outputs: ``OUT/CASE/review.json`` and ``OUT/CASE/chat.json``.
+
+The AI draft and the pathologist's edits are separate fields: an edit never touches the AI draft, and a new analysis
+moves the previous AI draft into ``history`` (with its text) instead of dropping it. Sign-off records who, when and
+the sha256 of the text signed. Every write is atomic (``atomic_write_text``).
+
+A new analysis replaces the whole ``OUT/CASE`` folder (``write_case``); :func:`backup` copies the review files to
+``OUT/.pathasst/ui/CASE/`` first and :func:`restore` puts them back, so a crash between the two loses nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from pathasst.agent.outputs import atomic_write_text
+
+__all__ = [
+    "AIDraft",
+    "ChatTurn",
+    "Edits",
+    "ReviewLockedError",
+    "ReviewState",
+    "SignOff",
+    "backup",
+    "load_chat",
+    "load_review",
+    "now",
+    "restore",
+    "save_chat",
+    "save_review",
+    "sha256_text",
+]
+
+REVIEW_FILE = "review.json"
+CHAT_FILE = "chat.json"
+BACKUP_DIR = Path(".pathasst") / "ui"
+
+
+class ReviewLockedError(RuntimeError):
+    """The case is signed off: reopen it before changing the draft or running a new analysis."""
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class AIDraft(BaseModel):
+    markdown: str = Field(..., description="The report as rendered from report.json (never edited).")
+    sha256: str
+    question: str
+    report_created_at: str
+    planner: str
+
+
+class Edits(BaseModel):
+    markdown: str = Field(..., description="The pathologist's version of the report.")
+    sha256: str
+    by: str
+    at: str
+    base_sha256: str = Field(..., description="sha256 of the AI draft these edits started from.")
+
+
+class SignOff(BaseModel):
+    by: str
+    at: str
+    signed_text: Literal["edits", "ai_draft"]
+    sha256: str = Field(..., description="sha256 of the text signed.")
+    ai_draft_sha256: str
+
+
+class ReviewState(BaseModel):
+    case_id: str
+    ai_draft: AIDraft | None = None
+    edits: Edits | None = None
+    sign_off: SignOff | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list, description="Events, oldest first, with texts replaced.")
+
+    @property
+    def status(self) -> Literal["new", "analysed", "signed off"]:
+        if self.sign_off is not None:
+            return "signed off"
+        return "analysed" if self.ai_draft is not None else "new"
+
+    @property
+    def final_markdown(self) -> str:
+        """The text a sign-off covers: the pathologist's edits if any, else the AI draft."""
+        if self.edits is not None:
+            return self.edits.markdown
+        return self.ai_draft.markdown if self.ai_draft else ""
+
+    @property
+    def edits_outdated(self) -> bool:
+        return bool(self.edits and self.ai_draft and self.edits.base_sha256 != self.ai_draft.sha256)
+
+    def _event(self, event: str, by: str, **detail: Any) -> None:
+        self.history.append({"event": event, "by": by, "at": now(), **detail})
+
+    def set_ai_draft(self, markdown: str, question: str, created_at: str, planner: str) -> None:
+        if self.sign_off is not None:
+            raise ReviewLockedError(f"case {self.case_id} is signed off; reopen it first")
+        if self.ai_draft is not None:
+            self._event("ai_draft_replaced", "assistant", previous=self.ai_draft.model_dump())
+        self.ai_draft = AIDraft(
+            markdown=markdown, sha256=sha256_text(markdown), question=question, report_created_at=created_at,
+            planner=planner,
+        )
+        self._event("analysis", "assistant", question=question, ai_draft_sha256=self.ai_draft.sha256)
+
+    def save_edits(self, markdown: str, by: str) -> None:
+        if self.sign_off is not None:
+            raise ReviewLockedError(f"case {self.case_id} is signed off; reopen it first")
+        if self.ai_draft is None:
+            raise ValueError("no AI draft yet: run an analysis first")
+        if self.edits is not None:
+            self._event("edits_replaced", by, previous=self.edits.model_dump())
+        self.edits = Edits(
+            markdown=markdown, sha256=sha256_text(markdown), by=by, at=now(), base_sha256=self.ai_draft.sha256
+        )
+        self._event("edit", by, sha256=self.edits.sha256)
+
+    def discard_edits(self, by: str) -> None:
+        if self.sign_off is not None:
+            raise ReviewLockedError(f"case {self.case_id} is signed off; reopen it first")
+        if self.edits is not None:
+            self._event("edits_discarded", by, previous=self.edits.model_dump())
+            self.edits = None
+
+    def sign(self, by: str) -> None:
+        if self.sign_off is not None:
+            raise ReviewLockedError(f"case {self.case_id} is already signed off by {self.sign_off.by}")
+        if self.ai_draft is None:
+            raise ValueError("nothing to sign: run an analysis first")
+        if not by.strip():
+            raise ValueError("sign-off needs the reviewer's name")
+        text = self.final_markdown
+        self.sign_off = SignOff(
+            by=by.strip(), at=now(), signed_text="edits" if self.edits else "ai_draft", sha256=sha256_text(text),
+            ai_draft_sha256=self.ai_draft.sha256,
+        )
+        self._event("sign_off", by.strip(), sha256=self.sign_off.sha256)
+
+    def reopen(self, by: str, reason: str) -> None:
+        if self.sign_off is None:
+            return
+        self._event("reopen", by, reason=reason, previous=self.sign_off.model_dump())
+        self.sign_off = None
+
+
+class ChatTurn(BaseModel):
+    question: str
+    answer: str = ""
+    asked_by: str = ""
+    at: str = Field(default_factory=now)
+    status: Literal["ok", "failed"] = "ok"
+    error: str | None = None
+    calls: list[dict[str, Any]] = Field(default_factory=list, description="Tool call records of this turn.")
+    findings: list[dict[str, Any]] = Field(default_factory=list)
+    similar_cases: list[dict[str, Any]] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def _backup_dir(out_dir: Path, case_id: str) -> Path:
+    return Path(out_dir) / BACKUP_DIR / case_id
+
+
+def _path(out_dir: Path, case_id: str, name: str) -> Path:
+    """The file in the case folder, or its backup when a crash left only the backup."""
+    main = Path(out_dir) / case_id / name
+    if main.is_file():
+        return main
+    bak = _backup_dir(out_dir, case_id) / name
+    return bak if bak.is_file() else main
+
+
+def load_review(out_dir: Path, case_id: str) -> ReviewState:
+    data = _read_json(_path(out_dir, case_id, REVIEW_FILE))
+    return ReviewState.model_validate(data) if data else ReviewState(case_id=case_id)
+
+
+def save_review(out_dir: Path, state: ReviewState) -> None:
+    atomic_write_text(Path(out_dir) / state.case_id / REVIEW_FILE, state.model_dump_json(indent=2))
+
+
+def load_chat(out_dir: Path, case_id: str) -> list[ChatTurn]:
+    data = _read_json(_path(out_dir, case_id, CHAT_FILE)) or []
+    return [ChatTurn.model_validate(t) for t in data]
+
+
+def save_chat(out_dir: Path, case_id: str, turns: list[ChatTurn]) -> None:
+    atomic_write_text(
+        Path(out_dir) / case_id / CHAT_FILE, json.dumps([t.model_dump(mode="json") for t in turns], indent=2)
+    )
+
+
+def backup(out_dir: Path, case_id: str) -> None:
+    """Copy the review files out of ``OUT/CASE`` before ``write_case`` replaces that folder."""
+    dest = _backup_dir(out_dir, case_id)
+    for name in (REVIEW_FILE, CHAT_FILE):
+        src = Path(out_dir) / case_id / name
+        if src.is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(dest / name, src.read_text(encoding="utf-8"))
+
+
+def restore(out_dir: Path, case_id: str) -> None:
+    """Put backed-up review files into the (new) case folder where missing, then drop the backup."""
+    src = _backup_dir(out_dir, case_id)
+    if not src.is_dir():
+        return
+    for name in (REVIEW_FILE, CHAT_FILE):
+        target = Path(out_dir) / case_id / name
+        if (src / name).is_file() and not target.is_file():
+            atomic_write_text(target, (src / name).read_text(encoding="utf-8"))
+    shutil.rmtree(src, ignore_errors=True)
