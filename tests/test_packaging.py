@@ -36,6 +36,13 @@ def test_wheel_has_only_the_pathasst_namespace_and_imports(tmp_path):
         assert f"pathasst/{area}/__init__.py" in names
     assert not any(n.startswith(("pathasst/tests/", "pathasst/bench/")) for n in names)
     assert "pathasst/agent/data/planner_dev.jsonl" in names
+    sources = {
+        "pathasst/" + p.relative_to(REPO).as_posix()
+        for area in AREAS
+        for p in (REPO / area).rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert sources - set(names) == set(), "modules missing from the wheel (add their package to pyproject.toml)"
     eps = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "[pathasst.tools]" in eps and "nuclei_segmentation = pathasst.tools.nuclei_segmentation" in eps
     unpacked = tmp_path / "site"
