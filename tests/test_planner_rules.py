@@ -149,3 +149,11 @@ def test_get_planner_factory(settings):
     assert get_planner("RULES", settings).name == "rules"
     with pytest.raises(PlannerError, match="valid planners: llamacpp, openai, rules"):
         get_planner("gpt5", settings)
+
+
+def test_image_file_names_do_not_trigger_tools():
+    from pathasst.agent.planners.rules import RulesPlanner
+
+    p = RulesPlanner()
+    assert p.tools_for("Measure the region at point (10, 20) on ihc.png", "H&E", "patch")[0] == ["region_segmentation"]
+    assert p.tools_for("Check the quality of mitosis_03.svs", "H&E", "wsi")[0] == ["tissue_qc"]

@@ -63,6 +63,9 @@ _INJECTION = _rx(
     r"<\s*/?\s*(?:system|instructions?|im_start|im_end)\b|###\s*instruction|\[/?INST\]",
     r"\bdo\s+not\s+(?:tell|inform|warn)\s+the\s+(?:user|pathologist|doctor)\b",
 )
+_FILE_NAME = re.compile(
+    r"[\w./-]+\.(?:png|jpe?g|tiff?|bmp|svs|ndpi|mrxs|scn|vms|vmu|bif|svslide|dcm)\b", re.I
+)
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?\n]*")
 _URL_TAIL = re.compile(r"(?:\bhttps?://|\bwww\.)\S+[^.!?\n]*", re.I)
 
@@ -290,7 +293,8 @@ class RulesPlanner:
     # ---- the decision --------------------------------------------------------------------------
     def tools_for(self, question: str, stain: str | None, image_kind: str) -> tuple[list[str], list[str]]:
         """The tools a question needs (catalogue not applied) and notes explaining the choice."""
-        clean, removed = strip_injections(question)
+        # 'ihc.png' names an image, it does not ask for IHC (removed before sentences are split at dots)
+        clean, removed = strip_injections(_FILE_NAME.sub(" ", question))
         notes = [f"ignored injected text: {r[:80]!r}" for r in removed]
         text = _correct_typos(clean)
         if not text.strip():
