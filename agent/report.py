@@ -22,7 +22,7 @@ __all__ = ["Finding", "Measurement", "Report", "build_report", "compose_answer",
 
 class Measurement(BaseModel):
     name: str = Field(..., description="Output field, e.g. 'positivity_index'.")
-    value: float | int | str | bool
+    value: float | int | str | bool | list[str]
     tool: str
     image: str | None = None
     source: str = Field(..., description="Id of the tool call that produced it.")
@@ -96,19 +96,34 @@ _SKIP_FIELDS = {"status", "message", "backend"}
 
 
 def _scalars(output: dict[str, Any]) -> list[tuple[str, Any]]:
-    return [
-        (k, v)
-        for k, v in output.items()
-        if k not in _SKIP_FIELDS and v is not None and isinstance(v, (int, float, str, bool)) and not isinstance(v, bool)
-    ]
+    """Fields shown in findings: numbers, strings, booleans and lists of strings (e.g. QC flags)."""
+    out = []
+    for k, v in output.items():
+        if k in _SKIP_FIELDS or v is None:
+            continue
+        if isinstance(v, (int, float, str, bool)) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)):
+            out.append((k, v))
+    return out
+
+
+_WORDS = {"ihc": "IHC", "qc": "QC", "mm2": "mm²", "um2": "µm²", "um": "µm", "hpf": "HPF", "pct": "%", "tps": "TPS"}
 
 
 def _label(name: str) -> str:
-    return name.replace("_", " ")
+    return " ".join(_WORDS.get(w, w) for w in name.split("_"))
 
 
 def _fmt(v: Any) -> str:
-    return fmt_number(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    return fmt_number(v) if isinstance(v, (int, float)) else str(v)
+
+
+def _title(tool: str) -> str:
+    label = _label(tool)
+    return label[0].upper() + label[1:]
 
 
 def compose_answer(question: str, trace: list[ToolCallRecord], headline: dict[str, tuple[str, ...]]) -> str:
@@ -118,14 +133,14 @@ def compose_answer(question: str, trace: list[ToolCallRecord], headline: dict[st
     for r in ok:
         out = r.output or {}
         fields = headline.get(r.tool) or tuple(k for k, _ in _scalars(out)[:4])
-        parts = [f"{_label(f)} {_fmt(out[f])}" for f in fields if out.get(f) is not None]
+        parts = [f"{_label(f)} {_fmt(out[f])}" for f in fields if out.get(f) not in (None, [])]
         where = f" on {r.image}" if r.image else ""
-        lines.append(f"{_label(r.tool).capitalize()}{where}: {', '.join(parts) or 'completed'} [{r.id}].")
+        lines.append(f"{_title(r.tool)}{where}: {'; '.join(parts) or 'completed'} [{r.id}].")
     for r in trace:
         if r.status == "not_configured":
-            lines.append(f"{_label(r.tool).capitalize()} was not run: {r.output.get('message') if r.output else ''} [{r.id}].")
+            lines.append(f"{_title(r.tool)} was not run: {r.output.get('message') if r.output else ''} [{r.id}].")
         elif r.status in ("failed", "bad_call"):
-            lines.append(f"{_label(r.tool).capitalize()} failed: {r.error} [{r.id}].")
+            lines.append(f"{_title(r.tool)} failed: {r.error} [{r.id}].")
     if not trace:
         lines.append(
             "No pathology tool was needed or applicable for this question, so no measurement is reported. "
