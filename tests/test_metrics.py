@@ -1,0 +1,132 @@
+"""Segmentation and point metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pathasst.tools.metrics import (
+    aji,
+    aji_counts,
+    dice,
+    match_points,
+    match_points_by_class,
+    object_f1,
+    panoptic_quality,
+    remap_label,
+)
+
+
+def _maps(pred_b_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """true: A (id 5, 4 px) and B (id 9, 8 px); pred: exact copy of A (id 2), part of B (id 7), a stray (id 3)."""
+    true = np.zeros((4, 8), np.uint16)
+    true[0:2, 0:2] = 5
+    true[0:2, 4:8] = 9
+    pred = np.zeros((4, 8), np.int32)
+    pred[0:2, 0:2] = 2
+    pred[0:2, 4 : 4 + pred_b_cols] = 7
+    pred[3, 0:4] = 3
+    return true, pred
+
+
+def test_remap_label_non_contiguous() -> None:
+    lab = np.array([[0, 9, 9], [5, 0, 1000]])
+    assert remap_label(lab).tolist() == [[0, 2, 2], [1, 0, 3]]
+    assert remap_label(np.array([[4, 4]])).tolist() == [[1, 1]]
+
+
+def test_iou_exactly_half_is_not_a_match() -> None:
+    true, pred = _maps(2)  # B vs 7: intersection 4, union 8 -> IoU 0.5, not > 0.5
+    f = object_f1(true, pred)
+    assert (f["tp"], f["fp"], f["fn"]) == (1, 2, 1)
+    assert f["precision"] == pytest.approx(1 / 3)
+    assert f["recall"] == pytest.approx(0.5)
+    assert f["f1"] == pytest.approx(0.4)
+    pq = panoptic_quality(true, pred)
+    assert pq["dq"] == pytest.approx(0.4)
+    assert pq["sq"] == pytest.approx(1.0)
+    assert pq["pq"] == pytest.approx(0.4)
+    # AJI: A-2 (4/4), B-7 (4/8), unpaired pred 3 adds 4 to the union -> 8 / 16
+    assert aji(true, pred) == pytest.approx(0.5)
+    assert aji_counts(true, pred) == (8.0, 16.0)
+    # Dice: 12 true px, 12 predicted px, 8 shared
+    assert dice(true, pred) == pytest.approx(16 / 24)
+
+
+def test_matched_pair_above_half() -> None:
+    true, pred = _maps(3)  # B vs 7: intersection 6, union 8 -> IoU 0.75
+    f = object_f1(true, pred)
+    assert (f["tp"], f["fp"], f["fn"]) == (2, 1, 0)
+    assert f["f1"] == pytest.approx(0.8)
+    pq = panoptic_quality(true, pred)
+    assert pq["dq"] == pytest.approx(0.8)
+    assert pq["sq"] == pytest.approx((1.0 + 0.75) / 2)
+    assert pq["pq"] == pytest.approx(0.7)
+    assert aji(true, pred) == pytest.approx(10 / 16)
+
+
+def test_aji_reuses_a_prediction_like_hovernet() -> None:
+    true = np.zeros((2, 4), int)
+    true[:, 0:2] = 3
+    true[:, 2:4] = 8
+    pred = np.full((2, 4), 11)  # one object covering both: each true pairs with it (IoU 0.5)
+    assert aji(true, pred) == pytest.approx((4 + 4) / (8 + 8))
+    assert object_f1(true, pred)["tp"] == 0
+
+
+def test_perfect_match_with_other_ids() -> None:
+    true, _ = _maps(2)
+    pred = np.where(true == 5, 40, np.where(true == 9, 2, 0))
+    assert object_f1(true, pred)["f1"] == 1.0
+    assert panoptic_quality(true, pred)["pq"] == pytest.approx(1.0)
+    assert aji(true, pred) == pytest.approx(1.0)
+    assert dice(true, pred) == 1.0
+
+
+def test_empty_prediction_and_empty_both() -> None:
+    true, _ = _maps(2)
+    empty = np.zeros_like(true)
+    f = object_f1(true, empty)
+    assert (f["tp"], f["fp"], f["fn"], f["f1"], f["precision"]) == (0, 0, 2, 0.0, 0.0)
+    assert panoptic_quality(true, empty)["pq"] == 0.0
+    assert aji(true, empty) == 0.0
+    assert dice(true, empty) == 0.0
+    assert object_f1(empty, empty)["f1"] == 1.0
+    assert aji(empty, empty) == 1.0
+    assert dice(empty, empty) == 1.0
+
+
+def test_shape_mismatch_raises() -> None:
+    with pytest.raises(ValueError):
+        object_f1(np.zeros((2, 2)), np.zeros((3, 3)))
+
+
+def test_match_points_simple() -> None:
+    r = match_points([(0, 0), (10, 0)], [(1, 0), (10, 5), (50, 50)], max_dist=6)
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 0)
+    assert r["f1"] == pytest.approx(0.8)
+    assert sorted(r["pairs"]) == [(0, 0), (1, 1)]
+
+
+def test_match_points_is_optimal_not_greedy() -> None:
+    # greedy nearest-first would pair t0-p0 and leave t1 unmatched; the optimal matching pairs both
+    r = match_points([(0, 0), (4, 0)], [(2, 0), (-2.5, 0)], max_dist=3)
+    assert r["tp"] == 2 and r["f1"] == 1.0
+
+
+def test_match_points_empty() -> None:
+    assert match_points([], [], 5)["f1"] == 1.0
+    r = match_points([(1, 1)], [], 5)
+    assert (r["tp"], r["fn"], r["f1"]) == (0, 1, 0.0)
+
+
+def test_match_points_by_class() -> None:
+    true_xy = [(0, 0), (20, 0), (40, 0)]
+    true_cls = [True, False, False]
+    pred_xy = [(1, 0), (21, 0), (41, 0)]
+    pred_cls = [True, True, False]  # the middle cell is called positive: fp for positive, fn for negative
+    r = match_points_by_class(true_xy, true_cls, pred_xy, pred_cls, max_dist=3)
+    assert (r[True]["tp"], r[True]["fp"], r[True]["fn"]) == (1, 1, 0)
+    assert r[True]["f1"] == pytest.approx(2 / 3)
+    assert (r[False]["tp"], r[False]["fp"], r[False]["fn"]) == (1, 0, 1)
+    assert r[False]["f1"] == pytest.approx(2 / 3)

@@ -1,0 +1,468 @@
+"""H&E nuclei instance segmentation with classical methods (no downloaded weights).
+
+Two methods (plus ``auto``), both at the model resolution of 0.25 um/px (40x; other resolutions are resampled to it
+and back):
+
+``pixel_classifier``
+    An ilastik-style pixel classifier: 24 hand-made colour/texture features (optical density, colour
+    deconvolution H and E (``skimage.color.rgb2hed``) normalised per image, Gaussian smoothings, Laplacian of
+    Gaussian, gradient magnitude, Hessian eigenvalues) feed a tiny two-layer perceptron (24-32-32-4, 2,000
+    parameters, embedded below) that predicts background / nucleus / nucleus-border probabilities and a normalised
+    distance to the nucleus border. Nuclei = foreground probability > 0.5 (hole-filled, opened); seeds = h-maxima of
+    the smoothed distance map; marker watershed; size filter.
+    The perceptron was trained on CoNSeP training tiles of source images 1-14 and all odd-numbered ones
+    (``train_1`` ... ``train_27``); tiles of source images 16, 18, ... 26 were never used for training or tuning
+    and are the held-out test set of ``tests/test_tools_accuracy.py``.
+``deconvolution``
+    Fully unsupervised: Otsu threshold of the smoothed haematoxylin channel, hole filling, opening, size filter and a
+    distance-transform h-maxima watershed. Use it for stains far from CoNSeP-like H&E.
+``auto`` (default)
+    The pixel classifier; when it finds no nucleus at all on an image without eosin (it was trained on H&E and sees
+    nothing on e.g. DAB IHC), the deconvolution method. The output's ``method`` says which one ran.
+
+Known limits: trained on one centre's colorectal H&E (CoNSeP); very large vesicular nuclei (> ~10 um across, pale
+interior) are under-detected, and touching nuclei in dense epithelium are often merged.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import zlib
+from functools import lru_cache
+from typing import Literal, cast
+
+import numpy as np
+from pydantic import Field
+
+from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
+from pathasst.tools.geojson import label_map_to_features
+from pathasst.tools.imaging import ImageData
+
+__all__ = [
+    "MODEL_MPP",
+    "Method",
+    "MethodChoice",
+    "NucleiSegmentationInput",
+    "NucleiSegmentationOutput",
+    "NucleiSegmentationTool",
+    "deconvolution_nuclei",
+    "nucleus_maps",
+    "outline_overlay",
+    "pixel_features",
+    "remove_small_labels",
+    "resample_to_model",
+    "segment_nuclei",
+    "sig",
+]
+
+#: resolution (um/px) the classifier and the default size parameters are defined at (CoNSeP, 40x)
+MODEL_MPP = 0.25
+#: default smallest nucleus kept, in pixels at MODEL_MPP (3.75 um^2)
+DEFAULT_MIN_AREA_PX = 60
+_TILE = 768
+_MARGIN = 64
+
+Method = Literal["pixel_classifier", "deconvolution"]
+MethodChoice = Literal["auto", "pixel_classifier", "deconvolution"]
+
+
+def sig(x: float | None, digits: int = 4) -> float | None:
+    """Round to ``digits`` significant digits and return a plain float (None stays None)."""
+    if x is None:
+        return None
+    x = float(x)
+    if x == 0 or not np.isfinite(x):
+        return x
+    return float(f"{x:.{digits}g}")
+
+
+# ---- the embedded pixel classifier ---------------------------------------------------------------------------------
+# np.savez of the perceptron (mu, sd: float32 feature standardisation; w0, b0, w1, b1, w2, b2: float16 layers),
+# zlib-compressed, base64. Training: 3,000 random pixels per tile from the 336 tiles of the training source images,
+# targets = background / nucleus / nucleus border (``find_boundaries(mode="inner")``) and the distance to the border
+# normalised per nucleus; Adam (lr 3e-3, cosine schedule, 40 epochs, batch 8192), loss = cross-entropy + 2 x MSE of
+# sigmoid(distance output). Post-processing parameters were tuned on tiles of source images 2-14 (even) with a
+# model trained on the odd source images only.
+_WEIGHTS_B64 = (
+    "eNrNWHl0FMW3ngSQELYQCGFJQraZzNLdU9VdPTMJmUGCYUdQREA2AwQChBDWiKCsBkRZEwQJkGVIMktPT68zkw0hoCKbRAIEhAAisgiogAFR4SXP"
+    "6DE+3znvPP3jV33q1Onu+rpPfXXrfvfeUcNatcYVv7UoxblR0e2eNbfnFN0UcxcTGZlL/RRBiivNc34fc14cM2LUeD/FEsWyuOmpC6ctiEuIjEuc"
+    "geKwyLgZ8xYsWpCSMWXegumpTc8HpqQvTG18vjAtJTO18V5NIkyDRb4V+f9vgT3HT7J4hC8sL6x43kJ6lpjPrgqp/ODmEvOReyGV1uFZ5uNPule+"
+    "eLRxfCm0cnnKG+bdXGjl+BF+ZW8l3vVtcjl8XZdMM889HWjeYleUP36uIXHQ1SeVfte7mOXk0Kq0naP6jWrBi5B6Ke3PvCyc/p/Ky8kO71ty3xQs"
+    "I/NfszzZVm4xyA8sNzfxlgH66xa/l0ote8ZfsJRjOy07TUcsjGudZddo1uLeWmPO/fih+b3Bd80Zt3abY9ommZ8NXmnRGOaaT15Zbv6ZzzHHHNtm"
+    "XjjC+Bdeamb3SPozL1ngd15WPvfbnN/H/4UX8v/EC0VikST6J9QEruO3kVbbIH0PLhYfyDbglTjCLjimS4g+JtRHJwMtwykzVUP5pIQQrcR04PoK"
+    "L/huxz8WboDXXefxAPonfrUzX3jFboft9HlUFWuHeQzJ+zNZ+1qJg5Rvk718GDxEzwPdXEPcY8ExPgQrkr/Feku/8pRyhuYic1HjduzX7iLeK+at"
+    "XwndfEe0e8EqWFi0eo9BToMDxUvKcUXfGXOlEe53Stu6XuEbwCZvf34ySHLtA23EtS4dbeMc4n0+nboBZHuQtSAmRhNq68RZ7MXUHTZey8qhCCoP"
+    "cNXuGaqafTqXkNcBXfH210fYw/lH6l3cdj5GekS3BQqPimDV2dqlBa8RXxEz47oXRCn3YtW2i6zIXVc/sa6XVohBskJ+g/3VXm3o591I92IHx15g"
+    "Vuvz3bVcCJ8kOnlKrOP2Vyzj7sU/0TaACUSXyGnwXbaGeRFM0n/CfcZGxE7ML1c27FuhH7xroXNtwXYsRTlcKhQXeI65F+J3HTR+lHuL7Gq32ofI"
+    "lwqDyXn2U66PdcVClP4Qm6G0cvOJ7WKQN0W8GN9DGOMYST0EH3L3uUeaCuJTvlPpLfX14r4aqOpteKCn+EfY20y9yuxNduylS+Sc2DvOGAmAvdJQ"
+    "ZYQwwuBwvw+r3YNKs50T8E1gieMH8TbzJWcGOyO68uPBq8RlPnDfRe5zIU3sLz7mf5S2eO5REr/D9tixXcQNG0QeGw4vY63itkM/68vyY9AeH0pZ"
+    "lWts1cwIcjSbpMSkPda0kltkD3S5ZLl8H7yFK9F7bAO/oNdo3Q0pViJBAPeDqpXODd6nBsJzQj3xggoDpagYSuJVd6ywkDkBv3PP4zYzH0aLRDxq"
+    "w23govlx+AqMxO6CMfxR92Eihp4uf23M54eDQ1IVqPOecoWYjvNl0hR5v3hNHxRZC27j58U14lE2hDu5O0N4wI7iP3b0wi7rs0AmlQSucJ8Sb+Nq"
+    "0w9lPDHLnkt8pDYDA4M8J4UIrg0pkscdhPIpkEAMu4qdCUNdRv0lzUTTIq/W9Dl3hyHxYMc50RJrARGx3aU3CT9YxQ3CF+s7m0hfMXcIAnetk4kK"
+    "KuxiyIbj5Mv8Q1W0tA5w4qFiUXqEeoDvPWeJpVxl9C33KflD5RB2P5lJTBBWU/eYa6ijq8E93X5NKG2koxM2rshDnhBflZ7xPNVKfwmbK52GB4UM"
+    "10yxvaq3N17Yxk2TtsGpLkbdmdjsLFXeE87jH7BLtcViu8jdXKTvkLaavEjc0SZR7YlE7gi+0VNveIm0xoy0vq9GSn/umhCsX6My2ufmVevSS19l"
+    "f5BqyXinXigDM8FE13RhkncJ0QOeZsPFE65kTrK+KNXAeewJ7o227ZmvrdvJYXFFLjPoxuHgBBco5cIHEGgRZcIPkAXk1yBNPQZU2fej5fw06rRt"
+    "QuwFXa3rZ9QZbWSP8CtBV17je8gkcONhO3We0Mn1mX4mI7BzyHDyJ2Ul4Qj7oWeDjOgQ/TBb+5whTGx0Jj2+Ijlhc58oVY0rg52GBUTvFELj0vO/"
+    "LFwBrtryQCu1EWOZHwsj7Hvs1rDnS7tWvN+7teY6EQk+0HWAt2EK2Yt+TGZha5Wj+e5sVsxS8pzPHywis6SXXRfiPMWJO7RlYwWbKZhx0at4Hqbz"
+    "IeABtpzUYKMlWSm4auANlz+5g0x0XmNGUmOEya5T0jrNSRSHfuHqwvP07fYhMrvRk37kfAX2JB26asEMcqUwrlxIwwm8niV8txNvVm5zN9jrsBGa"
+    "GfaBmtklgfbd4ADRP+xu7Cz8oLL7nnTnHHx2n37auVEadZ30EKQJNfyoqKVR38etII8KkBrBatmfNdligG65MBAtRCclHVotbNc74SLtU+ksPd9t"
+    "w6r5nrbd7jmhQ/P6EJlENvme/ryUCQ4JudE3bA1sHpuLZ9iftw5iD5pa6lZyJZ/+Z92a+oduHWiec0Dx7+jWP9XzU0Lm3o9hb9QPGemxwA8VoWWU"
+    "wnSXWycVGoaCIfowaSk1UTlNyEMH2DC8gq41jBL1JXVoTvg6D0t/hVquO7gosriFXsM/9DqgWa8D/iW9psh/pNepumTmCBgk/thnJ6qmoGkrlAFn"
+    "r+KmE5GlDZp2INdjJ4fg0fAZvVn5GXZm21Y0hppN4vAoaUFHqYB9Y+PyXDNdAjzrt4vwV583Dsewkv5EJ2K0+m37AJ2J7IVV6DS6a9Q53ThVZ2Kp"
+    "0Ef/AroUnsx5Sa0xA4wlAlCqVIbpiR3sHZgNRlO3XFdtHQhG11Oo0VfIARoLoDgD8wU9mUwmg8BDkYF3jAO4/Wgj3GPSRt5DA+Tb+AkyDX0DqtBY"
+    "tM/Iw1mlrWIuWYv4xfwO7gy2Cg4XeXIJmstuKwLAybvIl6NDhVSyI2qN6Yh+2BO1Eeyn70ORLvSI9PfK04I5vhQphXr0ihwj74ARdkN5kJ50DdfW"
+    "i23oFElWvaeZ0hhR3GFXmbqIYQaV5zhBw+ekVtx88AKVaqjXueAA/evqr5299kwWhhA59AW5xrUKLCw0b4LEE2EI6EmclI4VLnFUGUq0b8eG4FWw"
+    "B1QUd1KXUKQ+g8ZAGJev68oOdrDaXCkxbhoSS3j1Wf0ANLf4/K4TRBdDbvwwxy9kBPXMVKtR4r2F466+/EHyczyQqkdEPB572MkS6Rjy6uSJ9lwQ"
+    "74nWJiBRlULSaDa8yv2inWK6wT+zB5JdTLdcD9wlLh94JpZbw6UhyhzCK2ZGJgmv8yo+H6QbagWNdlL87fBf7VonUM/Go7H7WBqRQgjQUjyO2mRM"
+    "ogdHtDaFGxe5kFDDZTFt3PWV9Y0e9Ywca0hDM6gGk0R1tvub3GJHYbHeT2rLHXFtZVIrVrIdG3fto0oCnJdrSLVhgG6ccyMf7/bu7im005X7xpQe"
+    "obugWDpL/xO7Q3LTJ5FF3g4Wcwvj2omfGY5JNyKjZAPZQZoZlkMuhuUJ/RKe55O5OYJLOpfYsHs1axcOglj0k9SeClOaucG2Rb4ysNkVZGof9YG0"
+    "BmSb2wqL3B+TY+kxZDX9FR9sK6LWwb10P24k8ZI+Gr8HXrY3EDa0JeqBpjtbyecalGiLMtN22j6QKdRepyocizit0x95mKVuDPO5jCAw9hlerx9I"
+    "1WCs6ZB2Ie4HFhNtNGslfw6Qm1idlyBvgs3Ktvhh8IOQpvLRN7GR+GW1BXzL3FAPxPJ7P4P34Ur8R+YCvGEIo6I5SB4C/cWPbCHuCudalM5OwC3k"
+    "ZuoM6Brnyy8qqsLf5b/QBSMNvR9OhGfkOe4tUAHLNMfwx/j7pu37JsvnUC94X7rJ1flaMeH06/ILIFP/avFHtkS4h1lAzTLSwkZ8fclkw1TKTYRI"
+    "nQXctLUxiroU/wxXmGK4zYbP4WRPGJ/kCZNiaB/cWwFEI74ytposNW7B2tNDzZ/23EmH44cTrfJJWMbcwWQSdywrvkFNVatN4ygPtZPeAEips9sk"
+    "+RNE/GH5G1dHmINhmBbUsIu4qQZ9CYMw/jrqRWwCqfgO4hXCimeRYcVZ+Eua/pSon4EpIpeJj8ERZz15CXRGU8hlkcHQU4IDwt0BrlVG8IPxHPgO"
+    "OYQ8DJwF1SCYxtgYWEsnoHcNHn2VFOX+BujxS/wdfr3QzruALgUbDZdVneP6CRpuqek8UghzHPV0G7SDnYYeMjORv22D2NX5mH66b7JJICdgW4kU"
+    "vCvk1QbiMqveG8K+E7mSXEWO1czk3+Dvov6mdDIdVdBJCdvgK/AYgctRvt6+DRiSg7EjwGVcDA5KyQJNPUUDyNX4jh33VZ95KuRk0wCpjt0LzpY8"
+    "KdtO9WDGgc0VnROme7PdJ8hVIK5kGnBT8eAr+BZjlb/jDtqycVx/0U6wFdwIw13iE/IDenrRESFEOISuwm2go1BmiDQsJ/qiI57Y/FQwCHWDX4IJ"
+    "ZJ+E1bEDmQKwnvN46x0HxUaLMg0VuxNT0EyHRat0jhCGRow3pgun2UJQa8zBw9kO7hT9nNIDXDiaGERFWtAE+ND9pHg8bAW/I9Ucq+/rGqrOtJWQ"
+    "82lV6GAdcr9LefUm9HWvOboIFEOW4I+lMu1YfpRLyxZqXtb9iOq4JagcrmZb0xF4W/4barDmE+8t9UVmpG5o1OvMFtBeqC7tRx6P21IQVVyZL2K/"
+    "uj/nKc9pWV2UEUbjwfGyKl9ozWMiTV1zjgRnSlv5xngfO4bJIwSzeNRKE8uie/Aa8hHmFGmW4DZKK10X5E/KyiR/Q6cygcclLJ5FmUyadxT5DhxY"
+    "spq+LNuogWUR5XtRTqOvSaKmi5N9ZdBZvC22Z5UxvuNeDzuIKGTzwH3nl8Q9cNb4mu2Q24Ne5bN8UVyyVIst4ny+nqgWVeBWeIvMETWoJ+glWQ1h"
+    "+AzjUzCMOaGZxWpMDBVtUKgbYJLwLZfKTlJtpjGrifocS+Fy5evgEjEHTOLacvfUO0BXg1p6tUTN+oG1Uh1fh0YLPzKfOp71uqOqiovWzIq3QId3"
+    "GrOA0RXUEF+6bXAoF6wR9LNp0bDTPs5mlTyGicYpTIx7AaGPNxFn6A7oM2WJI1w+RQRjnewHhT32W9zb0l2tXQigutgqXdnSBEM3Lpz4EraLnOcI"
+    "Bg79ZfdZ7Bth274K/uPSAlfLuOXcm/1+aRGvwf/UeO0gM4OIRMnoNek5OMe9xtVOWmM4Ba9IBFLQm4kVtBU5NXfxU1DnGk854WmSIfcIRuV2+hJ6"
+    "kUynONBy3c+d2fB8i3iN/CNe82uO1/z+hXWjfxquRQY+QnYqAzwhV5WPQ7sMVsNEKrvMwTxNTMUK4BrygGYRygBf6DvHfUvN8vbBaomR1AkhTDzl"
+    "2wUDBYk6ySUJicJqYSyhTAwU6jxvyku9CfF1xtsVJ9BBJp67KLT2sfKH7gt9zNJ2w3Qw0ZcNekTRYIPxjhBE9QiNQPOlp6I/swebTzyPBYj+3N3C"
+    "h54EX1C53bkudC72abSCNjZmGD952vqO64Z5zju3ckWqN8ANWsBvC7yYZ1PrN3H3pZnSkL5nxUkSJhUwur5Z6Nf9dmGVdFrsJ/tVpngIaaqcA9NJ"
+    "h2OYpzi8rSHKbQKX5a1CUFwo03LfvH7n81rY6x/7tr55znrFv7Jv/9BcIwNngWMlu1SjpVHD/PzxVi0rwVea65rNJbw/2dtvdeG/YpqqpH+P6dGI"
+    "+q1m+ldMUwWxqUbY1FtigL+iuZ74V0xT9nag+cy3xNxszF6m/i2mKfNpym2aekvMlXaK5jzof3DQ6HX+/j87gxXNPuivmKYT28RRU2+J2dJV0Xx+"
+    "/4ppspb1zTbREjM4RNFsO6OGtfnvVwGNV0HjtwO6N939F6y42PU="
+)
+
+
+@lru_cache(maxsize=1)
+def _weights() -> dict[str, np.ndarray]:
+    raw = zlib.decompress(base64.b64decode(_WEIGHTS_B64))
+    with np.load(io.BytesIO(raw)) as data:
+        return {k: data[k].astype(np.float32) for k in data.files}
+
+
+def _norm_constants(hed: np.ndarray) -> tuple[float, float, float, float]:
+    """Per-image normalisation of H and E: median and 99th percentile (floors avoid dividing by ~0 on blank images)."""
+    h = hed[..., 0].ravel()[:: max(1, hed[..., 0].size // 1_000_000)]
+    e = hed[..., 1].ravel()[:: max(1, hed[..., 1].size // 1_000_000)]
+    hl, hh = np.percentile(h, [50, 99])
+    el, eh = np.percentile(e, [50, 99])
+    return float(hl), float(max(hh - hl, 0.005)), float(el), float(max(eh - el, 0.001))
+
+
+def pixel_features(rgb: np.ndarray, norm: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """The 24 per-pixel features of the classifier, ``(H, W, 24)`` float32 (image at MODEL_MPP)."""
+    from scipy import ndimage as ndi
+    from skimage.color import rgb2hed
+    from skimage.feature import hessian_matrix, hessian_matrix_eigvals
+
+    rgb = np.asarray(rgb)[..., :3]
+    od = -np.log(np.maximum(rgb.astype(np.float32), 1.0) / 255.0)
+    hed = rgb2hed(rgb).astype(np.float32)
+    hl, hr, el, er = norm if norm is not None else _norm_constants(hed)
+    hn = (hed[..., 0] - hl) / (hr + 1e-6)
+    en = (hed[..., 1] - el) / (er + 1e-6)
+    g = ndi.gaussian_filter
+    f = [od[..., 0], od[..., 1], od[..., 2], hn, en]
+    for s in (1, 2, 4, 8):
+        f += [g(hn, s), g(en, s)]
+    f += [-(s * s) * ndi.gaussian_laplace(hn, s) for s in (2, 4, 8)]
+    f += [ndi.gaussian_gradient_magnitude(hn, s) for s in (1, 2)]
+    f.append(hn - g(hn, 16))
+    for s in (2, 4):
+        ev = hessian_matrix_eigvals(hessian_matrix(hn, sigma=s, order="rc", use_gaussian_derivatives=False))
+        f += [ev[0] * s * s, ev[1] * s * s]
+    f.append(g(od.sum(-1), 2))
+    return np.stack(f, -1).astype(np.float32)
+
+
+def _mlp(x: np.ndarray, w: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    x = (x - w["mu"]) / w["sd"]
+    h = np.maximum(x @ w["w0"].T + w["b0"], 0)
+    h = np.maximum(h @ w["w1"].T + w["b1"], 0)
+    z = h @ w["w2"].T + w["b2"]
+    c = np.exp(z[:, :3] - z[:, :3].max(1, keepdims=True))
+    return c / c.sum(1, keepdims=True), 1.0 / (1.0 + np.exp(-np.clip(z[:, 3], -30.0, 30.0)))
+
+
+def nucleus_maps(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Classifier outputs for an image at MODEL_MPP: class probabilities ``(H, W, 3)`` (background, nucleus,
+    border) and the predicted normalised distance to the nucleus border ``(H, W)`` (0 at borders, 1 at centres).
+    Large images are processed in overlapping tiles with image-wide normalisation."""
+    from skimage.color import rgb2hed
+
+    w = _weights()
+    rgb = np.asarray(rgb)[..., :3]
+    norm = _norm_constants(rgb2hed(rgb[:: max(1, rgb.shape[0] // 1024), :: max(1, rgb.shape[1] // 1024)]))
+    hgt, wid = rgb.shape[:2]
+    probs = np.zeros((hgt, wid, 3), np.float32)
+    dist = np.zeros((hgt, wid), np.float32)
+    for y in range(0, hgt, _TILE):
+        for x in range(0, wid, _TILE):
+            y0, x0 = max(y - _MARGIN, 0), max(x - _MARGIN, 0)
+            y1, x1 = min(y + _TILE + _MARGIN, hgt), min(x + _TILE + _MARGIN, wid)
+            f = pixel_features(rgb[y0:y1, x0:x1], norm)
+            p, d = _mlp(f.reshape(-1, f.shape[-1]), w)
+            ys, xs = slice(y - y0, y - y0 + min(_TILE, hgt - y)), slice(x - x0, x - x0 + min(_TILE, wid - x))
+            probs[y : y + _TILE, x : x + _TILE] = p.reshape(f.shape[0], f.shape[1], 3)[ys, xs]
+            dist[y : y + _TILE, x : x + _TILE] = d.reshape(f.shape[:2])[ys, xs]
+    return probs, dist
+
+
+# ---- post-processing -------------------------------------------------------------------------------------------------
+def remove_small_labels(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """Set objects smaller than ``min_area`` pixels to 0 (ids are kept)."""
+    counts = np.bincount(labels.ravel())
+    small = counts < min_area
+    small[0] = False
+    if not small.any():
+        return labels
+    out = labels.copy()
+    out[small[labels]] = 0
+    return out
+
+
+def _watershed(mask: np.ndarray, energy: np.ndarray, h: float, min_area: int, floor: float = -np.inf) -> np.ndarray:
+    """Seeds = h-maxima of ``energy`` inside ``mask``; marker watershed on ``-energy``; unseeded parts kept."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    seeds, _ = ndi.label(h_maxima(energy, h).astype(bool) & mask & (energy > floor))
+    labels = watershed(-energy, seeds, mask=mask)
+    rest, _ = ndi.label(mask & (labels == 0))
+    labels = np.where(rest > 0, rest + labels.max(), labels)
+    return remove_small_labels(labels.astype(np.int64), min_area)
+
+
+def _classifier_labels(rgb: np.ndarray, min_area: int, seed_h: float) -> np.ndarray:
+    from scipy import ndimage as ndi
+    from skimage.filters import gaussian
+    from skimage.morphology import disk
+
+    probs, dist = nucleus_maps(rgb)
+    mask = gaussian(probs[..., 1] + probs[..., 2], 1.0) > 0.5
+    mask = ndi.binary_opening(ndi.binary_fill_holes(mask), disk(1))
+    return _watershed(mask, gaussian(dist, 2.0), seed_h, min_area, floor=0.3)
+
+
+def deconvolution_nuclei(rgb: np.ndarray, min_area: int = DEFAULT_MIN_AREA_PX, seed_h: float = 1.0) -> np.ndarray:
+    """Unsupervised nuclei at MODEL_MPP: Otsu on the smoothed haematoxylin channel (at least 0.03 OD) + distance
+    h-maxima watershed."""
+    from scipy import ndimage as ndi
+    from skimage.color import rgb2hed
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.morphology import disk
+
+    hema = gaussian(rgb2hed(np.clip(np.asarray(rgb)[..., :3], 1, 255).astype(np.uint8))[..., 0], 1.5)
+    if float(np.ptp(hema)) < 1e-3:
+        return np.zeros(hema.shape, np.int64)
+    mask = ndi.binary_opening(ndi.binary_fill_holes(hema > max(float(threshold_otsu(hema)), 0.03)), disk(2))
+    mask = remove_small_labels(ndi.label(mask)[0], min_area) > 0
+    dist = gaussian(ndi.distance_transform_edt(mask), 1.0)
+    return _watershed(mask, dist, seed_h, min_area)
+
+
+def _looks_like_he(rgb: np.ndarray) -> bool:
+    """True unless the image has stained tissue but (almost) no eosin: fewer than 5 % of the pixels with optical
+    density > 0.3 have an eosin OD (rgb2hed) above 0.005 (an IHC or other non-H&E stain). Blank images count as H&E."""
+    from skimage.color import rgb2hed
+
+    rgb = rgb[:: max(1, rgb.shape[0] // 512), :: max(1, rgb.shape[1] // 512)]
+    tissue = -np.log(np.maximum(rgb.astype(np.float32), 1.0) / 255.0).sum(-1) > 0.3
+    if int(tissue.sum()) < 100:
+        return True
+    eosin = rgb2hed(np.clip(rgb, 1, 255).astype(np.uint8))[..., 1]
+    return float((eosin[tissue] > 0.005).mean()) >= 0.05
+
+
+def resample_to_model(rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, float]:
+    """Resample an image to MODEL_MPP (no-op within 10 %); returns the image and the factor applied."""
+    factor = mpp / MODEL_MPP
+    if abs(factor - 1.0) <= 0.1:
+        return rgb, 1.0
+    from skimage.transform import rescale
+
+    out = rescale(rgb, factor, order=1, channel_axis=-1, anti_aliasing=factor < 1, preserve_range=True)
+    return np.clip(out, 0, 255).astype(np.uint8), factor
+
+
+def segment_nuclei(
+    rgb: np.ndarray,
+    mpp: float = MODEL_MPP,
+    method: MethodChoice = "auto",
+    min_area_px: int | None = None,
+    seed_h: float | None = None,
+) -> tuple[np.ndarray, Method]:
+    """Instance label map (uint32, 0 = background) of the nuclei in ``rgb`` (pixels of ``mpp`` um), and the method
+    used. ``auto`` = the pixel classifier, falling back to ``deconvolution`` when the classifier finds no nucleus on
+    an image without eosin (e.g. IHC: the classifier was trained on H&E and sees nothing there).
+
+    ``min_area_px`` is in pixels of the input image (default: 3.75 um^2); ``seed_h`` is the h-maxima depth
+    (classifier distance units, default 0.07; pixels at MODEL_MPP for ``deconvolution``, default 1.0).
+    """
+    from skimage.segmentation import relabel_sequential
+    from skimage.transform import resize
+
+    rgb = np.asarray(rgb)[..., :3]
+    work, factor = resample_to_model(rgb, mpp)
+    if min_area_px is None:
+        min_area = DEFAULT_MIN_AREA_PX
+    else:
+        min_area = max(1, int(round(min_area_px * factor * factor)))
+    used: Method = "deconvolution" if method == "deconvolution" else "pixel_classifier"
+    if used == "pixel_classifier":
+        labels = _classifier_labels(work, min_area, 0.07 if seed_h is None else seed_h)
+        if method == "auto" and labels.max() == 0 and not _looks_like_he(work):
+            used = "deconvolution"
+    if used == "deconvolution":
+        labels = deconvolution_nuclei(work, min_area, 1.0 if seed_h is None else seed_h)
+    if factor != 1.0:
+        labels = resize(labels, rgb.shape[:2], order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
+        if min_area_px is not None:
+            labels = remove_small_labels(labels, min_area_px)
+    return relabel_sequential(labels)[0].astype(np.uint32), used
+
+
+_Color = tuple[int, int, int]
+
+
+def outline_overlay(rgb: np.ndarray, labels: np.ndarray, colors: dict[int, _Color] | _Color) -> np.ndarray:
+    """RGB copy of ``rgb`` with object outlines drawn (one colour, or ``{label: colour}``)."""
+    from skimage.segmentation import find_boundaries
+
+    out = np.array(rgb[..., :3], dtype=np.uint8, copy=True)
+    edges = find_boundaries(labels, mode="inner")
+    if isinstance(colors, tuple):
+        out[edges] = colors
+        return out
+    lut = np.zeros((int(labels.max()) + 1, 3), np.uint8)
+    for lab, col in colors.items():
+        lut[lab] = col
+    out[edges] = lut[labels[edges]]
+    return out
+
+
+# ---- the tool -----------------------------------------------------------------------------------------------------
+class NucleiSegmentationInput(ToolInput):
+    """Arguments of ``nuclei_segmentation``."""
+
+    method: MethodChoice = Field(
+        "auto",
+        description="'pixel_classifier': colour/texture pixel classifier + watershed (best on H&E); "
+        "'deconvolution': unsupervised haematoxylin Otsu threshold + watershed; "
+        "'auto': the classifier, or deconvolution when the classifier finds nothing on a non-H&E stain.",
+    )
+    min_area_px: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Smallest nucleus kept, in pixels of the analysed image (default 3.75 um^2).",
+    )
+    seed_h: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="Seed depth for splitting touching nuclei (h-maxima); lower splits more. Default: 0.07 "
+        "(pixel_classifier) or 1.0 (deconvolution).",
+    )
+    assumed_mpp: float = Field(
+        0.25, gt=0.05, le=4.0, description="Microns per pixel assumed when the image's resolution is unknown."
+    )
+
+
+class NucleiSegmentationOutput(ToolOutput):
+    """Counts and morphometry of the segmented nuclei."""
+
+    count: int = Field(..., ge=0, description="Number of nuclei found.")
+    density_per_mm2: float | None = Field(None, description="Nuclei per mm^2 of analysed image; None when mpp unknown.")
+    analysed_area_mm2: float | None = Field(None, description="Analysed image area, mm^2; None when mpp unknown.")
+    mean_area_px: float | None = Field(None, description="Mean nucleus area in pixels; None when no nuclei.")
+    mean_area_um2: float | None = Field(None, description="Mean nucleus area, um^2; None w/o mpp or nuclei.")
+    area_um2_p10: float | None = Field(None, description="10th percentile of nucleus area, um^2 (None w/o mpp).")
+    area_um2_p50: float | None = Field(None, description="Median nucleus area, um^2 (None w/o mpp).")
+    area_um2_p90: float | None = Field(None, description="90th percentile of nucleus area, um^2 (None w/o mpp).")
+    mean_eccentricity: float | None = Field(
+        None, description="Mean eccentricity of the fitted ellipses (0 = round, 1 = line)."
+    )
+    mean_solidity: float | None = Field(None, description="Mean solidity (area / convex hull area); low = irregular.")
+    nuclear_area_fraction: float = Field(..., ge=0, le=1, description="Fraction of the image covered by nuclei.")
+    mpp: float = Field(..., description="Microns per pixel used for the size parameters.")
+    mpp_assumed: bool = Field(..., description="True when the image had no mpp and assumed_mpp was used.")
+    method: Method = Field(..., description="Segmentation method used.")
+
+
+class NucleiSegmentationTool(PathologyTool):
+    """Classical H&E nuclei instance segmentation with counts, density and morphometry."""
+
+    name = "nuclei_segmentation"
+    description = (
+        "Segment cell nuclei in an H&E image (classical pixel classifier + watershed); returns the nucleus count, "
+        "density per mm^2, area statistics (um^2), eccentricity and solidity, with an outline overlay and one "
+        "polygon per nucleus."
+    )
+    version = "0.2.0"
+    input_model = NucleiSegmentationInput
+    output_model = NucleiSegmentationOutput
+    working_mpp = MODEL_MPP
+    segmentation = True
+
+    def analyze(self, image: ImageData, args: ToolInput) -> ToolResult:
+        from skimage.measure import regionprops_table
+
+        args = cast(NucleiSegmentationInput, args)
+        mpp = image.mpp if image.mpp is not None else args.assumed_mpp
+        labels, used = segment_nuclei(image.pixels, mpp, args.method, args.min_area_px, args.seed_h)
+        props = regionprops_table(labels, properties=("label", "area", "eccentricity", "solidity"))
+        areas = np.asarray(props["area"], dtype=float)
+        n = int(areas.size)
+        known = image.mpp is not None
+        um2 = areas * image.mpp**2 if known else None
+        area_mm2 = image.area_mm2
+        out = NucleiSegmentationOutput(
+            count=n,
+            density_per_mm2=sig(n / area_mm2) if area_mm2 else None,
+            analysed_area_mm2=sig(area_mm2),
+            mean_area_px=sig(areas.mean()) if n else None,
+            mean_area_um2=sig(um2.mean()) if n and um2 is not None else None,
+            area_um2_p10=sig(np.percentile(um2, 10)) if n and um2 is not None else None,
+            area_um2_p50=sig(np.percentile(um2, 50)) if n and um2 is not None else None,
+            area_um2_p90=sig(np.percentile(um2, 90)) if n and um2 is not None else None,
+            mean_eccentricity=sig(np.mean(props["eccentricity"])) if n else None,
+            mean_solidity=sig(np.mean(props["solidity"])) if n else None,
+            nuclear_area_fraction=sig(float((labels > 0).mean())),
+            mpp=sig(mpp),
+            mpp_assumed=not known,
+            method=used,
+        )
+        measurements = {
+            int(lab): {"Area px": float(a), **({"Area um^2": sig(a * image.mpp**2)} if known else {})}
+            for lab, a in zip(props["label"], areas)
+        }
+        features = label_map_to_features(labels, image, "Nucleus", measurements=measurements)
+        overlay = outline_overlay(image.pixels, labels, (0, 255, 0))
+        return ToolResult(output=out, labels=labels, mask=labels > 0, overlay=overlay, features=features)
+
+    def summarize(self, output: ToolOutput) -> str:
+        output = cast(NucleiSegmentationOutput, output)
+        if output.status != "ok":
+            return super().summarize(output)
+        parts = [f"{output.count} nuclei"]
+        if output.density_per_mm2 is not None:
+            parts.append(f"{output.density_per_mm2:g}/mm²")
+        if output.mean_area_um2 is not None:
+            parts.append(f"mean area {output.mean_area_um2:g} µm²")
+        elif output.mean_area_px is not None:
+            parts.append(f"mean area {output.mean_area_px:g} px (mpp unknown)")
+        if output.mean_eccentricity is not None:
+            parts.append(f"mean eccentricity {output.mean_eccentricity:g}")
+        parts.append(f"nuclear area fraction {output.nuclear_area_fraction:g}")
+        parts.append(f"method {output.method}")
+        return f"{self.name}: " + ", ".join(parts)
