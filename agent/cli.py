@@ -37,12 +37,14 @@ def _fail(msg: str, code: int = 2) -> None:
 PlannerOpt = Annotated[str | None, typer.Option("--planner", "-p", help="rules | llamacpp | openai (default: settings)")]
 
 
-def _run_batch(cases_dir: Path, out: Path, planner: str | None, question: str | None, force: bool) -> int:
+def _run_batch(
+    cases_dir: Path, out: Path, planner: str | None, question: str | None, force: bool, **overrides: Any
+) -> int:
     from pathasst.agent.cases import CaseError, discover_cases
     from pathasst.agent.planners.base import PlannerError
     from pathasst.agent.runner import Engine, run_batch
 
-    settings = _settings(cases_root=cases_dir)
+    settings = _settings(cases_root=cases_dir, **overrides)
     try:
         n = len(discover_cases(cases_dir))
         engine = Engine(settings, planner=planner)
@@ -85,12 +87,19 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_out"),
     planner: PlannerOpt = None,
 ) -> None:
-    """Build example cases from images shipped inside installed packages, then run them."""
-    from pathasst.agent.demo import build_demo_cases
+    """Build example cases from images shipped inside installed packages, a small case library from them, then run
+    them (each report cites its similar cases)."""
+    from pathasst.agent.demo import build_demo_cases, build_demo_library
 
     cases = build_demo_cases(out / "cases")
     console.print(f"built {len(cases)} example cases in [cyan]{(out / 'cases').resolve()}[/]")
-    code = _run_batch(out / "cases", out / "reports", planner, None, False)
+    lib = build_demo_library(out / "cases", out / "library", _settings())
+    console.print(
+        f"case library [cyan]{(out / 'library').resolve()}[/]: {lib.count('added')} cases added, "
+        f"{lib.count('unchanged')} unchanged, {lib.count('failed')} not embeddable; "
+        f"{len(lib.bad_files)} bad files skipped"
+    )
+    code = _run_batch(out / "cases", out / "reports", planner, None, False, chroma_path=out / "library")
     for cid in cases:
         md = out / "reports" / cid / "report.md"
         if md.is_file():
@@ -135,6 +144,102 @@ def ask(
         out_console.print_json(report.model_dump_json())
     else:
         out_console.print(render_markdown(report), markup=False, highlight=False)
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("ui")
+def ui_command(
+    cases: Annotated[Path | None, typer.Option("--cases", help="Folder of case folders (default: PATHASST_CASES_ROOT).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: PATHASST_OUTPUT_DIR).")] = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8501,
+    address: Annotated[
+        str, typer.Option("--address", help="Bind address. Default loopback; any other address exposes the app.")
+    ] = "127.0.0.1",
+    planner: PlannerOpt = None,
+    hash_password: Annotated[
+        bool, typer.Option("--hash-password", help="Prompt for a password, print its bcrypt hash and exit.")
+    ] = False,
+) -> None:
+    """Start the case-review app (Streamlit) on 127.0.0.1; usage statistics off."""
+    import os
+    import signal
+    import subprocess
+    from importlib.util import find_spec
+
+    if hash_password:
+        import bcrypt
+
+        pw = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        out_console.print(bcrypt.hashpw(pw.encode("utf-8"), bcrypt.gensalt()).decode("ascii"))
+        console.print("set it as PATHASST_UI_PASSWORD_HASH (and PATHASST_UI_USER) in .env or the environment")
+        raise typer.Exit(0)
+    from pathasst.ui.config import UISettings  # pydantic only: no streamlit import here
+
+    settings = _settings()
+    try:
+        ui_settings = UISettings()
+        login = ui_settings.login_mode
+    except ValueError as exc:
+        _fail(f"invalid UI settings: {exc}")
+    cases_dir = cases or settings.cases_root
+    if cases_dir is None or not Path(cases_dir).is_dir():
+        _fail(f"cases folder not found: {cases_dir} (give --cases DIR or set PATHASST_CASES_ROOT)")
+    if not _is_loopback(address):
+        console.print(
+            f"[bold yellow]warning:[/] binding to {address}: the app and its patient data are reachable from other "
+            "machines. Use it only behind TLS on a trusted network"
+            + (", and enable a login (PATHASST_UI_PASSWORD_HASH)." if login == "none" else ".")
+        )
+    spec = find_spec("pathasst.ui.app")
+    if spec is None or spec.origin is None:
+        _fail("the review app is not installed (pathasst.ui.app missing)")
+    env = dict(os.environ)
+    env["PATHASST_CASES_ROOT"] = str(Path(cases_dir).resolve())
+    if out is not None:
+        env["PATHASST_OUTPUT_DIR"] = str(out.resolve())
+    if planner is not None:
+        env["PATHASST_PLANNER"] = planner
+    env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", spec.origin,
+        "--server.address", address,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--server.maxUploadSize", str(ui_settings.max_upload_mb),
+        "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false",
+        "--client.toolbarMode", "viewer",
+        "--client.showErrorDetails", "type",
+    ]
+    host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
+    console.print(f"PathAsst case review on [cyan]http://{host}:{port}[/] (cases: {env['PATHASST_CASES_ROOT']}); Ctrl+C stops it")
+    proc = subprocess.Popen(cmd, env=env)
+
+    def _forward(signum: int, _frame: Any) -> None:
+        proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, _forward)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+    raise typer.Exit(code if code >= 0 else 0)
 
 
 @tools_app.command("list")
@@ -184,6 +289,15 @@ def tools_predict(
     raise typer.Exit(1 if failed and not done else 0)
 
 
+def _mount_tools_eval() -> None:
+    from pathasst.tools.eval_cli import tools_eval
+
+    tools_app.command("eval")(tools_eval)
+
+
+_mount_tools_eval()
+
+
 def _mount_eval() -> None:
     from pathasst.agent.cli_eval import eval_app
 
@@ -191,6 +305,15 @@ def _mount_eval() -> None:
 
 
 _mount_eval()
+
+
+def _mount_library() -> None:
+    from pathasst.memory.cli import library_app
+
+    app.add_typer(library_app, name="library")
+
+
+_mount_library()
 
 
 def main() -> None:

@@ -9,20 +9,27 @@ counterstain, no known copyright restrictions). From it the demo builds:
 - ``broken_inputs``: a valid image beside a truncated PNG and an unknown file (the case still reports; the
   problems are listed);
 - ``empty_case``: no image at all (fails with a clear reason in ``summary.csv``; the batch goes on).
+
+Each case.yaml carries ``diagnosis: DEMO_DIAGNOSIS``, the published description of the sample image (a demo label,
+not a clinical diagnosis). ``build_demo_library`` embeds the demo cases into a small case library
+(``OUT/library``), so every demo report cites its similar cases (the case itself excluded).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 from PIL import Image
 
-__all__ = ["DEMO_MPP", "build_demo_cases", "write_pyramidal_tiff"]
+__all__ = ["DEMO_DIAGNOSIS", "DEMO_MPP", "build_demo_cases", "build_demo_library", "write_pyramidal_tiff"]
 
 #: nominal resolution given to the demo image (the source does not state one)
 DEMO_MPP = 0.5
+#: what scikit-image says the sample shows; recorded as the demo cases' diagnosis for the case library
+DEMO_DIAGNOSIS = "colonic glands, DAB immunostain (scikit-image sample; demo label)"
 
 
 def _ihc() -> np.ndarray:
@@ -62,11 +69,12 @@ def build_demo_cases(dest: Path) -> list[str]:
     ids: list[str] = []
 
     d = _case(dest, "ki67_patch", {"stain": "Ki-67", "organ": "unknown", "mpp": DEMO_MPP,
-                                   "question": "What is the Ki-67 proliferation index?"})
+                                   "question": "What is the Ki-67 proliferation index?", "diagnosis": DEMO_DIAGNOSIS})
     Image.fromarray(ihc).save(d / "ihc.png")
     ids.append(d.name)
 
-    d = _case(dest, "ki67_slide", {"stain": "Ki-67", "question": "Estimate the Ki-67 index on this slide."})
+    d = _case(dest, "ki67_slide", {"stain": "Ki-67", "question": "Estimate the Ki-67 index on this slide.",
+                                   "diagnosis": DEMO_DIAGNOSIS})
     if not (d / "mosaic.tif").exists():
         top = np.concatenate([ihc, ihc[:, ::-1]], axis=1)
         mosaic = np.concatenate([top, top[::-1]], axis=0)  # 1024 x 1024
@@ -74,14 +82,14 @@ def build_demo_cases(dest: Path) -> list[str]:
         write_pyramidal_tiff(d / "mosaic.tif", np.ascontiguousarray(mosaic), mpp=DEMO_MPP)
     ids.append(d.name)
 
-    d = _case(dest, "qc_blurred", {"stain": "Ki-67", "mpp": DEMO_MPP,
+    d = _case(dest, "qc_blurred", {"stain": "Ki-67", "mpp": DEMO_MPP, "diagnosis": DEMO_DIAGNOSIS,
                                    "question": "Is the image quality adequate? Check for blur and tissue content."})
     Image.fromarray(ihc[:256, :256]).save(d / "sharp.png")
     blurred = (gaussian(ihc[:256, :256], sigma=3, channel_axis=-1) * 255).round().astype(np.uint8)
     Image.fromarray(blurred).save(d / "blurred.png")
     ids.append(d.name)
 
-    d = _case(dest, "broken_inputs", {"stain": "Ki-67", "mpp": DEMO_MPP})
+    d = _case(dest, "broken_inputs", {"stain": "Ki-67", "mpp": DEMO_MPP, "diagnosis": DEMO_DIAGNOSIS})
     Image.fromarray(ihc[256:, 256:]).save(d / "good.png")
     good = (d / "good.png").read_bytes()
     (d / "truncated.png").write_bytes(good[: len(good) // 3])
@@ -93,3 +101,11 @@ def build_demo_cases(dest: Path) -> list[str]:
     (d / "README.txt").write_text("This case folder has no image; PathAsst reports it as failed.\n", encoding="utf-8")
     ids.append(d.name)
     return ids
+
+
+def build_demo_library(cases_dir: Path, library_dir: Path, settings: Any) -> Any:
+    """Embed the demo cases into an embedded case library at ``library_dir`` (idempotent); the ingestion report."""
+    from pathasst.memory import open_library
+
+    lib = open_library(settings.model_copy(update={"chroma_path": Path(library_dir), "chroma_host": None}))
+    return lib.add_cases(Path(cases_dir))

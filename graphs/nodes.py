@@ -1,4 +1,4 @@
-"""Nodes of the case graph: load_case -> plan <-> act -> report."""
+"""Nodes of the case graph: load_case -> (retrieve, in ``retrieve.py``) -> plan <-> act -> report."""
 
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ def plan(state: CaseState, runtime: Runtime[CaseContext]) -> dict[str, Any]:
                 PriorCall(tool=r["tool"], arguments=r["arguments"], status=r["status"], summary=r["summary"])
                 for r in records
             ],
+            retrieved=list(state.get("retrieved") or []),
             notes=case.meta.notes,
             step=step,
         )
@@ -151,7 +152,10 @@ def report(state: CaseState, runtime: Runtime[CaseContext]) -> dict[str, Any]:
         notes.extend(n for n in rec.notes if n not in notes)
     phrased = None
     phrase = getattr(ctx.planner, "phrase", None)
-    draft_report = build_report(case, state["question"], ctx.planner.name, trace, state.get("decisions") or [], headline)
+    similar = list(state.get("similar") or [])
+    draft_report = build_report(
+        case, state["question"], ctx.planner.name, trace, state.get("decisions") or [], headline, similar_cases=similar
+    )
     if callable(phrase) and trace:
         pctx = PlannerContext(question=state["question"], stain=case.meta.stain, images=[i.name for i in case.images])
         try:
@@ -170,5 +174,6 @@ def report(state: CaseState, runtime: Runtime[CaseContext]) -> dict[str, Any]:
         phrased=phrased,
         timings=timings,
         notes=notes,
+        similar_cases=similar,
     )
     return {"report": rep.model_dump(mode="json"), "timings": {"report": timings["report"]}}

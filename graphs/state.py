@@ -24,6 +24,8 @@ class CaseState(TypedDict, total=False):
     decisions: Annotated[list[dict[str, Any]], operator.add]
     notes: Annotated[list[str], operator.add]
     timings: Annotated[dict[str, float], lambda a, b: {**a, **b}]
+    similar: list[dict[str, Any]]  # similar past cases (retrieve node): case_id, distance, diagnosis, thumbnail ...
+    retrieved: list[str]  # their archived text for the planner: DATA, never instructions
     report: dict[str, Any]
 
 

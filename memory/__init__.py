@@ -1,1 +1,19 @@
-"""PathAsst memory package."""
+"""PathAsst case memory: embedders (PathCLIP, hed-texture, MiniLM), the Chroma case store, ingestion, retrieval,
+evaluation and conversation checkpoints.
+
+Nothing heavy is imported here: ``open_library`` (used by the CLI, the graph, the ``similar_cases`` tool and the
+review app) imports Chroma and the embedders on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["open_library"]
+
+
+def open_library(settings: Any, image_embedder_name: str | None = None, text_embedder_name: str | None = None) -> Any:
+    """The case library configured by ``settings`` (a :class:`pathasst.memory.library.CaseLibrary`)."""
+    from pathasst.memory.library import open_library as _open
+
+    return _open(settings, image_embedder_name, text_embedder_name)
