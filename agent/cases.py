@@ -44,6 +44,8 @@ PATCH_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 SLIDE_EXTENSIONS = frozenset({".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff"})
 CASE_FILE = "case.yaml"
 _IGNORED_NAMES = {CASE_FILE, "case.yml", ".DS_Store", "Thumbs.db"}
+#: text files a case may carry (archived reports, captions): listed in ``Case.texts``, used by the case library
+TEXT_PATTERNS = ("report*.md", "report*.txt", "caption*.txt")
 
 
 # --- errors -----------------------------------------------------------------------------------------
@@ -114,6 +116,7 @@ class Case(BaseModel):
     images: list[CaseImage] = Field(default_factory=list)
     problems: list[CaseProblem] = Field(default_factory=list)
     ignored: list[str] = Field(default_factory=list)
+    texts: list[str] = Field(default_factory=list, description="Archived reports and captions (data, not instructions).")
 
     @property
     def image_kind(self) -> Literal["patch", "wsi"]:
@@ -220,6 +223,9 @@ def load_case(case_dir: Path, cases_root: Path | None = None, settings: Any | No
             if real.is_dir():
                 continue
             kind = classify_file(f)
+            if kind is None and any(f.match(pat) for pat in TEXT_PATTERNS):
+                case.texts.append(rel)
+                continue
             if kind is None:
                 log.warning("case %s: ignoring %s (unknown file type)", case.id, rel)
                 case.ignored.append(rel)

@@ -42,10 +42,11 @@ def retrieve(state: CaseState, runtime: Runtime[CaseContext]) -> dict[str, Any]:
     notes: list[str] = []
     from pathasst.memory.library import open_library
 
+    k = int(getattr(ctx.settings, "similar_k", RETRIEVE_K))
     lib = open_library(ctx.settings)
-    if lib.exists():
+    if k > 0 and lib.exists():
         try:
-            hits = lib.similar_to_case(case, k=RETRIEVE_K)
+            hits = lib.similar_to_case(case, k=k)
         except _library_errors() as exc:
             notes.append(f"similar cases unavailable: {type(exc).__name__}: {exc}")
         else:

@@ -19,8 +19,9 @@ DEFAULT_DB_NAME = "conversations.sqlite"
 
 
 def conversations_path(settings: Any) -> Path:
-    """Default database file: ``<cache_dir>/conversations.sqlite``."""
-    return Path(settings.cache_dir) / DEFAULT_DB_NAME
+    """``settings.conversations_path``, else ``<cache_dir>/conversations.sqlite``."""
+    configured = getattr(settings, "conversations_path", None)
+    return Path(configured) if configured else Path(settings.cache_dir) / DEFAULT_DB_NAME
 
 
 def case_thread_id(case_id: str, review: str = "default") -> str:

@@ -376,8 +376,16 @@ class Facade:
                 from pathasst.agent.planners.base import PlannerError
                 from pathasst.agent.runner import Engine
 
+                from pathasst.memory.conversations import conversations_path, open_checkpointer
+
                 try:
-                    self._engine = Engine(self.settings, planner=self.planner, registry=self.registry)
+                    # every analysis is a thread in the SQLite conversation store, so it survives a restart
+                    self._engine = Engine(
+                        self.settings,
+                        planner=self.planner,
+                        registry=self.registry,
+                        checkpointer=open_checkpointer(conversations_path(self.settings)),
+                    )
                 except PlannerError as exc:
                     raise AnalysisError(f"planner not available: {exc}") from exc
             return self._engine
@@ -408,6 +416,7 @@ class Facade:
         from pathasst.agent.outputs import write_case
         from pathasst.agent.planners.base import PlannerError
         from pathasst.agent.report import render_markdown
+        from pathasst.memory.conversations import case_thread_id
 
         try:
             case = self.load_case(case_id)
@@ -422,7 +431,7 @@ class Facade:
             try:
                 report, artifacts = self.engine().run(
                     case=case, question=question, cases_root=self.cases_root, on_event=on_event,
-                    thread_id=f"ui-{case_id}-{uuid.uuid4().hex[:8]}",
+                    thread_id=case_thread_id(case_id, f"ui-{uuid.uuid4().hex[:8]}"),
                 )
                 write_case(self.out_dir, report, artifacts, overwrite=True)
             except (CaseError, PlannerError) as exc:
