@@ -87,7 +87,8 @@ def verify_patch(path: Path, max_pixels: int | None) -> None:
                 im.load()
     except CaseError:
         raise
-    except Image.UnidentifiedImageError as exc:
+    except (Image.UnidentifiedImageError, ImportError) as exc:
+        # ImportError: a library that patches PIL.Image.open (ultralytics) failed to load an optional format plugin
         raise UnsupportedFormatError(f"{path.name}: not a readable image ({exc})") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb(path, max_pixels, exc) from exc
@@ -105,7 +106,8 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
                 return np.asarray(im.convert("RGB"))
     except CaseError:
         raise
-    except Image.UnidentifiedImageError as exc:
+    except (Image.UnidentifiedImageError, ImportError) as exc:
+        # ImportError: a library that patches PIL.Image.open (ultralytics) failed to load an optional format plugin
         raise UnsupportedFormatError(f"{path.name}: not a readable image ({exc})") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb(path, max_pixels, exc) from exc
