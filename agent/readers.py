@@ -340,9 +340,9 @@ class CaseImageResolver:
             # thumbnail-level analysis of the region (or whole slide)
             reg = region or Region(x=0, y=0, width=W, height=H)
             ds = max(1.0, math.sqrt(reg.width * reg.height / min(budget, self.THUMB_PIXELS)))
-            if working_mpp is not None and slide.mpp is None:
-                ds = max(1.0, ds)
-            return slide.read_region(reg, ds, budget)
+            data = slide.read_region(reg, ds, budget)
+            data.slide = slide
+            return data
         ds = max(1.0, working_mpp / slide.mpp)
         notes: list[str] = []
         if region is None:
@@ -357,4 +357,5 @@ class CaseImageResolver:
                 )
         data = slide.read_region(region, ds, budget)
         data.notes.extend(notes)
+        data.slide = slide
         return data

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     ihc_weights: Path | None = Field(None, description="YOLO cell-detector .pt for ihc_quantification.")
     mitosis_weights: Path | None = Field(None, description="YOLO .pt for mitosis_detection.")
     pathclip_weights: Path | None = Field(None, description="PathCLIP open_clip checkpoint (pathclip-base.pt).")
+    tissue_probe_weights: Path | None = Field(
+        None, description="Optional linear-probe head on PathCLIP embeddings for tissue_classification."
+    )
     tumor_seg_weights: Path | None = Field(None, description="U-Net state dict for tumor_segmentation.")
     slide_mil_weights: Path | None = Field(None, description="ABMIL head state dict for slide_classification.")
     sam_weights: Path | None = Field(None, description="segment-anything checkpoint for region_segmentation.")

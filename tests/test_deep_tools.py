@@ -1,4 +1,4 @@
-"""The deep tools before their backends exist: honest 'not configured', weights checks, clear 'not implemented'."""
+"""The deep tools' common behaviour: honest 'not configured', weights-file checks, clear errors for unusable weights."""
 
 from __future__ import annotations
 
@@ -148,8 +148,18 @@ def test_wrong_suffix_lists_accepted_suffixes(tmp_path: Path) -> None:
         check_weights_file(path, "tumor_seg_weights", (".pt", ".pth"))
 
 
+#: what each backend says of a valid torch file that is not its model
+NOT_THE_MODEL = {
+    "mitosis_detection": "not an ultralytics YOLO checkpoint",
+    "tissue_classification": "do not fit open_clip ViT-B-16",
+    "tumor_segmentation": "lack 'classes'",
+    "slide_classification": "lack 'labels'",
+    "region_segmentation": "not a segment-anything checkpoint",
+}
+
+
 @pytest.mark.parametrize("cls", [*DEEP, RegionSegmentationTool], ids=lambda c: c.name)
-def test_valid_weights_without_backend_fail_clearly(
+def test_valid_torch_file_that_is_not_the_model_fails_clearly(
     cls: Any, settings: Any, resolver, torch_checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
     suffix = cls.weights_suffixes[0]
@@ -159,6 +169,6 @@ def test_valid_weights_without_backend_fail_clearly(
     args = {"image": "x.png", "point": [32, 32]} if cls is RegionSegmentationTool else {"image": "x.png"}
     record, result = call_tool(tool, args, resolver)
     assert record.status == "failed" and result is None
-    assert "backend not implemented in this version" in (record.error or "")
-    assert settings_env_var(cls.weights_setting) in (record.error or "")
+    assert NOT_THE_MODEL[cls.name] in (record.error or ""), record.error
+    assert settings_env_var(cls.weights_setting) in (record.error or "") and str(path) in (record.error or "")
     assert tool._loaded is False

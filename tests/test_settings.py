@@ -38,3 +38,10 @@ def test_environment_and_dotenv(tmp_path, monkeypatch):
     monkeypatch.setenv("PATHASST_PLANNER", "gpt")
     with pytest.raises(ValidationError, match="rules"):
         Settings(_env_file=None)
+
+
+def test_env_example_is_up_to_date():
+    import runpy
+
+    render = runpy.run_path(str(REPO / "scripts" / "write_env_example.py"))["render"]
+    assert (REPO / ".env.example").read_text() == render(), "run: python scripts/write_env_example.py"

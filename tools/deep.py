@@ -6,8 +6,9 @@ A deep tool reads its weights path from one settings field (``weights_setting``)
   environment variable to set, and every measurement ``None``/empty (never an invented number);
 * the setting names a file that is missing, empty, unreadable or not of the expected format: ``_load`` raises
   :class:`WeightsError` naming the setting and its environment variable;
-* the file is valid: ``_load_backend`` builds the model. Until a backend exists it raises
-  :class:`ToolExecutionError` saying so.
+* the file is valid: ``_load_backend`` builds the model (the backends live in :mod:`pathasst.tools.backends`;
+  a tool without one raises :class:`ToolExecutionError` saying so). A file of the right kind whose content does not
+  fit the backend (wrong architecture, missing metadata) also raises :class:`WeightsError` naming the setting.
 
 Format checks read only a few bytes (and, for torch zip archives, the zip directory); nothing heavy is imported.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.errors import ToolExecutionError, WeightsError
@@ -136,6 +137,16 @@ class DeepTool(PathologyTool):
             f"{self.backend_name} backend not implemented in this version "
             f"(weights {path.name} from {settings_env_var(self.weights_setting)} are valid but cannot be used yet)"
         )
+
+    #: what the loaded backend is (architecture, classes); set by ``_load_backend``, reported by ``model_info``
+    model_description: str | None = None
+
+    def model_info(self) -> dict[str, Any]:
+        """Base info (tool, version, weights, sha256) plus, once loaded, a description of the model."""
+        info = super().model_info()
+        if self.model_description:
+            info["model"] = self.model_description
+        return info
 
     def not_configured_output(self, image: ImageData, args: ToolInput) -> ToolOutput:
         """The typed output for an unconfigured tool: status, message, and no measurements."""

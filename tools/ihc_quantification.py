@@ -31,7 +31,7 @@ Checked against the DeepLIIF Ki-67 images in ``shared/data/deepliif_ki67`` (see 
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -131,6 +131,10 @@ class Cell(BaseModel):
     intensity: Intensity = Field(..., description="0 negative, 1 weak, 2 moderate, 3 strong.")
     dab_od: float = Field(..., description="Mean DAB optical density of the nucleus (rgb2hed units).")
     area_px: int = Field(..., ge=1, description="Nucleus area in pixels.")
+    cell_class: str | None = Field(
+        None, description="Cell class named by the deep cell detector (e.g. 'positive tumor cell'); None when classical."
+    )
+    score: float | None = Field(None, ge=0, le=1, description="Deep cell detector's confidence; None when classical.")
 
 
 class IHCQuantificationInput(ToolInput):
@@ -170,6 +174,11 @@ class IHCQuantificationOutput(ToolOutput):
     mpp: float = Field(..., description="Microns per pixel used for the size parameters.")
     mpp_assumed: bool = Field(..., description="True when the image had no mpp and assumed_mpp was used.")
     cells: list[Cell] = Field(default_factory=list, description="Every nucleus with its position and class.")
+    cell_counts: dict[str, int] | None = Field(
+        None,
+        description="Deep backend only: detected cells per detector class, scored or not (e.g. lymphocytes and "
+        "fibroblasts, which the index leaves out); None when classical.",
+    )
 
 
 class IHCQuantificationTool(PathologyTool):
@@ -183,13 +192,36 @@ class IHCQuantificationTool(PathologyTool):
     version = "0.2.0"
     input_model = IHCQuantificationInput
     output_model = IHCQuantificationOutput
+    headline_fields = ("positivity_index", "positive_cells", "negative_cells", "h_score", "tps")
     working_mpp = MODEL_MPP
     segmentation = True
+    #: deep backend: a YOLO cell detector with cell classes (pathasst.tools.backends.yolo_cells); empty = classical
+    weights_setting = "ihc_weights"
+
+    def _load(self) -> None:
+        path = self.weights_path()
+        if path is not None:
+            from pathasst.tools.backends.yolo_cells import load_cell_detector
+            from pathasst.tools.deep import check_weights_file
+
+            check_weights_file(path, "ihc_weights", (".pt",))
+            self._cells = load_cell_detector(path, self.settings)
+
+    def model_info(self) -> dict[str, Any]:
+        info = super().model_info()
+        if getattr(self, "_cells", None) is not None:
+            info["model"] = self._cells.describe()
+        return info
 
     def analyze(self, image: ImageData, args: ToolInput) -> ToolResult:
         from scipy import ndimage as ndi
         from skimage.segmentation import relabel_sequential
 
+        if self.weights_path() is not None:  # deep backend
+            from pathasst.tools.backends.yolo_cells import analyze_ihc
+
+            self.load()
+            return analyze_ihc(self._cells, image, args)
         a = cast(IHCQuantificationInput, args)
         mpp = image.mpp if image.mpp is not None else a.assumed_mpp
         labels, hed = detect_ihc_nuclei(image.pixels, mpp, min_area_px=a.min_area_px)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,8 @@ class ImageData:
     origin: tuple[float, float] = (0.0, 0.0)
     scale: float = 1.0
     notes: list[str] = field(default_factory=list)
+    #: the open whole slide these pixels came from (for tools that read tiles themselves, e.g. MIL), else None
+    slide: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.pixels = as_rgb_uint8(self.pixels)

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import base64
 import io
+import zipfile
 import zlib
 from functools import lru_cache
-from typing import Literal, cast
+from pathlib import Path
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import Field
@@ -47,13 +49,17 @@ __all__ = [
     "NucleiSegmentationOutput",
     "NucleiSegmentationTool",
     "deconvolution_nuclei",
+    "encode_weights",
+    "load_weights",
     "nucleus_maps",
     "outline_overlay",
     "pixel_features",
     "remove_small_labels",
     "resample_to_model",
+    "save_weights",
     "segment_nuclei",
     "sig",
+    "weights_npz_bytes",
 ]
 
 #: resolution (um/px) the classifier and the default size parameters are defined at (CoNSeP, 40x)
@@ -78,6 +84,9 @@ def sig(x: float | None, digits: int = 4) -> float | None:
 
 
 # ---- the embedded pixel classifier ---------------------------------------------------------------------------------
+# Reproducible with ``python -m pathasst.finetune.nuclei_pixel`` (model card: finetune/model_cards/
+# nuclei_pixel_classifier.md), which writes the same .npz format; ``python -m pathasst.tools.nuclei_segmentation
+# --embed FILE.npz`` prints the block below for such a file.
 # np.savez of the perceptron (mu, sd: float32 feature standardisation; w0, b0, w1, b1, w2, b2: float16 layers),
 # zlib-compressed, base64. Training: 3,000 random pixels per tile from the 336 tiles of the training source images,
 # targets = background / nucleus / nucleus border (``find_boundaries(mode="inner")``) and the distance to the border
@@ -141,11 +150,58 @@ _WEIGHTS_B64 = (
 )
 
 
+#: arrays of the weights format (.npz): mu, sd (float32, length = number of features); w0, b0, w1, b1, w2, b2
+#: (float16 Linear layers, ``w`` of shape (out, in); the last layer has 4 outputs: 3 class logits + distance)
+WEIGHT_KEYS = ("mu", "sd", "w0", "b0", "w1", "b1", "w2", "b2")
+N_FEATURES = 24
+
+
+def load_weights(source: str | Path | bytes) -> dict[str, np.ndarray]:
+    """Classifier weights from an .npz file (path) or its bytes, as float32 arrays; ValueError if malformed."""
+    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
+            w = {k: data[k].astype(np.float32) for k in WEIGHT_KEYS if k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"not a nuclei pixel-classifier .npz: {exc}") from exc
+    missing = [k for k in WEIGHT_KEYS if k not in w]
+    if missing:
+        raise ValueError(f"not a nuclei pixel-classifier .npz: missing {missing}")
+    hid = w["w0"].shape[0]
+    shapes = {"mu": (N_FEATURES,), "sd": (N_FEATURES,), "w0": (hid, N_FEATURES), "b0": (hid,)}
+    shapes |= {"w1": (hid, hid), "b1": (hid,), "w2": (4, hid), "b2": (4,)}
+    bad = {k: w[k].shape for k in WEIGHT_KEYS if w[k].shape != shapes[k]}
+    if bad:
+        raise ValueError(f"nuclei pixel-classifier .npz has wrong shapes {bad}; expected {shapes}")
+    return w
+
+
+def weights_npz_bytes(weights: dict[str, Any]) -> bytes:
+    """The .npz bytes of ``weights`` (mu, sd float32; layers float16), byte-for-byte deterministic."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for k in WEIGHT_KEYS:
+            arr = np.ascontiguousarray(np.asarray(weights[k], np.float32 if k in ("mu", "sd") else np.float16))
+            with zf.open(zipfile.ZipInfo(f"{k}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as f:
+                np.lib.format.write_array(f, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def save_weights(path: str | Path, weights: dict[str, Any]) -> Path:
+    """Write ``weights`` in the .npz format :func:`load_weights` reads; returns the path."""
+    path = Path(path)
+    path.write_bytes(weights_npz_bytes(weights))
+    return path
+
+
+def encode_weights(weights: dict[str, Any]) -> str:
+    """zlib + base64 of the .npz bytes: the ``_WEIGHTS_B64`` form."""
+    return base64.b64encode(zlib.compress(weights_npz_bytes(weights), 9)).decode("ascii")
+
+
 @lru_cache(maxsize=1)
 def _weights() -> dict[str, np.ndarray]:
-    raw = zlib.decompress(base64.b64decode(_WEIGHTS_B64))
-    with np.load(io.BytesIO(raw)) as data:
-        return {k: data[k].astype(np.float32) for k in data.files}
+    return load_weights(zlib.decompress(base64.b64decode(_WEIGHTS_B64)))
 
 
 def _norm_constants(hed: np.ndarray) -> tuple[float, float, float, float]:
@@ -192,13 +248,14 @@ def _mlp(x: np.ndarray, w: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
     return c / c.sum(1, keepdims=True), 1.0 / (1.0 + np.exp(-np.clip(z[:, 3], -30.0, 30.0)))
 
 
-def nucleus_maps(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nucleus_maps(rgb: np.ndarray, weights: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Classifier outputs for an image at MODEL_MPP: class probabilities ``(H, W, 3)`` (background, nucleus,
     border) and the predicted normalised distance to the nucleus border ``(H, W)`` (0 at borders, 1 at centres).
-    Large images are processed in overlapping tiles with image-wide normalisation."""
+    Large images are processed in overlapping tiles with image-wide normalisation. ``weights``: from
+    :func:`load_weights` (default: the embedded ones)."""
     from skimage.color import rgb2hed
 
-    w = _weights()
+    w = _weights() if weights is None else weights
     rgb = np.asarray(rgb)[..., :3]
     norm = _norm_constants(rgb2hed(rgb[:: max(1, rgb.shape[0] // 1024), :: max(1, rgb.shape[1] // 1024)]))
     hgt, wid = rgb.shape[:2]
@@ -242,12 +299,14 @@ def _watershed(mask: np.ndarray, energy: np.ndarray, h: float, min_area: int, fl
     return remove_small_labels(labels.astype(np.int64), min_area)
 
 
-def _classifier_labels(rgb: np.ndarray, min_area: int, seed_h: float) -> np.ndarray:
+def _classifier_labels(
+    rgb: np.ndarray, min_area: int, seed_h: float, weights: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     from scipy import ndimage as ndi
     from skimage.filters import gaussian
     from skimage.morphology import disk
 
-    probs, dist = nucleus_maps(rgb)
+    probs, dist = nucleus_maps(rgb, weights)
     mask = gaussian(probs[..., 1] + probs[..., 2], 1.0) > 0.5
     mask = ndi.binary_opening(ndi.binary_fill_holes(mask), disk(1))
     return _watershed(mask, gaussian(dist, 2.0), seed_h, min_area, floor=0.3)
@@ -300,6 +359,7 @@ def segment_nuclei(
     method: MethodChoice = "auto",
     min_area_px: int | None = None,
     seed_h: float | None = None,
+    weights: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, Method]:
     """Instance label map (uint32, 0 = background) of the nuclei in ``rgb`` (pixels of ``mpp`` um), and the method
     used. ``auto`` = the pixel classifier, falling back to ``deconvolution`` when the classifier finds no nucleus on
@@ -307,6 +367,7 @@ def segment_nuclei(
 
     ``min_area_px`` is in pixels of the input image (default: 3.75 um^2); ``seed_h`` is the h-maxima depth
     (classifier distance units, default 0.07; pixels at MODEL_MPP for ``deconvolution``, default 1.0).
+    ``weights``: pixel-classifier weights from :func:`load_weights` (default: the embedded ones).
     """
     from skimage.segmentation import relabel_sequential
     from skimage.transform import resize
@@ -319,7 +380,7 @@ def segment_nuclei(
         min_area = max(1, int(round(min_area_px * factor * factor)))
     used: Method = "deconvolution" if method == "deconvolution" else "pixel_classifier"
     if used == "pixel_classifier":
-        labels = _classifier_labels(work, min_area, 0.07 if seed_h is None else seed_h)
+        labels = _classifier_labels(work, min_area, 0.07 if seed_h is None else seed_h, weights)
         if method == "auto" and labels.max() == 0 and not _looks_like_he(work):
             used = "deconvolution"
     if used == "deconvolution":
@@ -358,7 +419,8 @@ class NucleiSegmentationInput(ToolInput):
         "auto",
         description="'pixel_classifier': colour/texture pixel classifier + watershed (best on H&E); "
         "'deconvolution': unsupervised haematoxylin Otsu threshold + watershed; "
-        "'auto': the classifier, or deconvolution when the classifier finds nothing on a non-H&E stain.",
+        "'auto': the classifier, or deconvolution when the classifier finds nothing on a non-H&E stain; with "
+        "PATHASST_NUCLEI_WEIGHTS set, 'auto' runs the deep (YOLO-seg) backend instead.",
     )
     min_area_px: int | None = Field(
         None,
@@ -396,7 +458,9 @@ class NucleiSegmentationOutput(ToolOutput):
     nuclear_area_fraction: float = Field(..., ge=0, le=1, description="Fraction of the image covered by nuclei.")
     mpp: float = Field(..., description="Microns per pixel used for the size parameters.")
     mpp_assumed: bool = Field(..., description="True when the image had no mpp and assumed_mpp was used.")
-    method: Method = Field(..., description="Segmentation method used.")
+    method: Method | Literal["yolo_seg"] = Field(
+        ..., description="Segmentation method used ('yolo_seg': the deep backend of PATHASST_NUCLEI_WEIGHTS)."
+    )
 
 
 class NucleiSegmentationTool(PathologyTool):
@@ -411,15 +475,46 @@ class NucleiSegmentationTool(PathologyTool):
     version = "0.2.0"
     input_model = NucleiSegmentationInput
     output_model = NucleiSegmentationOutput
+    headline_fields = ("count", "density_per_mm2", "mean_area_um2", "mean_eccentricity")
     working_mpp = MODEL_MPP
     segmentation = True
+    #: deep backend (method 'auto'): ultralytics YOLO-seg weights, see pathasst.tools.backends.nuclei_yolo
+    weights_setting = "nuclei_weights"
+
+    def _load(self) -> None:
+        path = self.weights_path()
+        if path is not None:
+            from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
+
+            self._deep = load_nuclei_backend(path, self.settings)
+
+    def model_info(self) -> dict[str, Any]:
+        info = super().model_info()
+        if getattr(self, "_deep", None) is not None:
+            info["model"] = self._deep.describe()
+        return info
+
+    def __init__(self, settings: Any | None = None, pixel_weights: str | Path | dict[str, Any] | None = None) -> None:
+        """``pixel_weights``: a retrained classifier (.npz path from ``pathasst.finetune.nuclei_pixel``, or
+        :func:`load_weights` arrays) instead of the embedded one."""
+        super().__init__(settings)
+        if isinstance(pixel_weights, (str, Path)):
+            pixel_weights = load_weights(pixel_weights)
+        self.pixel_weights = pixel_weights
 
     def analyze(self, image: ImageData, args: ToolInput) -> ToolResult:
         from skimage.measure import regionprops_table
 
         args = cast(NucleiSegmentationInput, args)
         mpp = image.mpp if image.mpp is not None else args.assumed_mpp
-        labels, used = segment_nuclei(image.pixels, mpp, args.method, args.min_area_px, args.seed_h)
+        deep = self.weights_path() is not None and args.method == "auto"
+        if deep:
+            self.load()
+            labels, used = self._deep.segment(image), "yolo_seg"
+        else:
+            labels, used = segment_nuclei(
+                image.pixels, mpp, args.method, args.min_area_px, args.seed_h, weights=self.pixel_weights
+            )
         props = regionprops_table(labels, properties=("label", "area", "eccentricity", "solidity"))
         areas = np.asarray(props["area"], dtype=float)
         n = int(areas.size)
@@ -441,6 +536,7 @@ class NucleiSegmentationTool(PathologyTool):
             mpp=sig(mpp),
             mpp_assumed=not known,
             method=used,
+            backend="yolo" if deep else "classical",
         )
         measurements = {
             int(lab): {"Area px": float(a), **({"Area um^2": sig(a * image.mpp**2)} if known else {})}
@@ -466,3 +562,20 @@ class NucleiSegmentationTool(PathologyTool):
         parts.append(f"nuclear area fraction {output.nuclear_area_fraction:g}")
         parts.append(f"method {output.method}")
         return f"{self.name}: " + ", ".join(parts)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pathasst.tools.nuclei_segmentation")
+    parser.add_argument(
+        "--embed", type=Path, required=True, metavar="NPZ", help="print the _WEIGHTS_B64 block for this weights file"
+    )
+    args = parser.parse_args(argv)
+    b64 = encode_weights(load_weights(args.embed))
+    lines = "\n".join(f'    "{b64[i : i + 112]}"' for i in range(0, len(b64), 112))
+    print(f"_WEIGHTS_B64 = (\n{lines}\n)")
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,7 +1,8 @@
 """Prompted segmentation: measure the object or area a user points at (point) or draws a box around.
 
-Backends: segment-anything when ``sam_weights`` is configured (not implemented in this version), otherwise an
-embedded classical seeded segmentation on optical density (stain-agnostic brightfield):
+Backends: segment-anything when ``sam_weights`` is configured (:mod:`pathasst.tools.backends.sam`: checkpoint
+format, context window, mask selection), otherwise an embedded classical seeded segmentation on optical density
+(stain-agnostic brightfield):
 
 * point prompt: the outline is a closed star-shaped path around the point, found by dynamic programming in polar
   coordinates: along 96 rays it maximises the optical-density step from inside to outside (in the direction in which
@@ -15,13 +16,14 @@ embedded classical seeded segmentation on optical density (stain-agnostic bright
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
-from pathasst.tools.deep import DeepTool
+from pathasst.tools.deep import DeepTool, WeightsFormat
 from pathasst.tools.errors import ToolCallError, ToolExecutionError
 from pathasst.tools.imaging import ImageData
 
@@ -109,8 +111,12 @@ class RegionSegmentationOutput(ToolOutput):
     )
     reached_limit: bool | None = Field(
         None,
-        description="True when the outline reached max_radius_px (point) or the box edge (box): the object may be "
-        "larger than measured; retry with a larger radius or box.",
+        description="True when the outline reached max_radius_px (point) or the box edge (box), or, with "
+        "segment-anything, the edge of the window it saw: the object may be larger than measured; retry with a "
+        "larger radius or box.",
+    )
+    sam_score: float | None = Field(
+        None, description="segment-anything's predicted IoU of the mask (sam method only; higher = more confident)."
     )
 
 
@@ -125,7 +131,7 @@ class RegionSegmentationTool(DeepTool):
         "microns per pixel. Uses segment-anything when PATHASST_SAM_WEIGHTS is set, otherwise an embedded classical "
         "seeded segmentation."
     )
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     input_model: ClassVar[type[ToolInput]] = RegionSegmentationInput
     output_model: ClassVar[type[ToolOutput]] = RegionSegmentationOutput
     segmentation: ClassVar[bool] = True
@@ -143,28 +149,14 @@ class RegionSegmentationTool(DeepTool):
         return self._analyze_classical(image, args)
 
     def _analyze_classical(self, image: ImageData, args: RegionSegmentationInput) -> ToolResult:
-        h, w = image.shape
-        if args.point is not None:
-            x, y = _to_array(image, args.point)
-            if not (0 <= x < w and 0 <= y < h):
-                raise ToolCallError(
-                    f"point {list(args.point)} lies outside the analysed image (level-0 extent {_extent(image)})"
-                )
-            radius = _point_radius(image, args.max_radius_px)
-            mask, contrast, limited = segment_point(image.pixels, int(x), int(y), radius)
+        geo = _prompt_geometry(image, args)
+        if geo[0] == "point":
+            x, y, radius = geo[1]
+            mask, contrast, limited = segment_point(image.pixels, int(x), int(y), int(radius))
             method: Method = "polar_dp"
             prompt: Prompt = "point"
         else:
-            assert args.box is not None  # guaranteed by the input model
-            x0, y0 = _to_array(image, args.box[:2])
-            x1, y1 = _to_array(image, args.box[2:])
-            bx0, by0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
-            bx1, by1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
-            if bx1 - bx0 < 4 or by1 - by0 < 4:
-                raise ToolCallError(
-                    f"box {list(args.box)} does not overlap the analysed image (level-0 extent {_extent(image)}) "
-                    "by at least 4x4 pixels"
-                )
+            bx0, by0, bx1, by1 = (int(v) for v in geo[1])
             mask, contrast, limited = segment_box(image.pixels, (bx0, by0, bx1, by1))
             method, prompt = "colour_clusters", "box"
         if not mask.any() or contrast < _MIN_CONTRAST_OD:
@@ -178,6 +170,36 @@ class RegionSegmentationTool(DeepTool):
             labels=mask.astype(np.int32),
             mask=mask,
             overlay=_overlay(image.pixels, mask, args, image),
+            features=[feature],
+        )
+
+    def _load_backend(self, path: Path, fmt: WeightsFormat) -> None:
+        from pathasst.tools.backends.sam import SamSegmenter
+
+        self._sam = SamSegmenter.load(path, self.weights_setting, fmt, self.settings)
+        self.model_description = self._sam.describe()
+
+    def _analyze_deep(self, image: ImageData, args: ToolInput) -> ToolResult:
+        assert isinstance(args, RegionSegmentationInput)
+        geo = _prompt_geometry(image, args)
+        if geo[0] == "point":
+            x, y, radius = geo[1]
+            res = self._sam.segment_point(image.pixels, x, y, radius)
+            prompt: Prompt = "point"
+        else:
+            res = self._sam.segment_box(image.pixels, geo[1])  # type: ignore[arg-type]
+            prompt = "box"
+        if not res.mask.any():
+            raise ToolExecutionError(f"segment-anything found no object at the {prompt} (predicted IoU {res.score:.2f})")
+        contrast = _boundary_contrast(image.pixels, res.mask)
+        output, feature = _measure(image, res.mask, contrast, res.touches_window, prompt, "sam")
+        output = output.model_copy(update={"backend": "sam", "sam_score": round(res.score, 4)})
+        feature["properties"]["measurements"]["SAM predicted IoU"] = round(res.score, 4)
+        return ToolResult(
+            output=output,
+            labels=res.mask.astype(np.int32),
+            mask=res.mask,
+            overlay=_overlay(image.pixels, res.mask, args, image),
             features=[feature],
         )
 
@@ -202,6 +224,43 @@ class RegionSegmentationTool(DeepTool):
 
 
 # ---- geometry helpers ----------------------------------------------------------------------------
+def _prompt_geometry(
+    image: ImageData, args: RegionSegmentationInput
+) -> tuple[Prompt, tuple[float, float, float] | tuple[int, int, int, int]]:
+    """``("point", (x, y, radius))`` or ``("box", (x0, y0, x1, y1))`` in array pixels; ToolCallError when outside."""
+    h, w = image.shape
+    if args.point is not None:
+        x, y = _to_array(image, args.point)
+        if not (0 <= x < w and 0 <= y < h):
+            raise ToolCallError(
+                f"point {list(args.point)} lies outside the analysed image (level-0 extent {_extent(image)})"
+            )
+        return "point", (x, y, float(_point_radius(image, args.max_radius_px)))
+    assert args.box is not None  # guaranteed by the input model
+    x0, y0 = _to_array(image, args.box[:2])
+    x1, y1 = _to_array(image, args.box[2:])
+    bx0, by0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    bx1, by1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+    if bx1 - bx0 < 4 or by1 - by0 < 4:
+        raise ToolCallError(
+            f"box {list(args.box)} does not overlap the analysed image (level-0 extent {_extent(image)}) "
+            "by at least 4x4 pixels"
+        )
+    return "box", (bx0, by0, bx1, by1)
+
+
+def _boundary_contrast(rgb: np.ndarray, mask: np.ndarray, width: int = 2) -> float:
+    """Optical-density distance between the ``width``-px bands just inside and just outside a mask's outline."""
+    from scipy import ndimage as ndi
+
+    inner = mask & ~ndi.binary_erosion(mask, iterations=width)
+    outer = ndi.binary_dilation(mask, iterations=width) & ~mask
+    if not inner.any() or not outer.any():
+        return 0.0
+    od = _optical_density(rgb)
+    return float(np.linalg.norm(od[inner].mean(axis=0) - od[outer].mean(axis=0)))
+
+
 def _to_array(image: ImageData, xy: tuple[int, ...]) -> tuple[float, float]:
     """Level-0 (x, y) -> array (x, y) of ``image`` (inverse of ``ImageData.to_level0``)."""
     ox, oy = image.origin

@@ -1,13 +1,27 @@
-"""Patch tissue-type classification: PathCLIP zero-shot over free labels or the nine CRC-100K classes."""
+"""Patch tissue-type classification: PathCLIP zero-shot over free labels or the nine CRC-100K classes.
+
+Weights: ``PATHASST_PATHCLIP_WEIGHTS`` (the PathCLIP open_clip checkpoint, loaded by the memory package's embedder)
+and, optionally, a linear-probe head on its embeddings in the setting ``tissue_probe_weights``
+(``PATHASST_TISSUE_PROBE_WEIGHTS``; format in :mod:`pathasst.tools.backends.pathclip`). Which head answers:
+
+* ``labels`` given: zero-shot over them (``'An image of {label}'``);
+* ``preset`` given: the probe when its labels are that preset's labels (any order, case-insensitive), else zero-shot;
+* neither: the probe over its own labels when one is configured, else zero-shot over the CRC-100K preset.
+
+An image larger than 1.5 tiles (336 px at 0.5 um/px) is classified tile by tile (224 px tissue tiles, at most 256)
+and the per-tile probabilities are averaged; the per-tile top labels go to the GeoJSON.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
+import numpy as np
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from pathasst.tools.base import ToolInput, ToolOutput
-from pathasst.tools.deep import DeepTool
+from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
+from pathasst.tools.deep import DeepTool, WeightsFormat
 from pathasst.tools.imaging import ImageData
 
 __all__ = [
@@ -93,6 +107,12 @@ class TissueClassificationOutput(ToolOutput):
     top_label: str | None = Field(None, description="The most probable label; None if not run.")
     top_probability: float | None = Field(None, ge=0, le=1, description="Probability of top_label; None if not run.")
     prompt_template: str = Field(PROMPT_TEMPLATE, description="Text prompt each label was inserted into.")
+    head: Literal["zero_shot", "linear_probe"] | None = Field(
+        None, description="Which head produced the probabilities: PathCLIP zero-shot or the linear probe."
+    )
+    n_tiles: int | None = Field(
+        None, ge=1, description="Number of 224-px tiles classified (1 = the image whole); None if not run."
+    )
 
 
 class TissueClassificationTool(DeepTool):
@@ -101,11 +121,12 @@ class TissueClassificationTool(DeepTool):
         "Classifies the tissue type of an image patch with PathCLIP zero-shot (prompt 'An image of {label}'): "
         "either over your own candidate labels (e.g. ['tumour', 'stroma', 'necrosis', 'normal mucosa']) or over "
         "the nine CRC-100K colorectal classes (preset 'crc100k', the default). Returns a probability per label and "
-        "the top label. Use to answer 'what tissue is this?' or to check whether a patch is tumour before "
-        "measuring; works best on ~224 px patches at 0.5 um/px (use region for a part of a larger image). "
+        "the top label (a configured linear-probe head answers instead when no labels are given). Use to answer "
+        "'what tissue is this?' or to check whether a patch is tumour before measuring; works best on ~224 px "
+        "patches at 0.5 um/px (larger images are classified tile by tile and averaged; use region for one area). "
         "Requires the PathCLIP checkpoint (PATHASST_PATHCLIP_WEIGHTS), otherwise it answers 'not configured'."
     )
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     input_model: ClassVar[type[ToolInput]] = TissueClassificationInput
     output_model: ClassVar[type[ToolOutput]] = TissueClassificationOutput
     working_mpp: ClassVar[float | None] = 0.5
@@ -119,3 +140,89 @@ class TissueClassificationTool(DeepTool):
         return TissueClassificationOutput(
             status="not_configured", message=self.not_configured_message(), backend="none", labels=labels
         )
+
+    #: settings field of the optional linear-probe head (not a required weight)
+    probe_setting: ClassVar[str] = "tissue_probe_weights"
+
+    def _load_backend(self, path: Path, fmt: WeightsFormat) -> None:
+        from pathasst.tools.backends.pathclip import LinearProbe, pathclip_embedder
+
+        self._embedder = pathclip_embedder(self.settings)
+        self._probe = None
+        probe_path = getattr(self.settings, self.probe_setting, None)
+        if probe_path:
+            probe = LinearProbe.load(Path(probe_path), self.probe_setting)
+            probe.check_dimension(self._embedder.dimension)
+            self._probe = probe
+        self._text_cache: dict[str, np.ndarray] = {}
+        self.model_description = "PathCLIP open_clip ViT-B-16 (QuickGELU), zero-shot" + (
+            f" + linear probe ({len(self._probe.labels)} labels)" if self._probe else ""
+        )
+
+    def _head_for(self, args: TissueClassificationInput) -> tuple[str, list[str]]:
+        probe = self._probe
+        if args.labels is not None or probe is None:
+            return "zero_shot", args.label_set()
+        if args.preset is None:
+            return "linear_probe", list(probe.labels)
+        wanted = {s.lower() for s in PRESETS[args.preset]}
+        if {s.lower() for s in probe.labels} == wanted:
+            return "linear_probe", list(probe.labels)
+        return "zero_shot", args.label_set()
+
+    def _text_embeddings(self, labels: list[str]) -> np.ndarray:
+        missing = [lab for lab in labels if lab not in self._text_cache]
+        if missing:
+            vecs = self._embedder.embed_texts([PROMPT_TEMPLATE.format(lab) for lab in missing])
+            self._text_cache.update(zip(missing, vecs))
+        return np.stack([self._text_cache[lab] for lab in labels])
+
+    def _analyze_deep(self, image: ImageData, args: ToolInput) -> ToolResult:
+        from pathasst.tools.backends.pathclip import embed_tiles, patch_tiles, zero_shot_probabilities
+        from pathasst.tools.backends.render import caption
+        from pathasst.tools.backends.runtime import working_image
+        from pathasst.tools.geojson import polygon_feature
+
+        assert isinstance(args, TissueClassificationInput)
+        head, labels = self._head_for(args)
+        work = working_image(image, self.working_mpp)
+        tiles = patch_tiles(work.pixels)
+        emb = embed_tiles(self._embedder, tiles.tiles)
+        if head == "linear_probe":
+            assert self._probe is not None
+            per_tile = self._probe.probabilities(emb)
+        else:
+            per_tile = zero_shot_probabilities(emb, self._text_embeddings(labels))
+        probs = per_tile.mean(axis=0)
+        probs = probs / probs.sum()
+        top = int(np.argmax(probs))
+        out = TissueClassificationOutput(
+            backend="pathclip",
+            labels=labels,
+            probabilities={lab: round(float(p), 6) for lab, p in zip(labels, probs)},
+            top_label=labels[top],
+            top_probability=round(float(probs[top]), 6),
+            head=head,  # type: ignore[arg-type]
+            n_tiles=len(tiles.tiles),
+        )
+        if not tiles.whole and tiles.n_tissue > len(tiles.tiles):
+            image.notes.append(f"tissue_classification: {len(tiles.tiles)} of {tiles.n_tissue} tissue tiles classified")
+        # GeoJSON: one tile feature per classified tile (its top label), in level-0 coordinates of the source
+        features = []
+        k = work.scale / image.scale  # work-array pixels -> image-array pixels
+        for (x0, y0, x1, y1), p in zip(tiles.rects, per_tile):
+            ring = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64) * k
+            j = int(np.argmax(p))
+            meas = {f"P({lab})": round(float(v), 4) for lab, v in zip(labels, p)}
+            features.append(polygon_feature([ring], image, labels[j], "tile", meas))
+        ranked = np.argsort(-probs)[:3]
+        lines = [f"{labels[i]}: {probs[i]:.2f}" for i in ranked]
+        overlay = caption(image.pixels, [f"tissue ({head.replace('_', ' ')})", *lines])
+        return ToolResult(output=out, overlay=overlay, features=features)
+
+    def summarize(self, output: ToolOutput) -> str:
+        if output.status != "ok" or not isinstance(output, TissueClassificationOutput) or not output.probabilities:
+            return super().summarize(output)
+        ranked = sorted(output.probabilities.items(), key=lambda kv: -kv[1])[:3]
+        body = ", ".join(f"{k} {v:.2f}" for k, v in ranked)
+        return f"{self.name} ({output.head}, {output.n_tiles} tile(s)): top {output.top_label} ({output.top_probability:.2f}); {body}"

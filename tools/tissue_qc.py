@@ -141,6 +141,7 @@ class TissueQCTool(PathologyTool):
     version = "0.2.0"
     input_model = TissueQCInput
     output_model = TissueQCOutput
+    headline_fields = ("tissue_fraction", "blur_score", "blurry", "flags", "pen_fraction")
 
     def analyze(self, image: ImageData, args: ToolInput) -> ToolResult:
         from skimage.color import rgb2hed

@@ -1,0 +1,140 @@
+"""Attention-based multiple-instance learning (ABMIL, Ilse et al. 2018, gated attention) over tile embeddings.
+
+Weights (``PATHASST_SLIDE_MIL_WEIGHTS``): the state dict of :func:`build_abmil` with its config, as
+``torch.save({"state_dict": model.state_dict(), "config": {...}}, "abmil.pt")`` or a plain state dict /
+``.safetensors`` with a sidecar ``abmil.json``. Config keys:
+
+===============  ========  ==========================================================================================
+key              required  meaning
+===============  ========  ==========================================================================================
+``labels``       yes       slide-level class names, in the order of the classifier's outputs
+``tile_mpp``     no (0.5)  microns per pixel the tiles were embedded at
+``tile_size``    no (224)  tile side in pixels at ``tile_mpp`` (PathCLIP's input size)
+``min_tissue``   no (0.5)  smallest tissue fraction of a tile that is used
+``embedder``     no        ``"pathclip"`` (the only one): tiles are embedded with PathCLIP's image tower (512-d)
+===============  ========  ==========================================================================================
+
+Layer sizes (input, hidden and attention widths, gated or not) are read from the state dict. The model:
+``h = ReLU(W1 x)``; attention ``a = softmax(w^T (tanh(V h) * sigmoid(U h)))`` over the tiles (``U`` absent when not
+gated); slide logits ``= C (sum a_i h_i)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathasst.tools.backends.runtime import Checkpoint, configure_threads, load_state, read_checkpoint, torch_device
+from pathasst.tools.deep import WeightsFormat
+from pathasst.tools.errors import WeightsError
+
+__all__ = ["ABMILConfig", "ABMILHead", "build_abmil"]
+
+
+def build_abmil(in_dim: int, n_classes: int, hidden_dim: int = 256, attention_dim: int = 128, gated: bool = True) -> Any:
+    """The ABMIL module: ``forward(x: (N, in_dim)) -> (logits (n_classes,), attention (N,))``."""
+    import torch
+    from torch import nn
+
+    class ABMIL(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU())
+            self.attention_v = nn.Sequential(nn.Linear(hidden_dim, attention_dim), nn.Tanh())
+            self.attention_u = nn.Sequential(nn.Linear(hidden_dim, attention_dim), nn.Sigmoid()) if gated else None
+            self.attention_w = nn.Linear(attention_dim, 1)
+            self.classifier = nn.Linear(hidden_dim, n_classes)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self.fc(x)
+            a = self.attention_v(h)
+            if self.attention_u is not None:
+                a = a * self.attention_u(h)
+            att = torch.softmax(self.attention_w(a).squeeze(-1), dim=0)
+            return self.classifier(att @ h), att
+
+    return ABMIL()
+
+
+@dataclass
+class ABMILConfig:
+    labels: list[str]
+    in_dim: int
+    hidden_dim: int
+    attention_dim: int
+    gated: bool
+    tile_mpp: float = 0.5
+    tile_size: int = 224
+    min_tissue: float = 0.5
+    embedder: str = "pathclip"
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> ABMILConfig:
+        labels = ckpt.require("labels", list)
+        if len(labels) < 2 or not all(isinstance(s, str) and s.strip() for s in labels) or len(set(labels)) != len(labels):
+            raise WeightsError(f"ABMIL head {ckpt.where()}: 'labels' must be >= 2 distinct names, got {labels!r}")
+        sd = ckpt.state_dict
+        needed = ("fc.0.weight", "attention_v.0.weight", "attention_w.weight", "classifier.weight")
+        missing = [k for k in needed if k not in sd]
+        if missing:
+            raise WeightsError(f"ABMIL head {ckpt.where()} lacks {missing} (keys found: {sorted(sd)[:6]})")
+        hidden, in_dim = (int(v) for v in sd["fc.0.weight"].shape)
+        att = int(sd["attention_v.0.weight"].shape[0])
+        n_cls = int(sd["classifier.weight"].shape[0])
+        if n_cls != len(labels):
+            raise WeightsError(f"ABMIL head {ckpt.where()} has {n_cls} outputs but {len(labels)} labels {labels}")
+        cfg = cls(
+            labels=[s.strip() for s in labels], in_dim=in_dim, hidden_dim=hidden, attention_dim=att,
+            gated="attention_u.0.weight" in sd,
+        )
+        if "tile_mpp" in ckpt.config:
+            cfg.tile_mpp = float(ckpt.require("tile_mpp", (int, float)))
+        if "tile_size" in ckpt.config:
+            cfg.tile_size = int(ckpt.require("tile_size", int))
+        if "min_tissue" in ckpt.config:
+            cfg.min_tissue = float(ckpt.require("min_tissue", (int, float)))
+        if "embedder" in ckpt.config:
+            cfg.embedder = str(ckpt.require("embedder", str))
+        if cfg.embedder != "pathclip":
+            raise WeightsError(f"ABMIL head {ckpt.where()}: embedder {cfg.embedder!r} is not supported (only 'pathclip')")
+        if not (0.05 <= cfg.tile_mpp <= 64 and 16 <= cfg.tile_size <= 4096 and 0.0 <= cfg.min_tissue <= 1.0):
+            raise WeightsError(f"ABMIL head {ckpt.where()}: tile_mpp / tile_size / min_tissue out of range")
+        return cfg
+
+
+class ABMILHead:
+    """A loaded ABMIL head: :meth:`predict` maps ``(N, in_dim)`` embeddings to class probabilities and attention."""
+
+    def __init__(self, model: Any, config: ABMILConfig, device: Any) -> None:
+        self.model = model
+        self.config = config
+        self.device = device
+
+    @classmethod
+    def load(cls, path: Path, setting: str, fmt: WeightsFormat, settings: Any) -> ABMILHead:
+        configure_threads(settings)
+        ckpt = read_checkpoint(path, setting, fmt)
+        cfg = ABMILConfig.from_checkpoint(ckpt)
+        model = build_abmil(cfg.in_dim, len(cfg.labels), cfg.hidden_dim, cfg.attention_dim, cfg.gated)
+        load_state(model, ckpt, f"an ABMIL head ({cfg.in_dim} -> {cfg.hidden_dim}, attention {cfg.attention_dim}, gated {cfg.gated})")
+        device = torch_device()
+        return cls(model.to(device).eval(), cfg, device)
+
+    def describe(self) -> str:
+        c = self.config
+        return f"ABMIL ({'gated ' if c.gated else ''}attention, {c.in_dim}-d PathCLIP tiles at {c.tile_mpp} um/px, labels {c.labels})"
+
+    def predict(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``(C,)`` and attention weights ``(N,)`` (summing to 1) of one bag."""
+        import torch
+
+        x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32), device=self.device)
+        if x.ndim != 2 or x.shape[1] != self.config.in_dim or x.shape[0] == 0:
+            raise ValueError(f"expected (N >= 1, {self.config.in_dim}) embeddings, got {tuple(x.shape)}")
+        with torch.inference_mode():
+            logits, att = self.model(x)
+            probs = torch.softmax(logits.float(), dim=-1)
+        return probs.cpu().numpy().astype(np.float64), att.float().cpu().numpy().astype(np.float64)

@@ -1,0 +1,108 @@
+"""Deep backend of ``nuclei_segmentation`` for ultralytics YOLO-seg weights.
+
+Weights (``PATHASST_NUCLEI_WEIGHTS``): an ultralytics instance-segmentation checkpoint ``.pt`` (``yolo11n-seg``-style,
+see :mod:`.yolo`) trained on nuclei (every class counts as a nucleus). Optional sidecar ``NAME.json``:
+``{"mpp": 0.25, "min_score": 0.25}``: the resolution the model was trained at (default 0.25 um/px, CoNSeP-like 40x;
+images of known, different resolution are resampled to it and the labels brought back) and the confidence below
+which detections are dropped (default 0.25). Large images are tiled at the model's image
+size with 64 px overlap; detections are merged across tiles in level-0 coordinates, each keeping the mask of its
+best whole (not border-cut) member. Masks are painted lowest score first, so where two overlap the more confident
+one keeps the pixel.
+
+Other nuclei weights (the project's own nuclei network, SAM nuclei weights) are not loaded by this module: a file that
+is not an ultralytics -seg checkpoint is refused with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathasst.tools.backends.runtime import describe_setting, sidecar_path, working_image
+from pathasst.tools.backends.yolo import YoloBackend
+from pathasst.tools.errors import WeightsError
+from pathasst.tools.imaging import ImageData
+
+__all__ = ["NucleiYolo", "load_nuclei_backend"]
+
+SETTING = "nuclei_weights"
+DEFAULT_MPP = 0.25
+TILE_OVERLAP_PX = 64
+
+
+@dataclass
+class NucleiYolo:
+    """A YOLO-seg nuclei model: :meth:`segment` gives an instance label map of the analysed image."""
+
+    yolo: YoloBackend
+    mpp: float
+    min_score: float = 0.25
+
+    def describe(self) -> str:
+        return f"{self.yolo.describe()} nuclei at {self.mpp} um/px"
+
+    def segment(self, image: ImageData, min_score: float | None = None, min_area_px: int = 1) -> np.ndarray:
+        """uint32 labels ``1..N`` (0 = background) with the shape of ``image`` (``min_score`` default: the model's)."""
+        from skimage.segmentation import relabel_sequential
+        from skimage.transform import resize
+
+        work = working_image(image, self.mpp)
+        conf = self.min_score if min_score is None else min_score
+        dets = self.yolo.detect(work, conf=conf, overlap=TILE_OVERLAP_PX)
+        h, w = work.shape
+        labels = np.zeros((h, w), np.int64)
+        if dets.masks is not None and dets.mask_origins is not None:
+            for k in np.argsort(dets.scores, kind="stable"):
+                m, (ox, oy) = dets.masks[k], dets.mask_origins[k]
+                y0, x0 = max(oy, 0), max(ox, 0)
+                y1, x1 = min(oy + m.shape[0], h), min(ox + m.shape[1], w)
+                if y1 <= y0 or x1 <= x0:
+                    continue
+                sub = m[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+                labels[y0:y1, x0:x1][sub] = k + 1
+        if (h, w) != image.shape:
+            labels = resize(labels, image.shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
+        if min_area_px > 1 and labels.any():
+            counts = np.bincount(labels.ravel())
+            small = counts < min_area_px
+            small[0] = False
+            labels[small[labels]] = 0
+        return relabel_sequential(labels)[0].astype(np.uint32)
+
+
+def load_nuclei_backend(path: Path, settings: Any) -> NucleiYolo:
+    """Load the YOLO-seg checkpoint of ``PATHASST_NUCLEI_WEIGHTS`` (checked by the caller); WeightsError otherwise."""
+    from pathasst.tools.deep import check_weights_file
+
+    path = Path(path)
+    where = describe_setting(SETTING, path)
+    check_weights_file(path, SETTING, (".pt",))
+    try:
+        yolo = YoloBackend.load(path, SETTING, settings, tasks=("segment",))
+    except WeightsError as exc:
+        if "ultralytics" in str(exc) and "holds a YOLO" not in str(exc):
+            raise WeightsError(
+                f"{exc}. This version's nuclei backend loads ultralytics YOLO-seg checkpoints only (the project's own "
+                "nuclei network and SAM weights are not supported for nuclei yet)"
+            ) from exc
+        raise
+    mpp, min_score = DEFAULT_MPP, 0.25
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            cfg = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise WeightsError(f"cannot read the sidecar {side} of {where}: {exc}") from exc
+        if isinstance(cfg, dict) and "mpp" in cfg:
+            if not isinstance(cfg["mpp"], (int, float)) or not 0.05 <= float(cfg["mpp"]) <= 8:
+                raise WeightsError(f"sidecar of {where}: mpp must be a number in 0.05..8, got {cfg['mpp']!r}")
+            mpp = float(cfg["mpp"])
+        if isinstance(cfg, dict) and "min_score" in cfg:
+            if not isinstance(cfg["min_score"], (int, float)) or not 0.0 <= float(cfg["min_score"]) <= 1.0:
+                raise WeightsError(f"sidecar of {where}: min_score must be a number in 0..1, got {cfg['min_score']!r}")
+            min_score = float(cfg["min_score"])
+    return NucleiYolo(yolo=yolo, mpp=mpp, min_score=min_score)
