@@ -36,15 +36,15 @@ def measure(fn: Callable[[], Any], repeat: int = 3) -> dict[str, float]:
 
 
 def he_region(size: int = 2048) -> tuple[np.ndarray, float, str]:
-    """A ``size`` x ``size`` RGB H&E region (TCGA slide, level 0, most tissue) and its mpp, with a description."""
-    slide = SHARED / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+    """A ``size`` x ``size`` RGB H&E region (CMU-1 small region, 20x, 0.499 mpp, level 0, most tissue) and its mpp."""
+    slide = SHARED / "slides" / "cmu-1-small-region.svs"
     if slide.is_file():
         from pathasst.agent.readers import SlideReader
 
-        with SlideReader(slide, mpp=0.25) as s:
+        with SlideReader(slide) as s:
             win = s.best_window(size, size)
             img = s.read_region(win, 1.0, size * size)
-        return img.pixels, 0.25, f"{slide.name} level 0 window at ({win.x}, {win.y})"
+        return img.pixels, float(s.mpp), f"{slide.name} level 0 window at ({win.x}, {win.y})"
     from skimage import data
 
     ihc = np.asarray(data.immunohistochemistry())
