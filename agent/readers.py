@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,73 +62,55 @@ def _bomb(path: Path, max_pixels: int | None, exc: Exception) -> ImageTooLargeEr
     )
 
 
-def verify_patch(path: Path, max_pixels: int | None) -> None:
-    """Check a patch's header size against ``max_pixels`` and its data for corruption, without decoding to RGB."""
-    path = Path(path)
-    if path.suffix.lower() in {".tif", ".tiff"}:
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                shape = tif.pages[0].shape
-                _too_large(path, int(shape[1]), int(shape[0]), max_pixels)
-                tif.pages[0].asarray()
-        except CaseError:
-            raise
-        except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
-            raise CorruptImageError(f"{path.name}: corrupt TIFF ({exc})") from exc
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                _too_large(path, *im.size, max_pixels)
-                im.verify()
-            with Image.open(path) as im:  # verify() misses truncated pixel data in some formats
-                im.load()
-    except CaseError:
-        raise
-    except (Image.UnidentifiedImageError, ImportError) as exc:
-        # ImportError: a library that patches PIL.Image.open (ultralytics) failed to load an optional format plugin
-        raise UnsupportedFormatError(f"{path.name}: not a readable image ({exc})") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _bomb(path, max_pixels, exc) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImageError(f"{path.name}: corrupt or truncated image ({exc})") from exc
-
-
-def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                _too_large(path, *im.size, max_pixels)
-                im.load()
-                return np.asarray(im.convert("RGB"))
-    except CaseError:
-        raise
-    except (Image.UnidentifiedImageError, ImportError) as exc:
-        # ImportError: a library that patches PIL.Image.open (ultralytics) failed to load an optional format plugin
-        raise UnsupportedFormatError(f"{path.name}: not a readable image ({exc})") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _bomb(path, max_pixels, exc) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImageError(f"{path.name}: corrupt or truncated image ({exc})") from exc
-
-
-def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
+@contextmanager
+def _image_errors(path: Path, max_pixels: int | None, tiff: bool = False) -> Iterator[None]:
+    """The one place where decoder exceptions become typed ``CaseError``s with a clear reason."""
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            shape = page.shape
-            _too_large(path, int(shape[1]), int(shape[0]), max_pixels)
-            arr = page.asarray()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
     except CaseError:
         raise
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
-        raise CorruptImageError(f"{path.name}: corrupt TIFF ({exc})") from exc
+    except (Image.UnidentifiedImageError, ImportError) as exc:
+        # ImportError: a library that patches PIL.Image.open (ultralytics) failed to load an optional format plugin
+        raise UnsupportedFormatError(f"{path.name}: not a readable image ({exc})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb(path, max_pixels, exc) from exc
+    except (tifffile.TiffFileError, OSError, SyntaxError, ValueError, IndexError) as exc:
+        kind = "corrupt TIFF" if tiff else "corrupt or truncated image"
+        raise CorruptImageError(f"{path.name}: {kind} ({exc})") from exc
+
+
+def verify_patch(path: Path, max_pixels: int | None) -> None:
+    """Check a patch's header size against ``max_pixels`` and its data for corruption, without keeping pixels."""
+    path = Path(path)
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        _read_tiff(path, max_pixels)
+        return
+    with _image_errors(path, max_pixels):
+        with Image.open(path) as im:
+            _too_large(path, *im.size, max_pixels)
+            im.verify()
+        with Image.open(path) as im:  # verify() misses truncated pixel data in some formats
+            im.load()
+
+
+def _read_pil(path: Path, max_pixels: int | None) -> np.ndarray:
+    with _image_errors(path, max_pixels), Image.open(path) as im:
+        _too_large(path, *im.size, max_pixels)
+        im.load()
+        return np.asarray(im.convert("RGB"))
+
+
+def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
+    import tifffile
+
+    with _image_errors(path, max_pixels, tiff=True), tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        _too_large(path, int(page.shape[1]), int(page.shape[0]), max_pixels)
+        arr = page.asarray()
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)
     return as_rgb_uint8(arr)
