@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CONSEP = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep_train"
+from conftest import SHARED_DATA  # one place knows where ../shared/data is (PATHASST_SHARED_DATA overrides)
+
+CONSEP = SHARED_DATA / "consep_train"
 TINY = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "pathclip-tiny.json"
 
 pytestmark = [
