@@ -38,36 +38,68 @@ PlannerOpt = Annotated[str | None, typer.Option("--planner", "-p", help="rules |
 
 
 def _run_batch(
-    cases_dir: Path, out: Path, planner: str | None, question: str | None, force: bool, **overrides: Any
+    cases_dir: Path,
+    out: Path,
+    planner: str | None,
+    question: str | None,
+    force: bool,
+    executor: str | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    **overrides: Any,
 ) -> int:
     from pathasst.agent.cases import CaseError, discover_cases
+    from pathasst.agent.executors import ExecutorError, make_executor
+    from pathasst.agent.planners import get_planner
     from pathasst.agent.planners.base import PlannerError
-    from pathasst.agent.runner import Engine, run_batch
+    from pathasst.agent.runner import run_batch
 
     settings = _settings(cases_root=cases_dir, **overrides)
+    kind = executor or settings.executor
+    n_workers = workers or settings.workers
     try:
         n = len(discover_cases(cases_dir))
-        engine = Engine(settings, planner=planner)
-    except (CaseError, PlannerError) as exc:
+        get_planner(planner or settings.planner, settings)  # an unknown planner name fails here, before any worker
+        runner = make_executor(kind, settings, planner=planner or settings.planner, workers=n_workers,
+                               address=address)
+    except (CaseError, PlannerError, ExecutorError) as exc:
         _fail(str(exc))
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
-    ) as bar:
-        task = bar.add_task("cases", total=n)
+    where = {"ray": f"Ray ({runner.workers} case slots)"}.get(kind, f"{n_workers} local worker(s)")
+    console.print(f"{n} cases on {where}")
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        ) as bar:
+            task = bar.add_task("cases", total=n)
 
-        def tick(o) -> None:
-            colour = {"ok": "green", "failed": "red", "skipped": "dim"}[o.status]
-            bar.console.print(f"[{colour}]{o.status:>7}[/] {o.case_id} {o.reason}")
-            bar.advance(task)
+            def tick(o) -> None:
+                colour = {"ok": "green", "failed": "red", "skipped": "dim"}[o.status]
+                bar.console.print(f"[{colour}]{o.status:>7}[/] {o.case_id} {o.reason}")
+                bar.advance(task)
 
-        result = run_batch(cases_dir, out, engine, question=question, force=force, progress=tick)
+            result = run_batch(cases_dir, out, question=question, force=force, progress=tick, executor=runner)
+    finally:
+        runner.close()
     c = result.counts
     console.print(
         f"[bold]{c.get('ok', 0)} ok, {c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped[/]; "
         f"reports in [cyan]{out.resolve()}[/] (summary: {(out / 'summary.csv').resolve()})"
     )
     return 1 if c.get("failed") and not c.get("ok") and not c.get("skipped") else 0
+
+
+ExecutorOpt = Annotated[
+    str | None, typer.Option("--executor", "-x", help="local | ray (default: PATHASST_EXECUTOR, else local).")
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", "-j", min=1, help="Local worker processes (default: PATHASST_WORKERS, 1).")
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster address, e.g. ray://head:10001 (default: PATHASST_RAY_ADDRESS; "
+                 "empty = a local Ray instance)."),
+]
 
 
 @app.command()
@@ -77,9 +109,12 @@ def run(
     planner: PlannerOpt = None,
     question: Annotated[str | None, typer.Option("--question", "-q", help="Ask this of every case.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo cases that are already complete.")] = False,
+    executor: ExecutorOpt = None,
+    workers: WorkersOpt = None,
+    address: AddressOpt = None,
 ) -> None:
     """Run every case under CASES_DIR and write one report per case plus OUT/summary.csv (resumable)."""
-    raise typer.Exit(_run_batch(cases_dir, out, planner, question, force))
+    raise typer.Exit(_run_batch(cases_dir, out, planner, question, force, executor, workers, address))
 
 
 @app.command()
@@ -146,17 +181,6 @@ def ask(
         out_console.print(render_markdown(report), markup=False, highlight=False)
 
 
-def _is_loopback(address: str) -> bool:
-    import ipaddress
-
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
 @app.command("ui")
 def ui_command(
     cases: Annotated[Path | None, typer.Option("--cases", help="Folder of case folders (default: PATHASST_CASES_ROOT).")] = None,
@@ -194,7 +218,9 @@ def ui_command(
     cases_dir = cases or settings.cases_root
     if cases_dir is None or not Path(cases_dir).is_dir():
         _fail(f"cases folder not found: {cases_dir} (give --cases DIR or set PATHASST_CASES_ROOT)")
-    if not _is_loopback(address):
+    from pathasst.agent.settings import is_loopback
+
+    if not is_loopback(address):
         console.print(
             f"[bold yellow]warning:[/] binding to {address}: the app and its patient data are reachable from other "
             "machines. Use it only behind TLS on a trusted network"
@@ -314,6 +340,15 @@ def _mount_library() -> None:
 
 
 _mount_library()
+
+
+def _mount_mcp() -> None:
+    from pathasst.agent.cli_mcp import mcp_command
+
+    app.command("mcp")(mcp_command)
+
+
+_mount_mcp()
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pathasst.agent.cases import CaseError, discover_cases
+from pathasst.agent.cases import discover_cases
 from pathasst.agent.outputs import atomic_write_text, case_is_done, clean_stale, write_case
 from pathasst.agent.report import Report
 
@@ -149,12 +149,24 @@ def write_summary(out_dir: Path, case_ids: list[str]) -> Path:
 def run_batch(
     cases_dir: Path,
     out_dir: Path,
-    engine: Engine,
+    engine: Engine | None = None,
     question: str | None = None,
     force: bool = False,
     progress: Callable[[CaseOutcome], None] | None = None,
+    executor: Any = None,
 ) -> BatchResult:
-    """Run every case folder under ``cases_dir``; skip finished ones unless ``force``."""
+    """Run every case folder under ``cases_dir``; skip finished ones unless ``force``.
+
+    ``executor`` (:mod:`pathasst.agent.executors`) decides where the cases run; default: one after another with
+    ``engine`` in this process. Whatever runs them, this function alone writes the outputs, atomically, in the order
+    the cases finish, so a killed run leaves only complete case folders and a rerun finishes the rest.
+    """
+    from pathasst.agent.executors import CaseJob, InlineExecutor
+
+    if executor is None:
+        if engine is None:
+            raise ValueError("run_batch needs an engine or an executor")
+        executor = InlineExecutor(engine)
     cases_dir, out_dir = Path(cases_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir)
@@ -164,29 +176,33 @@ def run_batch(
     ids = [p.name for p in case_dirs]
     result = BatchResult(out_dir=out_dir)
     write_summary(out_dir, ids)
-    for case_dir in case_dirs:
-        cid = case_dir.name
-        t0 = time.perf_counter()
-        if case_is_done(out_dir, cid) and not force:
-            outcome = CaseOutcome(cid, "skipped", "already complete", out_dir / cid)
-        else:
-            try:
-                report, artifacts = engine.run(case_dir=case_dir, question=question, cases_root=cases_dir)
-                folder = write_case(out_dir, report, artifacts, overwrite=force)
-                (failed_dir / f"{cid}.json").unlink(missing_ok=True)
-                outcome = CaseOutcome(cid, "ok", "", folder)
-            except CaseError as exc:
-                outcome = CaseOutcome(cid, "failed", f"{type(exc).__name__}: {exc}")
-            except Exception as exc:  # noqa: BLE001 - per-case isolation: one broken case never stops the batch
-                log.error("case %s failed:\n%s", cid, traceback.format_exc())
-                outcome = CaseOutcome(cid, "failed", f"{type(exc).__name__}: {exc}")
-            if outcome.status == "failed":
-                atomic_write_text(
-                    failed_dir / f"{cid}.json", json.dumps({"case_id": cid, "reason": outcome.reason}, indent=2)
-                )
-            write_summary(out_dir, ids)
-        outcome.seconds = time.perf_counter() - t0
+
+    def _done(outcome: CaseOutcome) -> None:
         result.outcomes.append(outcome)
         if progress is not None:
             progress(outcome)
+
+    jobs = []
+    for case_dir in case_dirs:
+        if case_is_done(out_dir, case_dir.name) and not force:
+            _done(CaseOutcome(case_dir.name, "skipped", "already complete", out_dir / case_dir.name))
+        else:
+            jobs.append(CaseJob(case_dir=case_dir, question=question, cases_root=cases_dir))
+    for work in executor.map(jobs):
+        cid = work.case_id
+        outcome = CaseOutcome(cid, work.status, work.reason, seconds=work.seconds)
+        if work.status == "ok":
+            try:
+                outcome.report_dir = write_case(out_dir, work.report, work.artifacts, overwrite=force)
+                (failed_dir / f"{cid}.json").unlink(missing_ok=True)
+            except Exception as exc:  # noqa: BLE001 - e.g. disk full: that case fails, the batch goes on
+                log.error("writing case %s failed:\n%s", cid, traceback.format_exc())
+                outcome = CaseOutcome(cid, "failed", f"cannot write outputs: {type(exc).__name__}: {exc}",
+                                      seconds=work.seconds)
+        if outcome.status == "failed":
+            atomic_write_text(
+                failed_dir / f"{cid}.json", json.dumps({"case_id": cid, "reason": outcome.reason}, indent=2)
+            )
+        write_summary(out_dir, ids)
+        _done(outcome)
     return result

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PlannerName", "Settings", "get_settings"]
+__all__ = ["PlannerName", "Settings", "get_settings", "is_loopback"]
 
 PlannerName = Literal["rules", "llamacpp", "openai"]
 
@@ -48,7 +48,12 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr = Field(SecretStr("not-needed"), description="API key for the openai planner.")
     openai_model: str = Field("pathasst", description="Model name sent to the OpenAI-compatible endpoint.")
     openai_timeout_s: float = Field(60.0, gt=0, description="Per-request timeout for the openai planner.")
-    openai_max_retries: int = Field(2, ge=0, description="Retries for the openai planner on transient errors.")
+    openai_max_retries: int = Field(
+        2, ge=0, description="Retries (exponential back-off) for the openai planner on connection errors, 408/409/429/5xx."
+    )
+    openai_max_concurrency: int = Field(
+        4, ge=1, description="Most requests in flight to the openai endpoint from this process (all threads together)."
+    )
     step_budget: int = Field(6, ge=1, le=64, description="Maximum planner<->tool rounds per question.")
 
     # --- data and outputs ----------------------------------------------------------------------
@@ -63,6 +68,23 @@ class Settings(BaseSettings):
     similar_k: int = Field(3, ge=0, le=50, description="Similar cases retrieved per case by the graph (0 = off).")
     conversations_path: Path | None = Field(
         None, description="SQLite file of review conversations (empty = <cache_dir>/conversations.sqlite)."
+    )
+
+    # --- batch execution -----------------------------------------------------------------------
+    executor: Literal["local", "ray"] = Field("local", description="Where batch cases run: local | ray.")
+    workers: int = Field(1, ge=1, le=256, description="Local worker processes for batch runs (1 = in this process).")
+    ray_address: str | None = Field(
+        None, description="Ray cluster address (e.g. ray://head:10001 or auto); empty = start a local Ray instance."
+    )
+    ray_local_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (empty = all cores).")
+    ray_num_cpus_per_case: float = Field(1.0, gt=0, description="CPUs reserved by each Ray case task.")
+    ray_memory_per_case_mb: int | None = Field(
+        None, ge=1, description="Memory (MB) reserved by each Ray case task (empty = no reservation)."
+    )
+    ray_max_retries: int = Field(1, ge=0, description="Ray retries of a case task whose worker died.")
+    ray_num_cpus_per_tile: float = Field(1.0, gt=0, description="CPUs reserved by each Ray tile task of a large image.")
+    ray_tile_min_batches: int = Field(
+        4, ge=1, description="A tiled tool call with at least this many tile batches sends them out as Ray tasks."
     )
 
     # --- limits --------------------------------------------------------------------------------
@@ -98,3 +120,15 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once on first use."""
     return Settings()
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (servers bind there unless told otherwise)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -12,12 +12,17 @@
   box is the best-scoring member that does not touch an inner tile border, or the union of the members when all
   of them do. Boxes of the same tile are never merged here (the detector's own NMS has ruled on them), so a tiled run
   equals a single pass wherever objects do not cross tile borders.
-* :func:`detect_tiled` and :func:`dense_tiled` run a detector / dense predictor over the grid in batches.
+* :func:`detect_tiled` and :func:`dense_tiled` run a detector / dense predictor over the grid in batches. The batches
+  go through the current *tile mapper* (:func:`use_tile_mapper`): in-process by default; the Ray executor installs
+  one that sends them out as Ray tasks, so one large slide is spread over a cluster (results come back in order, so
+  the stitched output is the same).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +41,29 @@ __all__ = [
     "detect_tiled",
     "merge_boxes",
     "tile_grid",
+    "use_tile_mapper",
 ]
+
+TileMapper = Callable[[Callable[[list[np.ndarray]], object], list[list[np.ndarray]]], Iterator[object]]
+_TILE_MAPPER: contextvars.ContextVar[TileMapper | None] = contextvars.ContextVar("pathasst_tile_mapper", default=None)
+
+
+@contextlib.contextmanager
+def use_tile_mapper(mapper: TileMapper | None) -> Iterator[None]:
+    """Within the block, the tilers map their predict function over tile batches with ``mapper(fn, batches)``
+    (an iterator of results in batch order). None restores in-process mapping."""
+    token = _TILE_MAPPER.set(mapper)
+    try:
+        yield
+    finally:
+        _TILE_MAPPER.reset(token)
+
+
+def _map_batches(fn: Callable[[list[np.ndarray]], object], rgb: np.ndarray, chunks: list[list[Tile]]) -> Iterator:
+    mapper = _TILE_MAPPER.get()
+    if mapper is None:
+        return (fn([t.crop(rgb) for t in chunk]) for chunk in chunks)
+    return mapper(fn, [[np.ascontiguousarray(t.crop(rgb)) for t in chunk] for chunk in chunks])
 
 
 @dataclass(frozen=True)
@@ -159,9 +186,8 @@ def dense_tiled(
     """Run ``predict`` (list of ``(h, w, 3)`` tiles -> list of ``(C, h, w)`` maps) over the grid; stitched ``(C, H, W)``."""
     tiles = tile_grid(rgb.shape[:2], tile, overlap)
     st = Stitcher(rgb.shape[:2], channels, ramp=max(1, overlap))
-    for i in range(0, len(tiles), batch):
-        chunk = tiles[i : i + batch]
-        outs = predict([t.crop(rgb) for t in chunk])
+    chunks = [tiles[i : i + batch] for i in range(0, len(tiles), batch)]
+    for chunk, outs in zip(chunks, _map_batches(predict, rgb, chunks), strict=True):
         for t, out in zip(chunk, outs, strict=True):
             st.add(t, out)
     return st.result()
@@ -310,9 +336,8 @@ def detect_tiled(
     all_masks: list[np.ndarray] = []
     all_origins: list[tuple[int, int]] = []
     has_masks = False
-    for i in range(0, len(tiles), batch):
-        chunk = tiles[i : i + batch]
-        outs = detect([t.crop(rgb) for t in chunk])
+    chunks = [tiles[i : i + batch] for i in range(0, len(tiles), batch)]
+    for chunk, outs in zip(chunks, _map_batches(detect, rgb, chunks), strict=True):
         for t, det in zip(chunk, outs, strict=True):
             if len(det) == 0:
                 continue
