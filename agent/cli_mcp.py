@@ -1,0 +1,64 @@
+"""``pathasst mcp``: serve the pathology tools over the Model Context Protocol (mounted by the main CLI).
+
+``pathasst mcp --root DIR`` speaks MCP on stdin/stdout (for a client that starts the server itself, e.g. Claude
+Desktop); ``pathasst mcp --transport http --root DIR`` serves streamable HTTP at ``http://127.0.0.1:8765/mcp``.
+In stdio mode nothing but the protocol is written to stdout: messages and logs go to stderr.
+Also runnable as ``python -m pathasst.agent.cli_mcp``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+
+__all__ = ["main", "mcp_command"]
+
+console = Console(stderr=True)
+
+
+def mcp_command(
+    transport: Annotated[
+        Literal["stdio", "http"],
+        typer.Option("--transport", "-t", help="stdio (the client starts the server) or http (streamable HTTP)."),
+    ] = "stdio",
+    host: Annotated[
+        str, typer.Option("--host", help="HTTP bind address. Default loopback; any other address exposes the tools.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="HTTP port.")] = 8765,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            "--root", help="Folder image paths are resolved in (default: PATHASST_CASES_ROOT); nothing outside is read."
+        ),
+    ] = None,
+) -> None:
+    """Serve the pathology tools and similar-case search over MCP (stdio or streamable HTTP on 127.0.0.1)."""
+    from pathasst.agent.cases import CaseError
+    from pathasst.agent.mcp_server import build_server, serve
+    from pathasst.agent.settings import Settings
+
+    try:
+        server = build_server(Settings(), root)
+    except CaseError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    where = "stdio" if transport == "stdio" else f"http://{host}:{port}/mcp"
+    console.print(f"PathAsst MCP server on {where}; Ctrl+C stops it", highlight=False)
+    try:
+        serve(server, transport, host, port)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    typer.run(mcp_command)
+
+
+if __name__ == "__main__":
+    main()

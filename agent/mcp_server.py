@@ -1,0 +1,290 @@
+"""Serve the pathology tool catalogue (and similar-case search) over the Model Context Protocol.
+
+One MCP tool per tool of the registry. Each publishes the tool's own input model as its input schema and a typed
+result (status, summary, the tool's output model, model info, image provenance) as its output schema. A call goes
+through :func:`pathasst.tools.base.call_tool`, the one place where arguments are validated and errors are typed;
+the text content is the short summary and the structured content the full typed result (artifacts such as label
+maps stay on the server). A bad call, a failed tool, a corrupt image and a tool that is not configured come back as
+an MCP error result (``is_error``) with the planner message, never as a crash.
+
+The ``image`` argument is a path under the image root (``--root`` or ``PATHASST_CASES_ROOT``), relative to it or
+absolute inside it; :func:`pathasst.agent.cases.ensure_inside` refuses any path (or symlink) that leaves the root.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from pathasst.agent.settings import is_loopback
+from pathasst.agent.cases import CaseError, PathEscapeError, ensure_inside, single_image_case
+from pathasst.agent.readers import CaseImageResolver
+from pathasst.tools.base import PathologyTool, Region, ToolCallRecord, ToolInput, ToolOutput, call_tool
+from pathasst.tools.errors import ToolCallError, ToolExecutionError
+from pathasst.tools.imaging import ImageData
+from pathasst.tools.registry import ToolRegistry, default_registry
+
+__all__ = [
+    "DEFAULT_PORT",
+    "ModelInfo",
+    "RootImageResolver",
+    "ToolCallResult",
+    "Transport",
+    "build_server",
+    "is_loopback",
+    "resolve_root",
+    "run",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+Transport = Literal["stdio", "http"]
+DEFAULT_PORT = 8765
+IMAGE_NOTE = (
+    "\n\nOver MCP, `image` is a path under the server's image root: relative to it (e.g. 'CASE_ID/tile.png') or "
+    "absolute inside it. Paths outside the root are refused."
+)
+INSTRUCTIONS = (
+    "PathAsst pathology tools: tissue quality control, nuclei segmentation, IHC quantification, mitosis detection, "
+    "tissue and slide classification, tumour and region segmentation, and similar-case search in the case "
+    "library. Every tool takes `image`, a path relative to the server's image root. Results are measurements for "
+    "a pathologist to review, not diagnoses."
+)
+
+
+# --- structured output -----------------------------------------------------------------------------------------
+class ModelInfo(BaseModel):
+    """Which model produced an output (``PathologyTool.model_info`` plus the backend)."""
+
+    model_config = ConfigDict(extra="allow")
+    tool: str = Field(..., description="Tool name.")
+    version: str = Field(..., description="Tool version.")
+    weights: str | None = Field(None, description="Configured weights file, if any.")
+    weights_sha256: str | None = Field(None, description="sha256 of the weights file, if any.")
+    backend: str = Field(..., description="Backend that produced the output.")
+    model: str | None = Field(None, description="Description of the loaded model, if any.")
+
+
+class ToolCallResult(BaseModel):
+    """Structured content of a tool call. Subclassed per tool so ``output`` carries the tool's own output model."""
+
+    model_config = ConfigDict(extra="forbid")
+    call_id: str = Field(..., description="Identifier of this call.")
+    status: Literal["ok", "not_configured"] = Field(..., description="'not_configured' when weights are missing.")
+    summary: str = Field(..., description="Short text summary of the output (also the call's text content).")
+    output: ToolOutput = Field(..., description="The tool's typed output.")
+    model: ModelInfo = Field(..., description="Tool, version, weights and backend that produced the output.")
+    image: str = Field(..., description="Analysed image, relative to the server's image root.")
+    image_mpp: float | None = Field(None, description="Microns per pixel of the analysed pixels (None = unknown).")
+    image_origin: tuple[float, float] | None = Field(None, description="Level-0 (x, y) of the analysed pixels.")
+    image_scale: float | None = Field(None, description="Level-0 pixels per analysed pixel.")
+    notes: list[str] = Field(default_factory=list, description="Notes on the analysed pixels (e.g. window chosen).")
+    duration_s: float = Field(..., ge=0, description="Wall time of the call, seconds.")
+
+
+def _result_model(tool: PathologyTool) -> type[ToolCallResult]:
+    name = "".join(part.capitalize() for part in tool.name.split("_")) + "Result"
+    return create_model(
+        name,
+        __base__=ToolCallResult,
+        __doc__=f"Structured content of a {tool.name} call.",
+        output=(tool.output_model, Field(..., description=f"The typed output of {tool.name}.")),
+    )
+
+
+# --- images ----------------------------------------------------------------------------------------------------
+def resolve_root(settings: Any, root: Path | None = None) -> Path:
+    """The image root: ``root`` or ``settings.cases_root``, resolved; ``CaseError`` when unset or not a folder."""
+    chosen = root if root is not None else getattr(settings, "cases_root", None)
+    if chosen is None:
+        raise CaseError("no image root: give --root DIR or set PATHASST_CASES_ROOT")
+    path = Path(chosen).resolve()
+    if not path.is_dir():
+        raise CaseError(f"image root not found or not a folder: {path}")
+    return path
+
+
+class RootImageResolver:
+    """An ``ImageResolver`` for one MCP call: ``image`` names a file under ``root``, read as a one-image case.
+
+    Use one per call and ``close()`` it after the tool ran (a slide stays open while the tool reads its tiles).
+    ``relative`` holds the resolved image path relative to the root once resolved.
+    """
+
+    def __init__(self, root: Path, settings: Any) -> None:
+        self.root = Path(root).resolve()
+        self.settings = settings
+        self.relative: str | None = None
+        self._case_resolver: CaseImageResolver | None = None
+
+    def locate(self, image: str) -> Path:
+        """The real path of ``image`` inside the root, or ``ToolCallError`` saying why not."""
+        try:
+            path = Path(image)
+            real = ensure_inside(path if path.is_absolute() else self.root / path, self.root)
+        except PathEscapeError as exc:
+            raise ToolCallError(f"image {image!r} refused: {exc}") from exc
+        except (OSError, ValueError) as exc:  # e.g. an embedded NUL byte, a symlink loop
+            raise ToolCallError(f"image {image!r} is not a valid path ({exc})") from exc
+        if not real.is_file():
+            raise ToolCallError(f"image {image!r} not found under the image root")
+        return real
+
+    def __call__(self, name: str, region: Region | None, working_mpp: float | None) -> ImageData:
+        real = self.locate(name)
+        self.relative = real.relative_to(self.root).as_posix()
+        try:
+            case = single_image_case(real, settings=self.settings)
+        except CaseError as exc:
+            raise ToolExecutionError(f"cannot read {name}: {exc}") from exc
+        self.close()
+        self._case_resolver = CaseImageResolver(case, self.settings)
+        return self._case_resolver(case.images[0].name, region, working_mpp)
+
+    def close(self) -> None:
+        if self._case_resolver is not None:
+            self._case_resolver.close()
+            self._case_resolver = None
+
+
+# --- tools -----------------------------------------------------------------------------------------------------
+class _RawArguments(ArgModelBase):
+    """Every argument as sent: ``call_tool`` validates them against the tool's input model (one place for errors)."""
+
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect(cls, data: Any) -> Any:
+        return {"arguments": dict(data) if isinstance(data, dict) else {}}
+
+
+def _parse_json_strings(model: type[ToolInput], arguments: dict[str, Any]) -> dict[str, Any]:
+    """Decode object/array arguments sent as JSON strings (some MCP clients do), as the SDK's own tools do."""
+    out = dict(arguments)
+    for key, value in arguments.items():
+        field = model.model_fields.get(key)
+        if field is None or field.annotation is str or not isinstance(value, str):
+            continue
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(parsed, dict | list):
+            out[key] = parsed
+    return out
+
+
+def _to_mcp_result(record: ToolCallRecord, result_model: type[ToolCallResult], image: str | None) -> CallToolResult:
+    text = [TextContent(type="text", text=record.summary)]
+    if record.status in ("bad_call", "failed"):
+        return CallToolResult(content=text, is_error=True)
+    result = result_model(
+        call_id=record.id,
+        status=record.status,
+        summary=record.summary,
+        output=record.output,
+        model=record.model,
+        image=image or record.image or "",
+        image_mpp=record.image_mpp,
+        image_origin=record.image_origin,
+        image_scale=record.image_scale,
+        notes=record.notes,
+        duration_s=record.duration_s,
+    )
+    # not configured is reported as an error so a client model does not read the empty output as a measurement
+    return CallToolResult(
+        content=text, structured_content=result.model_dump(mode="json"), is_error=record.status != "ok"
+    )
+
+
+def _mcp_tool(tool: PathologyTool, root: Path, settings: Any) -> Tool:
+    result_model = _result_model(tool)
+    lock = threading.Lock()  # tools load lazily and keep state: one call per tool at a time
+
+    def handler(arguments: dict[str, Any]) -> CallToolResult:
+        resolver = RootImageResolver(root, settings)
+        try:
+            with lock:
+                record, _ = call_tool(tool, _parse_json_strings(tool.input_model, arguments), resolver)
+        finally:
+            resolver.close()
+        log.info("%s: %s in %.2f s", tool.name, record.status, record.duration_s)
+        return _to_mcp_result(record, result_model, resolver.relative)
+
+    return Tool(
+        fn=handler,
+        name=tool.name,
+        description=tool.description + IMAGE_NOTE,
+        parameters=tool.input_model.model_json_schema(),
+        fn_metadata=FuncMetadata(arg_model=_RawArguments, output_model=result_model),
+        is_async=False,
+        annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
+    )
+
+
+def _version() -> str:
+    try:
+        return version("pathasst")
+    except PackageNotFoundError:
+        return "0"
+
+
+def build_server(settings: Any, root: Path | None = None, registry: ToolRegistry | None = None) -> MCPServer:
+    """An MCP server with one tool per registered pathology tool, reading images under ``root``.
+
+    ``root`` defaults to ``settings.cases_root``; ``CaseError`` when neither names a folder.
+    """
+    image_root = resolve_root(settings, root)
+    registry = registry if registry is not None else default_registry(settings)
+    tools = [_mcp_tool(t, image_root, settings) for t in registry.tools()]
+    return MCPServer(
+        name="pathasst",
+        title="PathAsst pathology tools",
+        version=_version(),
+        instructions=INSTRUCTIONS,
+        tools=tools,
+        log_level="WARNING",
+    )
+
+
+# --- serving ---------------------------------------------------------------------------------------------------
+def serve(server: MCPServer, transport: Transport = "stdio", host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+    """Serve on stdio (stdout carries only the protocol) or streamable HTTP at ``http://HOST:PORT/mcp``."""
+    if transport == "stdio":
+        server.run("stdio")
+        return
+    if not is_loopback(host):
+        log.warning(
+            "binding to %s: the tools and every image under the root are reachable from other machines, "
+            "without authentication",
+            host,
+        )
+    server.run("streamable-http", host=host, port=port)
+
+
+def run(
+    transport: Transport = "stdio",
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    settings: Any | None = None,
+    root: Path | None = None,
+) -> None:
+    """Build the server from ``settings`` (default: the process settings) and serve it."""
+    if settings is None:
+        from pathasst.agent.settings import get_settings
+
+        settings = get_settings()
+    serve(build_server(settings, root), transport, host, port)
