@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -270,3 +271,74 @@ def evaluate(
                   f"search {res.seconds['search']:.2f} s; {len(res.skipped)} items skipped")
     for s in res.skipped[:20]:
         console.print(f"[yellow]skipped[/] {s}")
+
+
+def _endpoint(path: Path | None, host: str | None, port: int, side: str) -> Any:
+    from pathasst.memory.migrate import Endpoint
+
+    if (path is None) == (host is None):
+        flags = "--from PATH or --from-host HOST" if side == "from" else "--to-host HOST or --to-path PATH"
+        _fail(f"give exactly one of {flags}")
+    return Endpoint(path=path, host=host, port=port)
+
+
+@library_app.command("migrate")
+def migrate_library(
+    source: Annotated[Path | None, typer.Option("--from", help="Embedded library folder to copy from.")] = None,
+    from_host: Annotated[str | None, typer.Option("--from-host", help="Or: Chroma server to copy from.")] = None,
+    from_port: Annotated[int, typer.Option("--from-port", min=1, max=65535, help="Port of --from-host.")] = 8000,
+    to_host: Annotated[str | None, typer.Option("--to-host", help="Chroma server to copy into.")] = None,
+    to_port: Annotated[int, typer.Option("--to-port", min=1, max=65535, help="Port of --to-host.")] = 8000,
+    to_path: Annotated[Path | None, typer.Option("--to-path", help="Or: embedded library folder to copy into.")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=100_000, help="Records read per page.")] = 1000,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and count what would be copied; write nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Copy the case library between an embedded folder and a Chroma server (either way).
+
+    Every PathAsst collection is copied with its ids, embeddings, documents, metadatas, collection metadata and
+    index space. Idempotent and resumable: only new or changed records are written, so a rerun completes an
+    interrupted copy. A target collection built with another embedder or dimension is refused before anything is
+    written. Record counts are verified per collection (exit code 1 if they differ). Thumbnails are files and stay
+    where they are (the copied metadata keeps their paths).
+    """
+    from pathasst.memory.migrate import migrate
+
+    src = _endpoint(source, from_host, from_port, "from")
+    dst = _endpoint(to_path, to_host, to_port, "to")
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True, disable=as_json) as bar:
+            tasks: dict[str, Any] = {}
+
+            def tick(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.update(tasks[name], completed=done)
+
+            report = migrate(src, dst, batch=batch, dry_run=dry_run, progress=tick)
+    except _errors() as exc:
+        _fail(str(exc))
+    if as_json:
+        out_console.print_json(report.model_dump_json())
+    else:
+        table = Table(title=f"{report.source} -> {report.target}{' (dry run)' if dry_run else ''}",
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        table.add_column("collection", no_wrap=True)
+        for col in ("dim", "source", "before", "to copy" if dry_run else "copied", "after"):
+            table.add_column(col, justify="right", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        for c in report.collections:
+            colour = {"ok": "green", "mismatch": "red", "dry-run": "yellow"}[c.status]
+            table.add_row(c.name, str(c.dimension or "-"), str(c.source_count),
+                          "[dim]new[/]" if c.created else str(c.target_before), str(c.copied), str(c.target_after),
+                          f"[{colour}]{c.status}[/]")
+        out_console.print(table)
+        if not report.collections:
+            console.print("[yellow]the source holds no PathAsst collections: nothing to copy[/]")
+        console.print(f"[bold]{report.copied} records {'would be copied' if dry_run else 'copied'}[/] "
+                      f"in {report.seconds:.1f} s"
+                      + ("" if dry_run else "; counts verified" if report.verified else "; [red]counts differ[/]"))
+    raise typer.Exit(0 if dry_run or report.verified else 1)

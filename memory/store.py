@@ -2,7 +2,8 @@
 
 - **Client**: ``chromadb.PersistentClient(path=Settings.chroma_path)`` by default; ``chromadb.HttpClient`` when
   ``Settings.chroma_host`` is set (``chroma run --path DIR --host H --port P`` on the server). Telemetry is off and
-  every client of a process uses the same ``chromadb.Settings``.
+  every client of a process uses the same ``chromadb.Settings``. ``pathasst library migrate`` (``memory/migrate.py``)
+  copies a library from one to the other.
 - **Collections**: ``pathasst-img-<embedder>`` and ``pathasst-txt-<embedder>``, cosine space, created with no
   embedding function: vectors are always computed by PathAsst and passed explicitly (Chroma's default embedder would
   try to download a model). The collection metadata records the embedder's name, dimension and fingerprint; opening a
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,8 @@ COLLECTION_PREFIX = "pathasst"
 SCHEMA = "pathasst-case-library/1"
 #: extra records fetched when a case is excluded from a query (more than a case usually has images)
 EXCLUDE_MARGIN = 16
+#: seconds to wait for a Chroma server to accept a connection before calling it unreachable (the HTTP client has none)
+CONNECT_TIMEOUT_S = 5.0
 #: folder (inside an embedded library, or under the cache for a server) holding the case thumbnails
 THUMBNAIL_DIR = "thumbnails"
 StoreModality = Literal["image", "text"]
@@ -134,11 +138,14 @@ class CaseStore:
         if host:
             port = int(getattr(settings, "chroma_port", 8000))
             try:
+                # Chroma's HTTP client waits forever on a host that drops packets: probe the port with a timeout first
+                socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
                 client = chromadb.HttpClient(host=host, port=port, settings=chroma_settings())
                 client.heartbeat()
-            except Exception as exc:  # noqa: BLE001 - httpx/chromadb raise many connection error types
+            except Exception as exc:  # noqa: BLE001 - socket/httpx/chromadb raise many connection error types
                 raise LibraryUnavailableError(
-                    f"Chroma server at {host}:{port} is not reachable (PATHASST_CHROMA_HOST/PORT): {exc}"
+                    f"Chroma server at {host}:{port} is not reachable (PATHASST_CHROMA_HOST/PORT): "
+                    f"{exc or type(exc).__name__}"
                 ) from exc
             return cls(client, f"http://{host}:{port}", "server")
         path = Path(getattr(settings, "chroma_path"))
@@ -157,17 +164,20 @@ class CaseStore:
         return (Path(getattr(settings, "chroma_path")) / "chroma.sqlite3").is_file()
 
     # ---- collections ---------------------------------------------------------------------------
-    def _library_collections(self) -> list[Any]:
+    def library_collections(self) -> list[Any]:
+        """The Chroma collection objects of every PathAsst collection (name ``pathasst-...``), sorted by name."""
         out = []
         for c in self.client.list_collections():
             name = c if isinstance(c, str) else c.name
             if name.startswith(COLLECTION_PREFIX + "-"):
                 out.append(self.client.get_collection(name, embedding_function=None))
-        return out
+        return sorted(out, key=lambda c: c.name)
 
     def collections(self) -> list[dict[str, Any]]:
         """Name, metadata and record count of every PathAsst collection."""
-        return [{"name": c.name, "metadata": dict(c.metadata or {}), "count": c.count()} for c in self._library_collections()]
+        return [
+            {"name": c.name, "metadata": dict(c.metadata or {}), "count": c.count()} for c in self.library_collections()
+        ]
 
     def collection(self, modality: StoreModality, embedder: Embedder, create: bool = True) -> Any | None:
         """The collection of ``embedder`` for ``modality`` (None if absent and not ``create``); checks the embedder."""
@@ -318,7 +328,7 @@ class CaseStore:
         if not where and ids is None:
             raise StoreError("delete needs a filter or ids (refusing to empty the library)")
         n = 0
-        for col in self._library_collections():
+        for col in self.library_collections():
             found = col.get(ids=list(ids) if ids is not None else None, where=normalise_where(where), include=[])
             if found["ids"]:
                 col.delete(ids=found["ids"])
