@@ -8,8 +8,11 @@ assistant/tool messages so a capable model can decide whether to call more. Case
 inside ``<data>`` tags and the system prompt says they are never instructions.
 
 ``max_tokens`` is passed through ``extra_body`` (llama.cpp's server ignores ``max_completion_tokens``), with the
-settings' timeout and retries. An unreachable server or an HTTP error becomes :class:`PlannerError` with a message
-that names the endpoint.
+settings' timeout (``openai_timeout_s``, per request) and retries (``openai_max_retries``: the openai client retries
+connection errors, 408, 409, 429 and 5xx with exponential back-off and honours ``Retry-After``). At most
+``openai_max_concurrency`` requests per endpoint are in flight from one process, whatever the number of threads
+(batch workers, the review app's sessions), so a small server is not flooded. An unreachable server or an HTTP error
+becomes :class:`PlannerError` with a message that names the endpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError
 from pathasst.agent.planners.parsing import parse_plan
 
-__all__ = ["OpenAIPlanner", "function_specs", "inline_refs"]
+__all__ = ["OpenAIPlanner", "endpoint_slots", "function_specs", "inline_refs"]
 
 _SYSTEM = (
     "You are the planner of PathAsst, a pathology assistant. Call the analysis tools needed to answer the "
@@ -36,7 +39,18 @@ _PHRASE_SYSTEM = (
     "exactly as in the draft; add no number, finding or claim that is not in the draft. Reply with the rewritten text only."
 )
 _MAX_DATA_CHARS = 1500
+_SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+
+def endpoint_slots(base_url: str, limit: int) -> threading.BoundedSemaphore:
+    """The process-wide semaphore that caps requests in flight to ``base_url`` at ``limit``."""
+    with _SLOTS_LOCK:
+        key = (base_url, int(limit))
+        if key not in _SLOTS:
+            _SLOTS[key] = threading.BoundedSemaphore(int(limit))
+        return _SLOTS[key]
 
 
 def inline_refs(schema: Any, defs: dict[str, Any] | None = None, _depth: int = 0) -> Any:
@@ -186,8 +200,10 @@ class OpenAIPlanner:
         import openai
 
         where = self.base_url or "the endpoint"
+        slots = endpoint_slots(where, int(getattr(self.settings, "openai_max_concurrency", 4)))
         try:
-            response = client.chat.completions.create(model=self.settings.openai_model, **kwargs)
+            with slots:
+                response = client.chat.completions.create(model=self.settings.openai_model, **kwargs)
         except openai.APITimeoutError as exc:
             raise PlannerError(
                 f"openai planner: request to {where} timed out after {self.settings.openai_timeout_s} s"
