@@ -1,4 +1,4 @@
-"""The compiled case graph: ``load_case -> retrieve -> plan <-> act -> report`` (named in ``langgraph.json``)."""
+"""The compiled case graph: ``load_case -> retrieve -> plan <-> act -> report`` (``langgraph.json`` serves it through ``graphs/server.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathasst.graphs.nodes import act, load_case_node, plan, report, route_after
 from pathasst.graphs.retrieve import retrieve
 from pathasst.graphs.state import CaseContext, CaseState
 
-__all__ = ["build_graph", "graph"]
+__all__ = ["build_graph"]
 
 
 def build_graph(checkpointer: Any | None = None):
@@ -31,6 +31,3 @@ def build_graph(checkpointer: Any | None = None):
     return builder.compile(checkpointer=checkpointer if checkpointer is not None else InMemorySaver())
 
 
-def graph():
-    """Factory for LangGraph tooling (``langgraph.json``)."""
-    return build_graph()

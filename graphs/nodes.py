@@ -8,7 +8,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from pathasst.agent.cases import Case, load_case, single_image_case
+from pathasst.agent.cases import Case, ensure_inside, load_case, single_image_case
 from pathasst.agent.planners.base import (
     PlanDecision,
     PlannedCall,
@@ -53,9 +53,16 @@ def _case(state: CaseState) -> Case:
 def load_case_node(state: CaseState, runtime: Runtime[CaseContext]) -> dict[str, Any]:
     t0 = time.perf_counter()
     ctx = runtime.context
+    # with a cases root (batch runs, the review app, a served graph), every way in stays inside it
     if state.get("case"):
         case = _case(state)
+        if ctx.cases_root is not None:
+            ensure_inside(case.root, Path(ctx.cases_root))
+            for img in case.images:
+                ensure_inside(case.root / img.name, Path(ctx.cases_root))
     elif state.get("image_path"):
+        if ctx.cases_root is not None:
+            ensure_inside(Path(state["image_path"]), Path(ctx.cases_root))
         case = single_image_case(Path(state["image_path"]), settings=ctx.settings)
     else:
         case = load_case(Path(state["case_dir"]), ctx.cases_root, ctx.settings)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
+
+from typing_extensions import TypedDict  # typing.TypedDict hides the schema from langgraph's server on 3.11
 
 __all__ = ["CaseContext", "CaseState"]
 

@@ -214,3 +214,25 @@ def test_batch_isolation_summary_and_resume(tmp_path, settings, registry):
     assert (out / "a" / "report.json").read_text() == first
     rows = {r["case_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert rows["badyaml"]["status"] == "ok" and rows["empty"]["status"] == "failed"
+
+
+def test_a_cases_root_confines_every_way_into_the_graph(tmp_path, settings, registry):
+    """With a cases root (batch runs, the review app, the served graph), a single image or a prepared case outside
+    it is refused like a case folder outside it; without one (``pathasst ask``) any readable image is allowed."""
+    from pathasst.agent.cases import PathEscapeError, load_case
+
+    inside = _case(tmp_path / "cases", "c1")
+    outside = _case(tmp_path / "elsewhere", "c2")
+    eng = Engine(settings, planner=Scripted(["dark_pixels"]), registry=registry)
+    root = tmp_path / "cases"
+    with pytest.raises(PathEscapeError, match="outside the cases root"):
+        eng.run(image_path=outside / "img0.png", cases_root=root)
+    with pytest.raises(PathEscapeError, match="outside the cases root"):
+        eng.run(case=load_case(outside, tmp_path / "elsewhere", settings), cases_root=root)
+    (root / "c1" / "link.png").symlink_to(outside / "img0.png")
+    with pytest.raises(PathEscapeError, match="outside the cases root"):
+        eng.run(image_path=root / "c1" / "link.png", cases_root=root)
+    report, _ = eng.run(image_path=inside / "img0.png", cases_root=root)
+    assert [r.status for r in report.trace] == ["ok"]
+    report, _ = eng.run(image_path=outside / "img0.png")
+    assert [r.status for r in report.trace] == ["ok"]

@@ -1,0 +1,118 @@
+"""The case graph as LangGraph Server / ``langgraph dev`` serves it (``langgraph.json`` names ``graph`` here).
+
+:func:`pathasst.graphs.case_graph.build_graph` takes a :class:`CaseContext` of live objects (settings, tool
+registry, planner), which a server run cannot send: a run's ``context`` is JSON. This graph has the same nodes and
+edges but takes a :class:`ServerContext` (the planner name) and builds the ``CaseContext`` for each node from
+process-wide parts: the settings of :func:`get_settings` (``PATHASST_*`` variables and ``.env``), a tool registry
+and the planners, created on first use and kept, so tools load their weights once per server process. The cases
+root (the folder case paths may not escape) is ``settings.cases_root`` only: a run cannot widen it.
+
+It is compiled without a checkpointer (the server brings its own persistence and refuses a graph that has one).
+Array artifacts (label maps, masks, overlays) are dropped after each node: a server run returns the JSON state,
+whose ``report`` holds every measurement; write overlays and GeoJSON with the CLI (``Engine``) instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from pathasst.agent.settings import PlannerName
+from pathasst.graphs.nodes import act, load_case_node, plan, report, route_after_plan
+from pathasst.graphs.retrieve import retrieve
+from pathasst.graphs.state import CaseContext, CaseState
+
+__all__ = ["ServerContext", "ServerParts", "build_server_graph", "graph"]
+
+
+@dataclass
+class ServerContext:
+    """The ``context`` a server run may send (every field optional)."""
+
+    planner: PlannerName | None = None  # planner backend for this run; None = settings.planner
+
+
+class ServerParts:
+    """Settings, tool registry and planners shared by the runs of one server process.
+
+    ``settings`` is a fixed ``Settings`` object, or None to follow :func:`get_settings` (clearing its cache, as tests
+    do, gives a new registry and new planners on the next run). ``registry`` and ``planners`` default to the
+    installed tools and to :func:`get_planner`.
+    """
+
+    def __init__(
+        self, settings: Any | None = None, registry: Any | None = None, planners: dict[str, Any] | None = None
+    ) -> None:
+        self._fixed = (settings, registry, dict(planners or {}))
+        self._lock = threading.Lock()
+        self._settings: Any | None = None
+        self._registry: Any | None = None
+        self._planners: dict[str, Any] = {}
+
+    def _current_settings(self) -> Any:
+        if self._fixed[0] is not None:
+            return self._fixed[0]
+        from pathasst.agent.settings import get_settings
+
+        return get_settings()
+
+    def case_context(self, context: ServerContext | None) -> CaseContext:
+        """A fresh ``CaseContext`` for one node, on the shared settings, registry and planner."""
+        from pathasst.agent.planners import get_planner
+        from pathasst.tools.registry import default_registry
+
+        context = context if context is not None else ServerContext()
+        settings = self._current_settings()
+        with self._lock:
+            if settings is not self._settings:  # first use, or get_settings() was reset
+                self._settings = settings
+                self._registry = self._fixed[1] if self._fixed[1] is not None else default_registry(settings)
+                self._planners = dict(self._fixed[2])
+            name = context.planner or settings.planner
+            if name not in self._planners:
+                self._planners[name] = get_planner(name, settings)
+            registry, planner = self._registry, self._planners[name]
+        cases_root = str(settings.cases_root) if settings.cases_root else None
+        return CaseContext(settings=settings, registry=registry, planner=planner, cases_root=cases_root)
+
+
+def _bind(node: Callable[[CaseState, Runtime[CaseContext]], dict[str, Any]], parts: ServerParts):
+    """``node`` run with a ``CaseContext`` built from the run's ``ServerContext``; its resolvers closed after."""
+
+    @wraps(node)
+    def run(state: CaseState, runtime: Runtime[ServerContext]) -> dict[str, Any]:
+        ctx = parts.case_context(runtime.context)
+        try:
+            return node(state, runtime.override(context=ctx))
+        finally:
+            ctx.close()
+
+    return run
+
+
+def build_server_graph(parts: ServerParts | None = None):
+    """Compile the served case graph (no checkpointer). Same nodes and edges as ``case_graph.build_graph``."""
+    parts = parts if parts is not None else ServerParts()
+    builder = StateGraph(CaseState, context_schema=ServerContext)
+    builder.add_node("load_case", _bind(load_case_node, parts))
+    builder.add_node("retrieve", _bind(retrieve, parts))
+    builder.add_node("plan", _bind(plan, parts))
+    builder.add_node("act", _bind(act, parts))
+    builder.add_node("report", _bind(report, parts))
+    builder.add_edge(START, "load_case")
+    builder.add_edge("load_case", "retrieve")
+    builder.add_edge("retrieve", "plan")
+    builder.add_conditional_edges("plan", route_after_plan, {"act": "act", "report": "report"})
+    builder.add_edge("act", "plan")
+    builder.add_edge("report", END)
+    return builder.compile(name="pathasst_case")
+
+
+#: the compiled graph named in ``langgraph.json`` (cheap to build: settings, tools and planners load on first run)
+graph = build_server_graph()
