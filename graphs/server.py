@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
 from pathasst.agent.settings import PlannerName
-from pathasst.graphs.nodes import act, load_case_node, plan, report, route_after_plan
-from pathasst.graphs.retrieve import retrieve
+from pathasst.graphs.case_graph import wire
 from pathasst.graphs.state import CaseContext, CaseState
 
 __all__ = ["ServerContext", "ServerParts", "build_server_graph", "graph"]
@@ -99,18 +98,7 @@ def _bind(node: Callable[[CaseState, Runtime[CaseContext]], dict[str, Any]], par
 def build_server_graph(parts: ServerParts | None = None):
     """Compile the served case graph (no checkpointer). Same nodes and edges as ``case_graph.build_graph``."""
     parts = parts if parts is not None else ServerParts()
-    builder = StateGraph(CaseState, context_schema=ServerContext)
-    builder.add_node("load_case", _bind(load_case_node, parts))
-    builder.add_node("retrieve", _bind(retrieve, parts))
-    builder.add_node("plan", _bind(plan, parts))
-    builder.add_node("act", _bind(act, parts))
-    builder.add_node("report", _bind(report, parts))
-    builder.add_edge(START, "load_case")
-    builder.add_edge("load_case", "retrieve")
-    builder.add_edge("retrieve", "plan")
-    builder.add_conditional_edges("plan", route_after_plan, {"act": "act", "report": "report"})
-    builder.add_edge("act", "plan")
-    builder.add_edge("report", END)
+    builder = wire(StateGraph(CaseState, context_schema=ServerContext), lambda node: _bind(node, parts))
     return builder.compile(name="pathasst_case")
 
 

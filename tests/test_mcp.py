@@ -29,18 +29,9 @@ from PIL import Image
 from pathasst.agent.cases import CaseError
 from pathasst.agent.mcp_server import build_server
 from pathasst.tools.registry import default_registry
+from tool_helpers import EXPECTED_TOOLS
 
-TOOL_NAMES = {
-    "ihc_quantification",
-    "mitosis_detection",
-    "nuclei_segmentation",
-    "region_segmentation",
-    "similar_cases",
-    "slide_classification",
-    "tissue_classification",
-    "tissue_qc",
-    "tumor_segmentation",
-}
+TOOL_NAMES = set(EXPECTED_TOOLS)
 IHC = "case1/ihc.png"
 
 
