@@ -1,4 +1,5 @@
-"""Writing a case's outputs atomically: ``report.json``, ``report.md``, overlay PNGs, ``annotations.geojson``.
+"""Writing a case's outputs atomically: ``report.json``, ``report.md``, ``report.fhir.json``, overlay PNGs,
+``annotations.geojson``.
 
 Everything is written into a hidden temporary folder next to the final one and renamed into place in one step, so a
 case folder in the output either holds a complete report or does not exist. A killed run loses nothing written.
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pathasst.agent.fhir import FHIR_FILE, diagnostic_report
 from pathasst.agent.report import Report, render_markdown
 
 __all__ = ["atomic_write_text", "case_is_done", "clean_stale", "feature_collection", "write_case"]
@@ -94,7 +96,7 @@ def write_case(out_dir: Path, report: Report, artifacts: dict[str, Any], overwri
                 all_features.append(f)
                 per_image.setdefault(rec.image or "image", []).append(f)
         report_dict = report.model_dump(mode="json")
-        report_dict["files"] = {"overlays": overlays, "annotations": "annotations.geojson"}
+        report_dict["files"] = {"overlays": overlays, "annotations": "annotations.geojson", "fhir": FHIR_FILE}
         (tmp / "annotations.geojson").write_text(json.dumps(feature_collection(all_features)), encoding="utf-8")
         if len(per_image) > 1:
             (tmp / "annotations").mkdir()
@@ -102,7 +104,11 @@ def write_case(out_dir: Path, report: Report, artifacts: dict[str, Any], overwri
                 (tmp / "annotations" / f"{_stem(img)}.geojson").write_text(
                     json.dumps(feature_collection(feats)), encoding="utf-8"
                 )
-        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        markdown = render_markdown(report)
+        (tmp / "report.md").write_text(markdown, encoding="utf-8")
+        # the FHIR R4 DiagnosticReport embeds report.md as its presentedForm
+        fhir_text = json.dumps(diagnostic_report(report, markdown), indent=2, allow_nan=False)
+        (tmp / FHIR_FILE).write_text(fhir_text, encoding="utf-8")
         # report.json last: its presence marks a complete case
         with open(tmp / "report.json", "w", encoding="utf-8") as f:
             json.dump(report_dict, f, indent=2)
