@@ -34,7 +34,7 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-PlannerOpt = Annotated[str | None, typer.Option("--planner", "-p", help="rules | llamacpp | openai (default: settings)")]
+PlannerOpt = Annotated[str | None, typer.Option("--planner", "-p", help="hybrid | rules | llamacpp | openai (default: settings)")]
 
 
 def _run_batch(

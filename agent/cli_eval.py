@@ -73,7 +73,7 @@ def planner_command(
         Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="JSONL file of questions.")
     ],
     planner: Annotated[
-        str | None, typer.Option("--planner", "-p", help="rules | llamacpp | openai (default: settings.planner).")
+        str | None, typer.Option("--planner", "-p", help="hybrid | rules | llamacpp | openai (default: settings.planner).")
     ] = None,
     show_failures: Annotated[bool, typer.Option(help="Include the mismatched questions in the output.")] = True,
 ) -> None:

@@ -158,7 +158,7 @@ def _planner_name(planner: Any, settings: Any) -> str:
     name = getattr(planner, "name", None)
     if isinstance(name, str):
         return name  # a planner object is rebuilt by name in each worker
-    raise ExecutorError("worker processes need a planner name (rules | llamacpp | openai), not a planner object")
+    raise ExecutorError("worker processes need a planner name (hybrid | rules | llamacpp | openai), not a planner object")
 
 
 class ProcessExecutor:

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["PlannerName", "Settings", "get_settings", "is_loopback"]
 
-PlannerName = Literal["rules", "llamacpp", "openai"]
+PlannerName = Literal["hybrid", "rules", "llamacpp", "openai"]
 
 
 def _default_cache() -> Path:
@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     )
 
     # --- planner -------------------------------------------------------------------------------
-    planner: PlannerName = Field("rules", description="Planner backend: rules | llamacpp | openai.")
+    planner: PlannerName = Field(
+        "hybrid",
+        description="Planner backend: hybrid (rules + MiniLM neighbours of the tool-invocation data) | rules | llamacpp | openai.",
+    )
     llamacpp_model_path: Path | None = Field(
         None, description="GGUF file for the llamacpp planner; empty = Gemma 3 270M assembled into cache_dir."
     )

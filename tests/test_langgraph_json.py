@@ -230,7 +230,7 @@ def test_served_graph_with_the_servers_checkpointer(served: Pregel, env_settings
 def test_unknown_planner_in_context_is_a_clear_error(served: Pregel, env_settings: Any, case_dir: Path) -> None:
     from pathasst.agent.planners import PlannerError
 
-    with pytest.raises(PlannerError, match=r"unknown planner 'oracle'; valid planners: llamacpp, openai, rules"):
+    with pytest.raises(PlannerError, match=r"unknown planner 'oracle'; valid planners: hybrid, llamacpp, openai, rules"):
         served.invoke({"case_dir": str(case_dir)}, context={"planner": "oracle"})
 
 

@@ -147,7 +147,7 @@ def test_later_round_finishes_and_protocol():
 def test_get_planner_factory(settings):
     assert get_planner("rules", settings).name == "rules"
     assert get_planner("RULES", settings).name == "rules"
-    with pytest.raises(PlannerError, match="valid planners: llamacpp, openai, rules"):
+    with pytest.raises(PlannerError, match="valid planners: hybrid, llamacpp, openai, rules"):
         get_planner("gpt5", settings)
 
 

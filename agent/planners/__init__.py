@@ -1,4 +1,5 @@
-"""Planner backends behind one interface; :func:`get_planner` builds one by name (heavy imports stay lazy)."""
+"""Planner backends behind one interface (rules, hybrid, llamacpp, openai); :func:`get_planner` builds one by name
+(heavy imports stay lazy)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ __all__ = [
 # name -> (module, class); the module is imported only when that backend is asked for
 _BACKENDS: dict[str, tuple[str, str]] = {
     "rules": ("pathasst.agent.planners.rules", "RulesPlanner"),
+    "hybrid": ("pathasst.agent.planners.hybrid", "HybridPlanner"),
     "llamacpp": ("pathasst.agent.planners.llamacpp", "LlamaCppPlanner"),
     "openai": ("pathasst.agent.planners.openai_backend", "OpenAIPlanner"),
 }
