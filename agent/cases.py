@@ -189,6 +189,11 @@ def _read_meta(case_dir: Path) -> CaseMeta:
     return CaseMeta()
 
 
+def read_case_meta(case_dir: Path) -> CaseMeta:
+    """The ``case.yaml`` of ``case_dir`` (an empty :class:`CaseMeta` when there is none); InvalidCaseFileError if bad."""
+    return _read_meta(Path(case_dir))
+
+
 def discover_cases(cases_dir: Path) -> list[Path]:
     """Case folders directly under ``cases_dir`` (sorted; hidden folders skipped)."""
     cases_dir = Path(cases_dir)

@@ -9,6 +9,7 @@ an MCP error result (``is_error``) with the planner message, never as a crash.
 
 The ``image`` argument is a path under the image root (``--root`` or ``PATHASST_CASES_ROOT``), relative to it or
 absolute inside it; :func:`pathasst.agent.cases.ensure_inside` refuses any path (or symlink) that leaves the root.
+The nearest ``case.yaml`` above the image (up to the root) supplies its resolution and stain, as in a batch run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from pathasst.agent.settings import is_loopback
-from pathasst.agent.cases import CaseError, PathEscapeError, ensure_inside, single_image_case
+from pathasst.agent.cases import CaseError, PathEscapeError, ensure_inside, read_case_meta, single_image_case
 from pathasst.agent.readers import CaseImageResolver
 from pathasst.tools.base import PathologyTool, Region, ToolCallRecord, ToolInput, ToolOutput, call_tool
 from pathasst.tools.errors import ToolCallError, ToolExecutionError
@@ -145,7 +146,15 @@ class RootImageResolver:
         real = self.locate(name)
         self.relative = real.relative_to(self.root).as_posix()
         try:
-            case = single_image_case(real, settings=self.settings)
+            # the case.yaml of the image's case folder (nearest one up to the root) gives mpp and stain
+            meta = None
+            for folder in [real.parent, *real.parent.parents]:
+                if (folder / "case.yaml").is_file() or (folder / "case.yml").is_file():
+                    meta = read_case_meta(folder)
+                    break
+                if folder == self.root:
+                    break
+            case = single_image_case(real, meta, settings=self.settings)
         except CaseError as exc:
             raise ToolExecutionError(f"cannot read {name}: {exc}") from exc
         self.close()

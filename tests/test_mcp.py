@@ -144,6 +144,30 @@ def test_region_sent_as_a_json_string_is_decoded(settings, image_root):
     assert result.structured_content["image"] == IHC
 
 
+def test_case_yaml_of_the_image_folder_gives_the_resolution(settings, image_root, tmp_path):
+    """An image inside a case folder is read with that case's case.yaml (mpp), like a batch run reads it."""
+    import shutil
+
+    root = tmp_path / "root"
+    (root / "c2" / "sub").mkdir(parents=True)
+    shutil.copy(image_root / IHC, root / "c2" / "sub" / "ihc.png")
+    shutil.copy(image_root / IHC, root / "plain.png")
+    (root / "c2" / "case.yaml").write_text("stain: Ki-67\nmpp: 0.5\n")
+
+    async def go():
+        async with Client(build_server(settings.model_copy(update={"default_mpp": None}), root)) as client:
+            return (await client.call_tool("tissue_qc", {"image": "c2/sub/ihc.png"}),
+                    await client.call_tool("tissue_qc", {"image": "plain.png"}))
+
+    in_case, plain = _run(go)
+    assert not in_case.is_error and not plain.is_error, (_text(in_case), _text(plain))
+    assert in_case.structured_content["image_mpp"] == 0.5
+    assert plain.structured_content["image_mpp"] is None
+    (root / "c2" / "case.yaml").write_text("mpp: [not, a, number]\n")
+    bad = _run(go)[0]
+    assert bad.is_error and "case.yaml" in _text(bad)
+
+
 def test_similar_cases_searches_the_case_library(settings, image_root, tmp_path):
     from skimage import data
 
