@@ -169,14 +169,17 @@ class ProcessExecutor:
     def __init__(self, settings: Any, planner: Any = None, workers: int = 2) -> None:
         if workers < 1:
             raise ExecutorError(f"workers must be >= 1, got {workers}")
-        import multiprocessing
-
         self.workers = workers
         self.planner = _planner_name(planner, settings)
         if not getattr(settings, "torch_threads", None):  # split the cores between the workers
             settings = settings.model_copy(update={"torch_threads": max(1, (os.cpu_count() or 1) // workers)})
         self.settings = settings
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        import multiprocessing
+
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
 
     def map(self, jobs: Iterable[CaseJob]) -> Iterator[CaseWork]:
         from concurrent.futures.process import BrokenProcessPool
@@ -184,30 +187,29 @@ class ProcessExecutor:
         pending: dict[Future, CaseJob] = {}
         queue = list(jobs)
         while queue or pending:
-            while queue and len(pending) < 2 * self.workers:
+            while queue and len(pending) < self.workers:  # pending = running: a broken pool fails only those
                 job = queue.pop(0)
                 pending[self._pool.submit(_process_case, self.settings, self.planner, job)] = job
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            broken = False
             for fut in done:
                 job = pending.pop(fut)
                 try:
                     yield fut.result()
                 except BrokenProcessPool as exc:
-                    # a worker died (killed, out of memory): the cases it held fail with the reason; a new pool
-                    # takes the rest, and a rerun retries the failed ones
+                    # a worker died (killed, out of memory, a crash in native code): which case caused it is
+                    # unknown, so every case the pool held fails with the reason (a rerun retries them) and a new
+                    # pool takes the cases not started yet
+                    broken = True
                     yield CaseWork(job.case_id, "failed", f"worker process died: {exc}")
-                    for other, ojob in list(pending.items()):
-                        pending.pop(other)
-                        queue.insert(0, ojob)
-                    self._pool.shutdown(wait=False, cancel_futures=True)
-                    import multiprocessing
-
-                    self._pool = ProcessPoolExecutor(
-                        max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
-                    )
-                    break
                 except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result: that case fails alone
                     yield CaseWork(job.case_id, "failed", f"{type(exc).__name__}: {exc}")
+            if broken:
+                for job in pending.values():
+                    yield CaseWork(job.case_id, "failed", "worker process died while this case was running")
+                pending.clear()
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
