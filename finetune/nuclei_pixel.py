@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from pathasst.tools.evaluate import CONSEP_HELD_OUT_SOURCES
+
 __all__ = [
     "HELD_OUT_SOURCES",
     "TrainResult",
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 #: CoNSeP source images whose tiles are never used for training or tuning (the held-out test set)
-HELD_OUT_SOURCES = frozenset({16, 18, 20, 22, 24, 26})
+HELD_OUT_SOURCES = CONSEP_HELD_OUT_SOURCES
 
 
 def source_image(name: str) -> int:

@@ -29,13 +29,29 @@ def test_nuclei_eval_prints_metrics_json(runner: CliRunner, shared_data: Path, t
     assert res.exit_code == 0, res.output
     data = _json(res.stdout)
     assert data == json.loads(out.read_text())
-    assert data["tool"] == "nuclei_segmentation" and data["layout"] == "consep_train" and data["backend"] == "classical"
+    # the shipped nuclei network is the embedded default: reported as a deep backend with its checksum
+    assert data["tool"] == "nuclei_segmentation" and data["layout"] == "consep_train" and data["backend"] == "deep"
+    assert data["model"]["shipped_weights"].endswith("nuclei_net.pt")
     m = data["metrics"]
     assert m["n_tiles"] == 1 and "per_tile" not in m
     for key in ("f1", "precision", "recall", "pq", "aji", "dice", "aji_aggregate", "pq_aggregate"):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["pq"] == pytest.approx(m["dq"] * m["sq"], abs=1e-9)
     assert data["model"]["version"] == data["version"] and data["model"]["weights_sha256"] is None
+
+
+@pytest.mark.data
+def test_nuclei_eval_held_out_scores_only_held_out_sources(runner: CliRunner, shared_data: Path) -> None:
+    args = ["tools", "eval", "nuclei_segmentation", str(shared_data / "consep_train"), "--held-out", "--limit", "2",
+            "--per-item"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = _json(res.stdout)["metrics"]["per_tile"]
+    assert len(rows) == 2
+    names = [r.get("name") or r.get("tile") for r in rows]
+    assert all(int(n.split("_")[1]) in {16, 18, 20, 22, 24, 26} for n in names), names
+    res = runner.invoke(app, ["tools", "eval", "ihc_quantification", str(shared_data / "deepliif_ki67"), "--held-out"])
+    assert res.exit_code == 2 and "--held-out applies to nuclei_segmentation" in res.output
 
 
 @pytest.mark.data

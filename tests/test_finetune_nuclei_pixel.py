@@ -93,9 +93,10 @@ def test_trained_npz_loads_into_the_tool_and_beats_untrained_weights(
     path = save_weights(tmp_path / "nuclei_pixel.npz", small_run["result"].weights)
     held = npx.held_out_tiles(consep, every=8)  # 12 tiles, 2 per held-out source image
     assert len(held) == 12
-    # through the tool, with its default arguments
+    # the file as the tool loads it, through the pixel-classifier method ('auto' runs the shipped nuclei network)
     tool = NucleiSegmentationTool(settings, pixel_weights=path)
-    trained = evaluate_nuclei(tool, consep, names=held)
+    trained_w = load_weights(path)
+    trained = evaluate_nuclei(lambda rgb: segment_nuclei(rgb, CONSEP_MPP, method="pixel_classifier", weights=trained_w)[0], consep, names=held)
     # the same architecture with untrained (initial) weights
     untrained_w = load_weights(weights_npz_bytes(npx.train(*small_run["data"], epochs=0, seed=0).weights))
     untrained = evaluate_nuclei(lambda rgb: segment_nuclei(rgb, CONSEP_MPP, method="pixel_classifier", weights=untrained_w)[0], consep, names=held)
@@ -107,8 +108,9 @@ def test_trained_npz_loads_into_the_tool_and_beats_untrained_weights(
     with Image.open(consep / "images" / f"{held[0]}.jpg") as im:
         rgb = np.asarray(im.convert("RGB"))
     image = ImageData(rgb, name="t", mpp=CONSEP_MPP)
-    mine = tool.analyze(image, NucleiSegmentationInput(image="t")).labels
-    embedded = NucleiSegmentationTool(settings).analyze(image, NucleiSegmentationInput(image="t")).labels
+    args = NucleiSegmentationInput(image="t", method="pixel_classifier")
+    mine = tool.analyze(image, args).labels
+    embedded = NucleiSegmentationTool(settings).analyze(image, args).labels
     assert mine.shape == embedded.shape and not np.array_equal(mine, embedded)
 
 

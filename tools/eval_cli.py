@@ -24,15 +24,15 @@ import typer
 __all__ = ["EVALUATIONS", "run_evaluation", "tools_eval"]
 
 
-def _nuclei(tool: Any, data_dir: Path, limit: int | None, mpp: float | None) -> dict[str, Any]:
+def _nuclei(tool: Any, data_dir: Path, limit: int | None, mpp: float | None, names: list[str] | None = None) -> dict[str, Any]:
     from pathasst.tools.evaluate import CONSEP_MPP, evaluate_nuclei
 
     if not (data_dir / "instances").is_dir() or not (data_dir / "images").is_dir():
         raise FileNotFoundError(f"{data_dir} is not in the consep_train layout (needs images/ and instances/)")
-    return evaluate_nuclei(tool, data_dir, limit=limit, mpp=mpp or CONSEP_MPP)
+    return evaluate_nuclei(tool, data_dir, limit=limit, mpp=mpp or CONSEP_MPP, names=names)
 
 
-def _ihc(tool: Any, data_dir: Path, limit: int | None, mpp: float | None) -> dict[str, Any]:
+def _ihc(tool: Any, data_dir: Path, limit: int | None, mpp: float | None, names: list[str] | None = None) -> dict[str, Any]:
     from pathasst.tools.evaluate import DEEPLIIF_MPP, evaluate_ihc
 
     if not any(data_dir.glob("*_ihc.png")):
@@ -43,14 +43,15 @@ def _ihc(tool: Any, data_dir: Path, limit: int | None, mpp: float | None) -> dic
 
 
 #: tool name -> (ground-truth layout, evaluator)
-EVALUATIONS: dict[str, tuple[str, Callable[[Any, Path, int | None, float | None], dict[str, Any]]]] = {
+EVALUATIONS: dict[str, tuple[str, Callable[..., dict[str, Any]]]] = {
     "nuclei_segmentation": ("consep_train", _nuclei),
     "ihc_quantification": ("deepliif_ki67", _ihc),
 }
 
 
 def run_evaluation(
-    tool_name: str, data_dir: Path, settings: Any, limit: int | None = None, mpp: float | None = None, per_item: bool = False
+    tool_name: str, data_dir: Path, settings: Any, limit: int | None = None, mpp: float | None = None, per_item: bool = False,
+    held_out: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``tool_name`` on ``data_dir``; raises ``KeyError`` (no evaluation), ``UnknownToolError``,
     ``FileNotFoundError`` (wrong layout)."""
@@ -66,8 +67,17 @@ def run_evaluation(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
+    names = None
+    if held_out:
+        if tool_name != "nuclei_segmentation":
+            raise KeyError("--held-out applies to nuclei_segmentation on CoNSeP (the IHC images are all scored)")
+        from pathasst.tools.evaluate import consep_held_out_tiles
+
+        names = consep_held_out_tiles(data_dir)
+        if not names:
+            raise FileNotFoundError(f"no held-out CoNSeP tiles (sources 16-26) in {data_dir}")
     t0 = time.perf_counter()
-    metrics = fn(tool, data_dir, limit, mpp)
+    metrics = fn(tool, data_dir, limit, mpp, names)
     seconds = time.perf_counter() - t0
     if not per_item:
         metrics = {k: v for k, v in metrics.items() if k not in ("per_tile", "per_image")}
@@ -75,7 +85,7 @@ def run_evaluation(
     return {
         "tool": tool_name,
         "version": tool.version,
-        "backend": "deep" if info.get("weights") else "classical",
+        "backend": "deep" if info.get("weights") or info.get("shipped_weights") else "classical",
         "model": info,
         "data_dir": str(data_dir.resolve()),
         "layout": layout,
@@ -90,6 +100,9 @@ def tools_eval(
     limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N tiles (nuclei).")] = None,
     mpp: Annotated[float | None, typer.Option(help="Microns per pixel of the images (default: the dataset's, 0.25).")] = None,
     per_item: Annotated[bool, typer.Option("--per-item", help="Include per-tile / per-image rows.")] = False,
+    held_out: Annotated[
+        bool, typer.Option("--held-out", help="Nuclei: only the 48 held-out CoNSeP tiles (sources 16-26, every 2nd).")
+    ] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the JSON to this file.")] = None,
 ) -> None:
     """Accuracy of a tool against ground truth in DATA_DIR, printed as JSON (nuclei: F1, PQ, AJI, Dice; IHC:
@@ -98,7 +111,7 @@ def tools_eval(
     from pathasst.tools.errors import ToolError, UnknownToolError
 
     try:
-        result = run_evaluation(tool, data_dir, Settings(), limit=limit, mpp=mpp, per_item=per_item)
+        result = run_evaluation(tool, data_dir, Settings(), limit=limit, mpp=mpp, per_item=per_item, held_out=held_out)
     except (KeyError, UnknownToolError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         typer.echo(f"error: {msg}", err=True)

@@ -72,6 +72,16 @@ def baseline_nuclei(rgb: np.ndarray, min_distance: int = 6, min_area_px: int = 3
     return watershed(-dist, markers, mask=mask).astype(np.int32)
 
 
+#: CoNSeP source images never used to train or tune the project's nuclei models: the held-out test set
+CONSEP_HELD_OUT_SOURCES = frozenset({16, 18, 20, 22, 24, 26})
+
+
+def consep_held_out_tiles(data_dir: Path | str, every: int = 2) -> list[str]:
+    """Held-out CoNSeP tiles (sources 16-26, even); ``every=2``: every 2nd, the 48 tiles the README reports."""
+    held = [n for n in nuclei_tiles(data_dir) if int(n.split("_")[1]) in CONSEP_HELD_OUT_SOURCES]
+    return held[::every]
+
+
 def nuclei_tiles(data_dir: Path | str, limit: int | None = None, names: Iterable[str] | None = None) -> list[str]:
     """Sorted tile names of a consep_train-layout folder (optionally only ``names``, at most ``limit``)."""
     data_dir = Path(data_dir)

@@ -1,7 +1,15 @@
-"""H&E nuclei instance segmentation with classical methods (no downloaded weights).
+"""H&E nuclei instance segmentation: the project's own nuclei network, or classical methods (no downloaded weights).
 
-Two methods (plus ``auto``), both at the model resolution of 0.25 um/px (40x; other resolutions are resampled to it
-and back):
+Methods, all at the model resolution of 0.25 um/px (40x; other resolutions are resampled to it and back):
+
+``nuclei_net`` (through ``auto``)
+    The project's own small HoVer-Net-style network (:mod:`pathasst.tools.backends.nuclei_net`: nucleus
+    probability, horizontal/vertical centre-distance maps and a nucleus-type head; marker watershed on the Sobel
+    gradients of the HV maps; per-nucleus type by majority vote), shipped as ``tools/weights/nuclei_net.pt``
+    (model card ``tools/weights/NUCLEI_MODEL_CARD.md``) and trained on CoNSeP training source images only. It is
+    what ``auto`` runs when PATHASST_NUCLEI_WEIGHTS is unset and :data:`SHIPPED_NET_IS_DEFAULT` is true (it measured
+    better than the pixel classifier on the held-out tiles). PATHASST_NUCLEI_WEIGHTS may name another checkpoint of
+    this network, or an ultralytics YOLO-seg checkpoint (``method`` then reads ``yolo_seg``).
 
 ``pixel_classifier``
     An ilastik-style pixel classifier: 24 hand-made colour/texture features (optical density, colour
@@ -17,8 +25,10 @@ and back):
     Fully unsupervised: Otsu threshold of the smoothed haematoxylin channel, hole filling, opening, size filter and a
     distance-transform h-maxima watershed. Use it for stains far from CoNSeP-like H&E.
 ``auto`` (default)
-    The pixel classifier; when it finds no nucleus at all on an image without eosin (it was trained on H&E and sees
-    nothing on e.g. DAB IHC), the deconvolution method. The output's ``method`` says which one ran.
+    The deep backend (the shipped network or PATHASST_NUCLEI_WEIGHTS), else the pixel classifier; when the image
+    has no eosin (e.g. DAB IHC; both learned methods were trained on H&E), or the learned method finds far fewer
+    nuclei than the deconvolution method (out of its domain), the deconvolution method (user-configured weights are
+    always used as they are). The output's ``method`` says which one ran.
 
 Known limits: trained on one centre's colorectal H&E (CoNSeP); very large vesicular nuclei (> ~10 um across, pale
 interior) are under-detected, and touching nuclei in dense epithelium are often merged.
@@ -43,6 +53,8 @@ from pathasst.tools.imaging import ImageData
 
 __all__ = [
     "MODEL_MPP",
+    "SHIPPED_NET_IS_DEFAULT",
+    "SHIPPED_NET_WEIGHTS",
     "Method",
     "MethodChoice",
     "NucleiSegmentationInput",
@@ -67,6 +79,11 @@ MODEL_MPP = 0.25
 #: default smallest nucleus kept, in pixels at MODEL_MPP (3.75 um^2)
 DEFAULT_MIN_AREA_PX = 60
 _TILE = 768
+#: the project's own nuclei network, shipped with the package (see tools/weights/NUCLEI_MODEL_CARD.md)
+SHIPPED_NET_WEIGHTS = Path(__file__).resolve().parent / "weights" / "nuclei_net.pt"
+#: whether ``auto`` runs the shipped network when PATHASST_NUCLEI_WEIGHTS is unset (it beat the pixel classifier on
+#: the held-out CoNSeP tiles; see the model card)
+SHIPPED_NET_IS_DEFAULT = True
 _MARGIN = 64
 
 Method = Literal["pixel_classifier", "deconvolution"]
@@ -350,6 +367,24 @@ def _looks_like_he(rgb: np.ndarray) -> bool:
     return float((eosin[tissue] > 0.005).mean()) >= 0.05
 
 
+def _with_mpp(image: ImageData, mpp: float) -> ImageData:
+    """``image`` with an assumed resolution (the deep backends resample by mpp)."""
+    return ImageData(pixels=image.pixels, name=image.name, mpp=mpp, origin=image.origin, scale=image.scale,
+                     notes=list(image.notes))
+
+
+def _domain_fallback(
+    rgb: np.ndarray, mpp: float, labels: np.ndarray, min_area_px: int | None, seed_h: float | None
+) -> np.ndarray | None:
+    """The shipped network's domain guard (as ``auto``'s for the classifier): the deconvolution labels when the image
+    has no eosin or the network finds far fewer nuclei than deconvolution does; None when the network's stand."""
+    fallback, _ = segment_nuclei(rgb, mpp, "deconvolution", min_area_px, seed_h)
+    if not _looks_like_he(resample_to_model(rgb, mpp)[0]):
+        return fallback
+    n_net, n_dec = _n_objects(labels), _n_objects(fallback)
+    return fallback if n_dec >= AUTO_MIN_NUCLEI and n_net < AUTO_AGREEMENT * n_dec else None
+
+
 def resample_to_model(rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, float]:
     """Resample an image to MODEL_MPP (no-op within 10 %); returns the image and the factor applied."""
     factor = mpp / MODEL_MPP
@@ -435,8 +470,9 @@ class NucleiSegmentationInput(ToolInput):
         "auto",
         description="'pixel_classifier': colour/texture pixel classifier + watershed (best on H&E); "
         "'deconvolution': unsupervised haematoxylin Otsu threshold + watershed; "
-        "'auto': the classifier, or deconvolution when the classifier finds nothing on a non-H&E stain; with "
-        "PATHASST_NUCLEI_WEIGHTS set, 'auto' runs the deep (YOLO-seg) backend instead.",
+        "'auto' (best on H&E): the deep nuclei network (the project's shipped one, or PATHASST_NUCLEI_WEIGHTS: "
+        "a nuclei-net or YOLO-seg checkpoint), with per-nucleus types when the network has a type head; falls "
+        "back to deconvolution on non-H&E stains.",
     )
     min_area_px: int | None = Field(
         None,
@@ -474,28 +510,40 @@ class NucleiSegmentationOutput(ToolOutput):
     nuclear_area_fraction: float = Field(..., ge=0, le=1, description="Fraction of the image covered by nuclei.")
     mpp: float = Field(..., description="Microns per pixel used for the size parameters.")
     mpp_assumed: bool = Field(..., description="True when the image had no mpp and assumed_mpp was used.")
-    method: Method | Literal["yolo_seg"] = Field(
-        ..., description="Segmentation method used ('yolo_seg': the deep backend of PATHASST_NUCLEI_WEIGHTS)."
+    method: Method | Literal["yolo_seg", "nuclei_net"] = Field(
+        ...,
+        description="Segmentation method used ('nuclei_net': the project's nuclei network, shipped or from "
+        "PATHASST_NUCLEI_WEIGHTS; 'yolo_seg': a YOLO-seg checkpoint from PATHASST_NUCLEI_WEIGHTS).",
+    )
+    type_counts: dict[str, int] | None = Field(
+        None,
+        description="Nuclei per type (CoNSeP classes 'Other', 'Inflammatory', 'Epithelial', 'Spindle') when the "
+        "method classifies nuclei ('nuclei_net'); None otherwise.",
     )
 
 
 class NucleiSegmentationTool(PathologyTool):
-    """Classical H&E nuclei instance segmentation with counts, density and morphometry."""
+    """H&E nuclei instance segmentation (own nuclei network or classical) with counts, types and morphometry."""
 
     name = "nuclei_segmentation"
     description = (
-        "Segment cell nuclei in an H&E image (classical pixel classifier + watershed); returns the nucleus count, "
-        "density per mm^2, area statistics (um^2), eccentricity and solidity, with an outline overlay and one "
-        "polygon per nucleus."
+        "Segment cell nuclei in an H&E image (a small HoVer-Net-style network, or a classical pixel classifier + "
+        "watershed); returns the nucleus count, density per mm^2, counts per nucleus type (other, inflammatory, "
+        "epithelial, spindle) when the network runs, area statistics (um^2), eccentricity and solidity, with an "
+        "outline overlay and one polygon per nucleus."
     )
-    version = "0.2.0"
+    version = "0.3.0"
     input_model = NucleiSegmentationInput
     output_model = NucleiSegmentationOutput
     headline_fields = ("count", "density_per_mm2", "mean_area_um2", "mean_eccentricity")
     working_mpp = MODEL_MPP
     segmentation = True
-    #: deep backend (method 'auto'): ultralytics YOLO-seg weights, see pathasst.tools.backends.nuclei_yolo
+    #: deep backend (method 'auto'): the project's nuclei network or ultralytics YOLO-seg weights, see
+    #: pathasst.tools.backends.nuclei_yolo.load_nuclei_backend; unset: the shipped network
     weights_setting = "nuclei_weights"
+
+    def _shipped(self) -> Path | None:
+        return SHIPPED_NET_WEIGHTS if SHIPPED_NET_IS_DEFAULT and SHIPPED_NET_WEIGHTS.is_file() else None
 
     def _load(self) -> None:
         path = self.weights_path()
@@ -503,9 +551,18 @@ class NucleiSegmentationTool(PathologyTool):
             from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
 
             self._deep = load_nuclei_backend(path, self.settings)
+        elif self._shipped() is not None:
+            from pathasst.tools.backends.nuclei_net import NucleiNet
+
+            self._deep = NucleiNet.load(SHIPPED_NET_WEIGHTS, self.weights_setting, self.settings)
 
     def model_info(self) -> dict[str, Any]:
         info = super().model_info()
+        if info["weights"] is None and self._shipped() is not None:  # 'weights' stays the user's setting
+            from pathasst.tools.base import file_sha256
+
+            info["shipped_weights"] = f"pathasst/tools/weights/{SHIPPED_NET_WEIGHTS.name}"
+            info["shipped_weights_sha256"] = file_sha256(SHIPPED_NET_WEIGHTS)
         if getattr(self, "_deep", None) is not None:
             info["model"] = self._deep.describe()
         return info
@@ -523,10 +580,26 @@ class NucleiSegmentationTool(PathologyTool):
 
         args = cast(NucleiSegmentationInput, args)
         mpp = image.mpp if image.mpp is not None else args.assumed_mpp
-        deep = self.weights_path() is not None and args.method == "auto"
+        configured = self.weights_path() is not None
+        deep = args.method == "auto" and (configured or self._shipped() is not None)
+        used: str
+        types: dict[int, str] | None = None
+        type_names: list[str] = []
         if deep:
+            from pathasst.tools.backends.nuclei_net import NucleiNet
+
             self.load()
-            labels, used = self._deep.segment(image), "yolo_seg"
+            work = image if image.mpp is not None else _with_mpp(image, mpp)
+            if isinstance(self._deep, NucleiNet):
+                pred = self._deep.segment(work)
+                labels, used = pred.labels, "nuclei_net"
+                type_names = pred.type_classes
+                types = {lab: pred.type_classes[t - 1] for lab, t in pred.types.items() if 1 <= t <= len(type_names)}
+            else:
+                labels, used = self._deep.segment(work), "yolo_seg"
+            fallback = None if configured else _domain_fallback(image.pixels, mpp, labels, args.min_area_px, args.seed_h)
+            if fallback is not None:
+                labels, used, types, type_names = fallback, "deconvolution", None, []
         else:
             labels, used = segment_nuclei(
                 image.pixels, mpp, args.method, args.min_area_px, args.seed_h, weights=self.pixel_weights
@@ -551,14 +624,20 @@ class NucleiSegmentationTool(PathologyTool):
             nuclear_area_fraction=sig(float((labels > 0).mean())),
             mpp=sig(mpp),
             mpp_assumed=not known,
-            method=used,
-            backend="yolo" if deep else "classical",
+            method=used,  # type: ignore[arg-type]
+            type_counts={name: sum(1 for t in types.values() if t == name) for name in type_names}
+            if types is not None
+            else None,
+            backend={"nuclei_net": "nuclei_net", "yolo_seg": "yolo"}.get(used, "classical"),
         )
         measurements = {
             int(lab): {"Area px": float(a), **({"Area um^2": sig(a * image.mpp**2)} if known else {})}
             for lab, a in zip(props["label"], areas)
         }
-        features = label_map_to_features(labels, image, "Nucleus", measurements=measurements)
+        names: str | dict[int, str] = "Nucleus"
+        if types is not None:  # QuPath classification = the nucleus type ("Nucleus" where the vote found none)
+            names = {int(lab): types.get(int(lab), "Nucleus") for lab in props["label"]}
+        features = label_map_to_features(labels, image, names, measurements=measurements)
         overlay = outline_overlay(image.pixels, labels, (0, 255, 0))
         return ToolResult(output=out, labels=labels, mask=labels > 0, overlay=overlay, features=features)
 
@@ -576,6 +655,9 @@ class NucleiSegmentationTool(PathologyTool):
         if output.mean_eccentricity is not None:
             parts.append(f"mean eccentricity {output.mean_eccentricity:g}")
         parts.append(f"nuclear area fraction {output.nuclear_area_fraction:g}")
+        if output.type_counts and any(output.type_counts.values()):  # counts are in the output; order only here
+            ranked = sorted((k for k, v in output.type_counts.items() if v), key=lambda k: -output.type_counts[k])
+            parts.append("types by count " + " > ".join(ranked))
         parts.append(f"method {output.method}")
         return f"{self.name}: " + ", ".join(parts)
 

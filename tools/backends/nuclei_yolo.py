@@ -9,8 +9,10 @@ size with 64 px overlap; detections are merged across tiles in level-0 coordinat
 best whole (not border-cut) member. Masks are painted lowest score first, so where two overlap the more confident
 one keeps the pixel.
 
-Other nuclei weights (the project's own nuclei network, SAM nuclei weights) are not loaded by this module: a file that
-is not an ultralytics -seg checkpoint is refused with a message naming the setting.
+:func:`load_nuclei_backend` dispatches on the file's content: a torch checkpoint whose config names the project's
+own nuclei network (``architecture: pathasst-nuclei-net``, see :mod:`.nuclei_net`) loads as that network; any other
+``.pt`` must be an ultralytics -seg checkpoint. Anything else (SAM nuclei weights included) is refused with a message
+naming the setting.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pathasst.tools.backends.nuclei_net import NucleiNet, is_nuclei_net_checkpoint
 from pathasst.tools.backends.runtime import describe_setting, sidecar_path, working_image
 from pathasst.tools.backends.yolo import YoloBackend
 from pathasst.tools.errors import WeightsError
@@ -74,20 +77,24 @@ class NucleiYolo:
         return relabel_sequential(labels)[0].astype(np.uint32)
 
 
-def load_nuclei_backend(path: Path, settings: Any) -> NucleiYolo:
-    """Load the YOLO-seg checkpoint of ``PATHASST_NUCLEI_WEIGHTS`` (checked by the caller); WeightsError otherwise."""
+def load_nuclei_backend(path: Path, settings: Any) -> NucleiYolo | NucleiNet:
+    """Load ``PATHASST_NUCLEI_WEIGHTS``: the project's nuclei network or a YOLO-seg checkpoint, by content;
+    WeightsError naming the setting otherwise."""
     from pathasst.tools.deep import check_weights_file
 
     path = Path(path)
     where = describe_setting(SETTING, path)
-    check_weights_file(path, SETTING, (".pt",))
+    fmt = check_weights_file(path, SETTING, (".pt", ".pth"))
+    if is_nuclei_net_checkpoint(path):
+        return NucleiNet.load(path, SETTING, settings, fmt)
     try:
         yolo = YoloBackend.load(path, SETTING, settings, tasks=("segment",))
     except WeightsError as exc:
         if "ultralytics" in str(exc) and "holds a YOLO" not in str(exc):
             raise WeightsError(
-                f"{exc}. This version's nuclei backend loads ultralytics YOLO-seg checkpoints only (the project's own "
-                "nuclei network and SAM weights are not supported for nuclei yet)"
+                f"{exc}. The nuclei backend loads ultralytics YOLO-seg checkpoints and the project's own nuclei "
+                "network (a state dict whose config has architecture 'pathasst-nuclei-net', written by "
+                "python -m pathasst.finetune.nuclei_net); SAM weights are not supported for nuclei yet"
             ) from exc
         raise
     mpp, min_score = DEFAULT_MPP, 0.25

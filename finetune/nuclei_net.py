@@ -1,0 +1,511 @@
+"""Train the project's nuclei network (:mod:`pathasst.tools.backends.nuclei_net`) on CoNSeP tiles, on the CPU.
+
+    python -m pathasst.finetune.nuclei_net --data ../shared/data/consep_train --out runs/nuclei_net --minutes 75
+
+Data: the tiles of the training source images of :mod:`pathasst.finetune.nuclei_pixel` (1-14 and odd ones; source
+images 16, 18, ... 26 are the held-out test set and are refused here). Of those, the tiles of ``--val-sources``
+(default 2 and 11) are this trainer's own validation set (checkpoint selection and post-processing tuning); the
+rest are trained on. Targets are computed once: nucleus mask (NP), HoVer-Net horizontal/vertical maps (per nucleus,
+the x / y offset from its centroid scaled to [-1, 1]; HV) and the type map (TP: 0 background, 1..4 CoNSeP's other,
+inflammatory, epithelial, spindle).
+
+Augmentation (every sample): random scale 0.875-1.25 and crop of ``--crop`` px, the 8 flips/rotations (HV signs and
+channels transformed with them), HED stain jitter, brightness / contrast / saturation / hue jitter, sometimes blur
+and noise. Losses: NP cross-entropy + soft Dice; HV MSE + MSGE (Sobel-gradient MSE inside nuclei); TP
+cross-entropy + soft Dice. AdamW with a time-based cosine schedule over ``--minutes``. Every ``--val-every``
+minutes the model is scored (object F1, AJI, PQ after HoVer post-processing) on the validation tiles; the best
+(mean of F1 and AJI) is written as ``OUT/nuclei_net.pt`` (fp16 state dict + config); ``OUT/last.pt`` is the latest.
+At the end the post-processing parameters are tuned on the validation tiles and stored in the best checkpoint's config.
+``--tune-only CKPT`` re-runs only that step on an existing checkpoint; ``--evaluate CKPT`` scores a checkpoint on the
+held-out tiles (source images 16-26) next to the classical method (the model card's figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Sample", "evaluate_held_out", "hv_map", "load_samples", "main", "save_checkpoint", "score_maps", "train", "tune_post"]
+
+DEFAULT_VAL_SOURCES = (2, 11)
+
+
+# ---- targets -------------------------------------------------------------------------------------------------------
+def hv_map(labels: np.ndarray) -> np.ndarray:
+    """HoVer-Net HV targets ``(2, H, W)`` float32: per nucleus, x (channel 0) and y (channel 1) offsets from its
+    centroid, negative and positive sides each scaled to [-1, 0] / [0, 1]."""
+    from scipy import ndimage as ndi
+
+    out = np.zeros((2, *labels.shape), np.float32)
+    for i, sl in enumerate(ndi.find_objects(labels), 1):
+        if sl is None:
+            continue
+        obj = labels[sl] == i
+        ys, xs = np.nonzero(obj)
+        if ys.size < 2:
+            continue
+        cy, cx = ys.mean(), xs.mean()
+        for c, d in ((0, xs - cx), (1, ys - cy)):
+            d = d.astype(np.float32)
+            neg, pos = d < 0, d > 0
+            if neg.any():
+                d[neg] /= -d[neg].min()
+            if pos.any():
+                d[pos] /= d[pos].max()
+            out[c][sl][ys, xs] = d
+    return out
+
+
+@dataclass
+class Sample:
+    """One tile: RGB uint8 ``(H, W, 3)``, instance labels, HV targets, type map (0..4)."""
+
+    name: str
+    rgb: np.ndarray
+    labels: np.ndarray
+    hv: np.ndarray
+    types: np.ndarray
+
+
+def load_samples(data_dir: Path, names: list[str]) -> list[Sample]:
+    """Read tiles and compute their targets once."""
+    from pathasst.finetune.nuclei_pixel import _load_tile
+    from pathasst.tools.metrics import remap_label
+
+    out = []
+    for name in names:
+        rgb, raw = _load_tile(data_dir, name)
+        labels = remap_label(raw).astype(np.int32)  # 1..N in increasing order of the original ids
+        tmap = np.zeros(labels.shape, np.int64)
+        tpath = data_dir / "types" / f"{name}.json"
+        if tpath.is_file():
+            codes = json.loads(tpath.read_text())["inst_type"]
+            lut = np.zeros(labels.max() + 1, np.int64)
+            lut[1 : 1 + len(codes)] = np.clip(codes[: labels.max()], 0, 4)
+            tmap = lut[labels]
+        out.append(Sample(name, np.ascontiguousarray(rgb[..., :3]), labels, hv_map(labels), tmap))
+    return out
+
+
+# ---- augmentation --------------------------------------------------------------------------------------------------
+def _dihedral(rgb: np.ndarray, hv: np.ndarray, lab: np.ndarray, tp: np.ndarray, rng: np.random.Generator) -> tuple:
+    h, v = hv[0], hv[1]
+    if rng.random() < 0.5:  # transpose: x <-> y
+        rgb, lab, tp = rgb.transpose(1, 0, 2), lab.T, tp.T
+        h, v = v.T, h.T
+    if rng.random() < 0.5:  # flip x
+        rgb, lab, tp, h, v = rgb[:, ::-1], lab[:, ::-1], tp[:, ::-1], -h[:, ::-1], v[:, ::-1]
+    if rng.random() < 0.5:  # flip y
+        rgb, lab, tp, h, v = rgb[::-1], lab[::-1], tp[::-1], h[::-1], -v[::-1]
+    return rgb, np.stack([h, v]), lab, tp
+
+
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
+_RGB_FROM_HED[2] = np.cross(_RGB_FROM_HED[0], _RGB_FROM_HED[1])
+_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
+
+
+def colour_jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """HED stain jitter, brightness / contrast / saturation / hue jitter, sometimes blur and noise; float [0, 1]."""
+    from scipy import ndimage as ndi
+
+    x = rgb.astype(np.float32) / 255.0
+    if rng.random() < 0.9:
+        od = -np.log(np.clip(x, 1 / 255, 1.0))
+        c = od.reshape(-1, 3) @ _HED_FROM_RGB
+        c = c * rng.uniform(0.7, 1.3, 3).astype(np.float32) + rng.uniform(-0.08, 0.08, 3).astype(np.float32) * c.std(0)
+        x = np.exp(-(c @ _RGB_FROM_HED)).reshape(x.shape)
+    if rng.random() < 0.8:
+        x = x + rng.uniform(-0.1, 0.1)
+        m = x.mean()
+        x = (x - m) * rng.uniform(0.75, 1.25) + m
+        g = x.mean(-1, keepdims=True)
+        x = g + (x - g) * rng.uniform(0.6, 1.4)
+    if rng.random() < 0.5:  # hue: rotate chroma around the grey axis
+        a = rng.uniform(-0.25, 0.25)
+        k = np.ones(3, np.float32) / np.sqrt(3)
+        kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], np.float32)
+        rot = np.eye(3, dtype=np.float32) + np.sin(a) * kx + (1 - np.cos(a)) * kx @ kx
+        x = x @ rot.T
+    if rng.random() < 0.2:
+        x = ndi.gaussian_filter(x, (rng.uniform(0.3, 1.2),) * 2 + (0,))
+    if rng.random() < 0.2:
+        x = x + rng.normal(0, rng.uniform(0.005, 0.03), x.shape).astype(np.float32)
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
+def augment(s: Sample, crop: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(rgb float (3, c, c) in [0, 1], np (c, c), hv (2, c, c), tp (c, c)) of a random augmented crop."""
+    import torch
+    from torch.nn import functional as F
+
+    H, W = s.labels.shape
+    scale = rng.uniform(0.875, 1.25)
+    src = min(int(round(crop / scale)), H, W)
+    y0, x0 = rng.integers(0, H - src + 1), rng.integers(0, W - src + 1)
+    sl = (slice(y0, y0 + src), slice(x0, x0 + src))
+    rgb, hv, lab, tp = _dihedral(s.rgb[sl], s.hv[:, sl[0], sl[1]], s.labels[sl], s.types[sl], rng)
+    rgb = colour_jitter(np.ascontiguousarray(rgb), rng).transpose(2, 0, 1)
+    fg = (lab > 0).astype(np.float32)
+    if src != crop:
+        t = torch.from_numpy(np.concatenate([rgb, np.ascontiguousarray(hv)], 0))[None]
+        t = F.interpolate(t, size=(crop, crop), mode="bilinear", align_corners=False)[0].numpy()
+        rgb, hv = t[:3], t[3:]
+        idx = np.round(np.linspace(0, src - 1, crop)).astype(np.int64)
+        fg, tp = fg[np.ix_(idx, idx)], np.ascontiguousarray(tp)[np.ix_(idx, idx)]
+        hv = hv * fg[None]
+    return (np.ascontiguousarray(rgb), np.ascontiguousarray(fg).astype(np.int64), np.ascontiguousarray(hv),
+            np.ascontiguousarray(tp))
+
+
+# ---- losses --------------------------------------------------------------------------------------------------------
+def _sobel_kernels(size: int = 5) -> tuple[Any, Any]:
+    import torch
+
+    r = torch.arange(-(size // 2), size // 2 + 1, dtype=torch.float32)
+    h, v = torch.meshgrid(r, r, indexing="ij")
+    kh = h / (h * h + v * v + 1e-15)  # d/dx kernel (HoVer-Net's get_sobel_kernel)
+    kv = v / (h * h + v * v + 1e-15)
+    return kv, kh  # (kernel for x-gradient, kernel for y-gradient)
+
+
+def losses(out: Any, fg: Any, hv: Any, tp: Any, n_types: int) -> dict[str, Any]:
+    import torch
+    from torch.nn import functional as F
+
+    np_logit, hv_pred, tp_logit = out[:, :2], out[:, 2:4], out[:, 4:]
+    p = torch.softmax(np_logit, 1)[:, 1]
+    fgf = fg.float()
+    np_ce = F.cross_entropy(np_logit, fg)
+    np_dice = 1 - (2 * (p * fgf).sum() + 1) / (p.sum() + fgf.sum() + 1)
+    mse = F.mse_loss(hv_pred, hv)
+    kx, ky = _sobel_kernels(5)
+    kx, ky = kx.view(1, 1, 5, 5).to(out), ky.view(1, 1, 5, 5).to(out)
+
+    def grad(m: Any, k: Any) -> Any:
+        return F.conv2d(m[:, None], k, padding=2)[:, 0]
+
+    gp = torch.stack([grad(hv_pred[:, 0], kx), grad(hv_pred[:, 1], ky)], 1)
+    gt = torch.stack([grad(hv[:, 0], kx), grad(hv[:, 1], ky)], 1)
+    focus = fgf[:, None].expand_as(gp)
+    msge = ((gp - gt) ** 2 * focus).sum() / (focus.sum() + 1e-8)
+    tp_ce = F.cross_entropy(tp_logit, tp)
+    q = torch.softmax(tp_logit, 1)
+    oh = F.one_hot(tp, n_types).permute(0, 3, 1, 2).float()
+    inter = (q * oh).sum((0, 2, 3))
+    tp_dice = (1 - (2 * inter + 1) / (q.sum((0, 2, 3)) + oh.sum((0, 2, 3)) + 1)).mean()
+    parts = {"np_ce": np_ce, "np_dice": np_dice, "hv_mse": mse, "hv_msge": msge, "tp_ce": tp_ce, "tp_dice": tp_dice}
+    parts["total"] = np_ce + np_dice + 2 * mse + msge + tp_ce + tp_dice
+    return parts
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------------
+def type_pairs(true: np.ndarray, pred: np.ndarray, true_types: dict[int, int], pred_types: dict[int, int]) -> list:
+    """(true type, predicted type) of the nuclei matched at IoU > 0.5."""
+    from pathasst.tools.metrics import pairwise_overlap
+
+    inter, ta, pa = pairwise_overlap(true, pred)
+    if inter.size == 0:
+        return []
+    union = ta[:, None] + pa[None, :] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    tid, pid = np.unique(true[true > 0]), np.unique(pred[pred > 0])
+    ti, pj = np.nonzero(iou > 0.5)
+    return [(true_types.get(int(tid[i]), 0), pred_types.get(int(pid[j]), 0)) for i, j in zip(ti, pj)]
+
+
+def type_f1(pairs: list, classes: list[str]) -> dict[str, float | None]:
+    """Per-class F1 of the type among matched nuclei, and the accuracy."""
+    out: dict[str, float | None] = {}
+    a = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    for k, name in enumerate(classes, 1):
+        tp = int(((a[:, 0] == k) & (a[:, 1] == k)).sum())
+        fp = int(((a[:, 0] != k) & (a[:, 1] == k)).sum())
+        fn = int(((a[:, 0] == k) & (a[:, 1] != k)).sum())
+        out[name] = round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else None
+    out["accuracy"] = round(float((a[:, 0] == a[:, 1]).mean()), 4) if len(a) else None
+    return out
+
+
+def score_maps(maps: list[np.ndarray], samples: list[Sample], post: Any, classes: list[str]) -> dict[str, Any]:
+    """Mean-over-tiles F1, AJI, PQ, Dice, and type F1 of stitched maps ``(3 + 1 + T, H, W)`` against the samples."""
+    from pathasst.tools.backends.nuclei_net import hover_instances, instance_types
+    from pathasst.tools.metrics import aji_counts, dice, object_f1, panoptic_quality
+
+    rows, pairs = [], []
+    for mp, s in zip(maps, samples, strict=True):
+        pred = hover_instances(mp[0], mp[1:3], post)
+        inter, union = aji_counts(s.labels, pred)
+        rows.append((object_f1(s.labels, pred)["f1"], inter / union if union else 1.0,
+                     panoptic_quality(s.labels, pred)["pq"], dice(s.labels, pred)))
+        tt = {int(i): int(s.types[s.labels == i][0]) for i in np.unique(s.labels[s.labels > 0])}
+        pairs += type_pairs(s.labels, pred, tt, instance_types(pred, mp[3:]))
+    r = np.array(rows)
+    return {"f1": float(r[:, 0].mean()), "aji": float(r[:, 1].mean()), "pq": float(r[:, 2].mean()),
+            "dice": float(r[:, 3].mean()), "type_f1": type_f1(pairs, classes)}
+
+
+def tune_post(maps: list[np.ndarray], samples: list[Sample], base: Any, classes: list[str], log: Any = None) -> tuple:
+    """Grid-search the post-processing on validation maps; returns (best PostParams, its scores)."""
+    from dataclasses import replace
+
+    best, best_s = base, score_maps(maps, samples, base, classes)
+    grid = {"np_threshold": (0.4, 0.5, 0.6), "hv_sigma": (1.0, 2.0, 3.0), "grad_threshold": (0.3, 0.4, 0.5, 0.6),
+            "min_area_px": (10, 20, 40)}
+    for key, values in grid.items():  # coordinate-wise: one parameter at a time, the others at their best so far
+        for v in values:
+            p = replace(best, **{key: v})
+            if p == best:
+                continue
+            s = score_maps(maps, samples, p, classes)
+            if s["f1"] + s["aji"] > best_s["f1"] + best_s["aji"]:
+                best, best_s = p, s
+                if log is not None:
+                    print(f"tune {p} -> f1 {s['f1']:.4f} aji {s['aji']:.4f}", file=log, flush=True)
+    return best, best_s
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, model: Any, config: Any, extra: dict[str, Any] | None = None) -> Path:
+    """``{"state_dict": fp16 tensors, "config": config.to_dict() | extra}`` (the backend's format)."""
+    import torch
+
+    sd = {k: (v.detach().half() if v.is_floating_point() else v.detach()).clone() for k, v in model.state_dict().items()}
+    cfg = config.to_dict() | (extra or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": sd, "config": cfg}, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def _val_maps(net: Any, samples: list[Sample]) -> list[np.ndarray]:
+    return [net.maps(s.rgb) for s in samples]
+
+
+# ---- training ------------------------------------------------------------------------------------------------------
+def train(
+    data_dir: Path,
+    out_dir: Path,
+    minutes: float,
+    val_sources: tuple[int, ...] = DEFAULT_VAL_SOURCES,
+    widths: tuple[int, ...] = (24, 48, 96, 192, 256),
+    crop: int = 224,
+    batch: int = 4,
+    lr: float = 2e-3,
+    seed: int = 0,
+    threads: int = 2,
+    val_every: float = 6.0,
+    max_steps: int | None = None,
+    limit: int | None = None,
+    val_limit: int | None = None,
+    tune: bool = True,
+    log: Any = sys.stderr,
+) -> dict[str, Any]:
+    """Train; returns a summary (losses, validation history, best scores, paths)."""
+    import torch
+
+    from pathasst.finetune.nuclei_pixel import source_image, train_tiles
+    from pathasst.tools.backends.nuclei_net import NucleiNet, NucleiNetConfig, build_nuclei_net
+
+    if log is None:
+        import io
+
+        log = io.StringIO()  # quiet
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    names = train_tiles(data_dir)
+    tr_names = [n for n in names if source_image(n) not in val_sources][:limit]
+    va_names = [n for n in names if source_image(n) in val_sources][:val_limit]
+    t0 = time.perf_counter()
+    train_s, val_s = load_samples(data_dir, tr_names), load_samples(data_dir, va_names)
+    print(f"{len(train_s)} training / {len(val_s)} validation tiles; targets in {time.perf_counter() - t0:.0f} s",
+          file=log, flush=True)
+    cfg = NucleiNetConfig(widths=list(widths))
+    n_types = 1 + len(cfg.type_classes)
+    model = build_nuclei_net(cfg.widths, n_types)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    budget = minutes * 60.0
+    start = time.perf_counter()
+    last_val = start
+    history: list[dict[str, Any]] = []
+    first_losses: list[float] = []
+    recent: list[float] = []
+    step_losses: list[float] = []
+    best_score, step = -1.0, 0
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    best_path, last_path = out_dir / "nuclei_net.pt", out_dir / "last.pt"
+    meta = {"trained_on": [f"consep_train sources {sorted({source_image(n) for n in tr_names})}"],
+            "validation_sources": sorted(val_sources), "params": n_params}
+
+    def validate() -> dict[str, Any]:
+        model.eval()
+        s = score_maps(_val_maps(NucleiNet.from_module(model, cfg), val_s), val_s, cfg.post, cfg.type_classes)
+        model.train()
+        return s
+
+    model.train()
+    while True:
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget or (max_steps is not None and step >= max_steps):
+            break
+        frac = elapsed / budget
+        warm = min(1.0, (step + 1) / 100)
+        for g in opt.param_groups:
+            g["lr"] = lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+        items = [augment(train_s[i], crop, rng) for i in rng.integers(0, len(train_s), batch)]
+        x = (torch.from_numpy(np.stack([it[0] for it in items])) - mean) / std
+        fg, hv, tp = (torch.from_numpy(np.stack([it[k] for it in items])) for k in (1, 2, 3))
+        parts = losses(model(x), fg, hv, tp, n_types)
+        opt.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        opt.step()
+        step += 1
+        loss = float(parts["total"].detach())
+        step_losses.append(loss)
+        if len(first_losses) < 20:
+            first_losses.append(loss)
+        recent = (recent + [loss])[-50:]
+        if step % 50 == 0:
+            detail = " ".join(f"{k} {float(v):.3f}" for k, v in parts.items())
+            print(f"step {step} {elapsed / 60:.1f} min lr {opt.param_groups[0]['lr']:.2e} mean50 {np.mean(recent):.4f} "
+                  f"| {detail}", file=log, flush=True)
+        if time.perf_counter() - last_val >= val_every * 60 and val_s:
+            s = validate()
+            last_val = time.perf_counter()
+            s.update(step=step, minutes=round((last_val - start) / 60, 1))
+            history.append(s)
+            save_checkpoint(last_path, model, cfg, meta | {"minutes": s["minutes"], "steps": step})
+            if s["f1"] + s["aji"] > best_score:
+                best_score = s["f1"] + s["aji"]
+                save_checkpoint(best_path, model, cfg, meta | {"minutes": s["minutes"], "steps": step, "val": s})
+            print(f"VAL step {step}: {json.dumps(s)}", file=log, flush=True)
+    minutes_trained = round((time.perf_counter() - start) / 60, 1)
+    final = validate() if val_s else {}
+    final.update(step=step, minutes=minutes_trained)
+    history.append(final)
+    save_checkpoint(last_path, model, cfg, meta | {"minutes": minutes_trained, "steps": step})
+    if not val_s or final["f1"] + final["aji"] > best_score:
+        save_checkpoint(best_path, model, cfg, meta | {"minutes": minutes_trained, "steps": step, "val": final})
+    print(f"VAL final step {step}: {json.dumps(final)}", file=log, flush=True)
+    summary: dict[str, Any] = {"out": str(best_path), "params": n_params, "steps": step, "minutes": minutes_trained,
+                               "loss_first20": float(np.mean(first_losses)) if first_losses else None,
+                               "loss_last50": float(np.mean(recent)) if recent else None, "history": history,
+                               "step_losses": step_losses}
+    if tune and val_s:
+        summary["tuned"] = tune_checkpoint(best_path, data_dir, val_sources, val_limit, log)
+    torch.set_num_threads(old_threads)
+    return summary
+
+
+def tune_checkpoint(path: Path, data_dir: Path, val_sources: tuple[int, ...] = DEFAULT_VAL_SOURCES,
+                    val_limit: int | None = None, log: Any = sys.stderr) -> dict[str, Any]:
+    """Tune the post-processing of checkpoint ``path`` on the validation tiles and write it into its config."""
+    from dataclasses import asdict
+
+    import torch
+
+    from pathasst.finetune.nuclei_pixel import source_image, train_tiles
+    from pathasst.tools.backends.nuclei_net import NucleiNet
+
+    va_names = [n for n in train_tiles(data_dir) if source_image(n) in val_sources][:val_limit]
+    val_s = load_samples(data_dir, va_names)
+    net = NucleiNet.load(path, "nuclei_weights")
+    maps = _val_maps(net, val_s)
+    post, scores = tune_post(maps, val_s, net.config.post, net.config.type_classes, log)
+    raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    raw["config"]["post"] = asdict(post)
+    raw["config"]["val_tuned"] = scores
+    torch.save(raw, str(path))
+    return {"post": asdict(post), "val": scores}
+
+
+def evaluate_held_out(ckpt: Path, data_dir: Path, every: int = 2) -> dict[str, Any]:
+    """Held-out scores (source images 16-26, every ``every``-th tile) of the tool's ``auto`` method with checkpoint
+    ``ckpt`` as its shipped default (domain guard included) next to the classical ``auto`` method, and the type F1 of
+    the network among matched nuclei."""
+    from unittest import mock
+
+    import pathasst.tools.nuclei_segmentation as ns
+    from pathasst.agent.settings import Settings
+    from pathasst.finetune.nuclei_pixel import held_out_tiles
+    from pathasst.tools.backends.nuclei_net import NucleiNet
+    from pathasst.tools.evaluate import evaluate_nuclei
+
+    names = held_out_tiles(data_dir, every)
+    settings = Settings(_env_file=None, nuclei_weights=None)
+
+    def summary(scores: dict[str, Any]) -> dict[str, Any]:
+        return {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}
+
+    out: dict[str, Any] = {"held_out_tiles": len(names), "checkpoint": str(ckpt)}
+    with mock.patch.object(ns, "SHIPPED_NET_WEIGHTS", Path(ckpt)), mock.patch.object(ns, "SHIPPED_NET_IS_DEFAULT", True):
+        out["nuclei_net"] = summary(evaluate_nuclei(ns.NucleiSegmentationTool(settings), data_dir, names=names))
+    with mock.patch.object(ns, "SHIPPED_NET_IS_DEFAULT", False):
+        out["classical"] = summary(evaluate_nuclei(ns.NucleiSegmentationTool(settings), data_dir, names=names))
+    net = NucleiNet.load(Path(ckpt), "nuclei_weights")
+    pairs: list = []
+    for s in load_samples(data_dir, names):
+        pred = net.segment_array(s.rgb)
+        tt = {int(i): int(s.types[s.labels == i][0]) for i in np.unique(s.labels[s.labels > 0])}
+        pairs += type_pairs(s.labels, pred.labels, tt, pred.types)
+    out["type_f1"] = type_f1(pairs, net.config.type_classes)
+    out["type_support"] = {c: sum(1 for a, _ in pairs if a == k) for k, c in enumerate(net.config.type_classes, 1)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m pathasst.finetune.nuclei_net", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="consep_train-layout folder (images/, instances/, types/)")
+    parser.add_argument("--out", type=Path, help="output folder (nuclei_net.pt = best, last.pt = latest)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training time budget (the cosine schedule spans it)")
+    parser.add_argument("--val-every", type=float, default=6.0, help="minutes between validations/checkpoints")
+    parser.add_argument("--val-sources", type=int, nargs="+", default=list(DEFAULT_VAL_SOURCES))
+    parser.add_argument("--widths", type=int, nargs="+", default=[24, 48, 96, 192, 256])
+    parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="first N training tiles only (smoke runs)")
+    parser.add_argument("--val-limit", type=int, default=None)
+    parser.add_argument("--no-tune", action="store_true")
+    parser.add_argument("--tune-only", type=Path, default=None, metavar="CKPT")
+    parser.add_argument("--evaluate", type=Path, default=None, metavar="CKPT",
+                        help="only score CKPT on the held-out tiles (sources 16-26) next to the classical method")
+    parser.add_argument("--eval-every", type=int, default=2, help="with --evaluate: every Nth held-out tile (2 = 48)")
+    args = parser.parse_args(argv)
+    if args.evaluate is not None:
+        res = evaluate_held_out(args.evaluate, args.data, args.eval_every)
+    elif args.tune_only is not None:
+        res = tune_checkpoint(args.tune_only, args.data, tuple(args.val_sources), args.val_limit)
+    else:
+        if args.out is None:
+            parser.error("--out is required for training")
+        bad = [s for s in args.val_sources if s in (16, 18, 20, 22, 24, 26)]
+        if bad:
+            parser.error(f"validation sources {bad} are held-out test sources")
+        res = train(args.data, args.out, args.minutes, tuple(args.val_sources), tuple(args.widths), args.crop,
+                    args.batch, args.lr, args.seed, args.threads, args.val_every, args.max_steps, args.limit,
+                    args.val_limit, not args.no_tune)
+    print(json.dumps({k: v for k, v in res.items() if k != "step_losses"}, indent=1, default=str))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The project's own nuclei network: checkpoint format and loading, tiling, post-processing, errors, a short real
+training run, and (with ../shared/data and the shipped weights) held-out accuracy against the classical method."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pathasst.tools.backends.nuclei_net import (
+    ARCHITECTURE,
+    NucleiNet,
+    NucleiNetConfig,
+    build_nuclei_net,
+    hover_instances,
+    instance_types,
+)
+from pathasst.tools.base import call_tool
+from pathasst.tools.errors import WeightsError
+from pathasst.tools.imaging import ImageData
+from tool_helpers import make_resolver
+
+TINY_WIDTHS = [4, 8, 16]
+
+
+def _tiny(tmp_path: Path, name: str = "tiny.pt", seed: int = 0, **cfg: Any) -> Path:
+    from pathasst.finetune.nuclei_net import save_checkpoint
+
+    torch.manual_seed(seed)
+    config = NucleiNetConfig(widths=TINY_WIDTHS, tile_size=64, overlap=16, **cfg)
+    model = build_nuclei_net(config.widths, 1 + len(config.type_classes))
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode differs from identity
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return save_checkpoint(tmp_path / name, model, config)
+
+
+def _he_image(h: int, w: int, mpp: float | None = 0.25, seed: int = 0) -> ImageData:
+    from skimage import data
+
+    rgb = np.asarray(data.immunohistochemistry())
+    y, x = np.random.default_rng(seed).integers(0, 512 - h + 1), np.random.default_rng(seed + 1).integers(0, 512 - w + 1)
+    return ImageData(np.ascontiguousarray(rgb[y : y + h, x : x + w]), name="img.png", mpp=mpp)
+
+
+def test_checkpoint_loads_through_the_nuclei_backend_and_is_fp16_on_disk(settings: Any, tmp_path: Path) -> None:
+    from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
+
+    path = _tiny(tmp_path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["config"]["architecture"] == ARCHITECTURE and raw["config"]["mpp"] == 0.25
+    assert all(v.dtype == torch.float16 for v in raw["state_dict"].values() if v.is_floating_point())
+    net = load_nuclei_backend(path, settings.model_copy(update={"torch_threads": 1}))
+    assert isinstance(net, NucleiNet)
+    assert net.config.widths == TINY_WIDTHS and net.config.type_classes == ["Other", "Inflammatory", "Epithelial", "Spindle"]
+    assert net.describe().startswith(f"{ARCHITECTURE} (")
+    image = _he_image(100, 120)
+    pred = net.segment(image)
+    assert pred.labels.shape == (100, 120) and pred.labels.dtype == np.uint32
+    ids = np.unique(pred.labels)
+    assert np.array_equal(ids, np.arange(len(ids)))  # 0 and contiguous 1..N
+    assert set(pred.types) <= set(ids[1:].tolist()) and set(pred.types.values()) <= {1, 2, 3, 4}
+    assert np.array_equal(net.segment(image).labels, pred.labels)  # deterministic
+    # sidecar config: a plain state dict + NAME.json loads the same network
+    plain = tmp_path / "plain.pt"
+    torch.save(raw["state_dict"], plain)
+    plain.with_suffix(".json").write_text(json.dumps(raw["config"]))
+    net2 = load_nuclei_backend(plain, settings)
+    assert np.array_equal(net2.segment(image).labels, pred.labels)
+
+
+def test_single_tile_equals_the_plain_forward_pass_and_tiles_cover_large_images(tmp_path: Path) -> None:
+    net = NucleiNet.load(_tiny(tmp_path), "nuclei_weights")
+    rgb = _he_image(60, 48).pixels  # fits in one 64 px tile (sides multiples of 4: no padding): the network's own output
+    maps = net.maps(rgb)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    x = (x - 0.5) / 0.5
+    with torch.no_grad():
+        out = net.model(x)
+    np.testing.assert_allclose(maps[0], torch.softmax(out[0, :2], 0)[1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(maps[1:3], out[0, 2:4].numpy(), atol=1e-5)
+    np.testing.assert_allclose(maps[3:], torch.softmax(out[0, 4:], 0).numpy(), atol=1e-5)
+    # a larger image: 64 px tiles overlapping by 32, blended; close to one pass over the whole image (they differ
+    # only near tile borders, where the tiles see less context) and a valid probability map everywhere
+    big = _he_image(200, 232, seed=3).pixels
+    tiled = net.maps(big, tile=64, overlap=32)
+    single = net.maps(big, tile=256, overlap=0)  # the whole image in one pass
+    assert tiled.shape == single.shape == (8, 200, 232)
+    assert np.all((tiled[0] >= 0) & (tiled[0] <= 1)) and np.allclose(tiled[3:].sum(0), 1, atol=1e-4)
+    assert np.corrcoef(tiled[0].ravel(), single[0].ravel())[0, 1] > 0.95
+
+
+def test_hover_post_processing_splits_touching_nuclei_and_votes_types() -> None:
+    from pathasst.finetune.nuclei_net import hv_map
+
+    true = np.zeros((64, 96), np.int32)
+    yy, xx = np.mgrid[:64, :96]
+    true[(yy - 32) ** 2 + (xx - 30) ** 2 < 14**2] = 1
+    true[(yy - 32) ** 2 + (xx - 55) ** 2 < 13**2] = 2  # overlaps the first: one touching blob
+    fg = (true > 0).astype(np.float32)
+    labels = hover_instances(fg, hv_map(true))
+    assert labels.max() == 2
+    for k in (1, 2):
+        inter = np.logical_and(labels == labels[32, 30 if k == 1 else 58], true == k).sum()
+        assert inter / (true == k).sum() > 0.85
+    tp = np.zeros((5, 64, 96), np.float32)
+    tp[3][true == 1] = 1.0  # epithelial
+    tp[2][true == 2] = 1.0  # inflammatory
+    tp[0][true == 0] = 1.0
+    types = instance_types(labels, tp)
+    assert types[labels[32, 30]] == 3 and types[labels[32, 58]] == 2
+
+
+def test_wrong_or_corrupt_files_fail_naming_the_setting(settings: Any, tmp_path: Path) -> None:
+    from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
+    from pathasst.tools.nuclei_segmentation import NucleiSegmentationTool
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    wrong_shape = tmp_path / "wrong.pt"
+    raw = torch.load(_tiny(tmp_path), weights_only=True)
+    raw["config"]["widths"] = [8, 16, 32]  # does not fit the stored tensors
+    torch.save(raw, wrong_shape)
+    bad_post = tmp_path / "badpost.pt"
+    raw["config"] = {**raw["config"], "widths": TINY_WIDTHS, "post": {"bogus": 1}}
+    torch.save(raw, bad_post)
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(3)}, plain)
+    cases = {corrupt: "not a torch checkpoint", wrong_shape: "do not fit", bad_post: "unknown 'post' keys",
+             plain: "pathasst-nuclei-net"}
+    for path, words in cases.items():
+        with pytest.raises(WeightsError) as info:
+            load_nuclei_backend(path, settings)
+        assert "PATHASST_NUCLEI_WEIGHTS" in str(info.value) and words in str(info.value), str(info.value)
+        tool = NucleiSegmentationTool(settings.model_copy(update={"nuclei_weights": path}))
+        record, _ = call_tool(tool, {"image": "img.png"}, make_resolver({"img.png": _he_image(64, 64)}))
+        assert record.status == "failed" and "PATHASST_NUCLEI_WEIGHTS" in record.error, record.error
+
+
+def test_configured_checkpoint_runs_through_the_tool_with_types(settings: Any, tmp_path: Path) -> None:
+    from pathasst.tools.nuclei_segmentation import NucleiSegmentationTool
+
+    path = _tiny(tmp_path, post={"np_threshold": 0.3, "min_area_px": 5})
+    tool = NucleiSegmentationTool(settings.model_copy(update={"nuclei_weights": path, "torch_threads": 1}))
+    half = _he_image(80, 90, mpp=0.5, seed=4)  # 20x: resampled to the model's 0.25 um/px and back
+    record, result = call_tool(tool, {"image": "h.png"}, make_resolver({"h.png": half}))
+    assert record.status == "ok", record.error
+    out = result.output
+    assert out.method == "nuclei_net" and out.backend == "nuclei_net" and result.labels.shape == (80, 90)
+    assert out.count == len(np.unique(result.labels)) - 1 == len(result.features)
+    assert out.type_counts is not None and set(out.type_counts) == {"Other", "Inflammatory", "Epithelial", "Spindle"}
+    assert sum(out.type_counts.values()) <= out.count
+    names = {f["properties"]["classification"]["name"] for f in result.features}
+    assert names <= {"Other", "Inflammatory", "Epithelial", "Spindle", "Nucleus"}
+    assert record.model["model"].startswith(ARCHITECTURE)
+    # an explicit classical method ignores the network
+    record, result = call_tool(tool, {"image": "h.png", "method": "deconvolution"}, make_resolver({"h.png": half}))
+    assert result.output.method == "deconvolution" and result.output.type_counts is None
+
+
+@pytest.mark.data
+def test_a_short_real_training_run_lowers_the_loss_and_reloads(shared_data: Path, settings: Any, tmp_path: Path) -> None:
+    from pathasst.finetune.nuclei_net import train
+    from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
+
+    res = train(shared_data / "consep_train", tmp_path / "run", minutes=5, widths=(8, 16, 32), crop=64, batch=4,
+                lr=1e-2, threads=1, val_every=1e9, max_steps=40, limit=12, val_limit=2, tune=False, log=None)
+    losses = res["step_losses"]
+    assert res["steps"] == 40 and len(losses) == 40 and np.all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10]), losses
+    net = load_nuclei_backend(tmp_path / "run" / "nuclei_net.pt", settings)
+    assert isinstance(net, NucleiNet) and net.config.widths == [8, 16, 32]
+    assert net.segment(_he_image(64, 80)).labels.shape == (64, 80)
+    with pytest.raises(ValueError, match="held-out"):
+        from pathasst.finetune.nuclei_pixel import sample_pixels  # the shared guard of the training split
+
+        sample_pixels(shared_data / "consep_train", ["train_16_000"])
+
+
+@pytest.mark.data
+def test_shipped_network_beats_the_classical_method_on_held_out_tiles(shared_data: Path, settings: Any) -> None:
+    from pathasst.finetune.nuclei_pixel import held_out_tiles
+    from pathasst.tools.evaluate import evaluate_nuclei
+    from pathasst.tools.nuclei_segmentation import SHIPPED_NET_WEIGHTS, NucleiSegmentationInput, NucleiSegmentationTool
+
+    if not SHIPPED_NET_WEIGHTS.is_file():
+        pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
+    data = shared_data / "consep_train"
+    names = held_out_tiles(data, every=6)  # 16 tiles of source images 16-26
+    tool = NucleiSegmentationTool(settings.model_copy(update={"torch_threads": 2}))
+    deep = evaluate_nuclei(tool, data, names=names)
+    classical_tool = NucleiSegmentationTool(settings)
+
+    def classical(rgb: np.ndarray) -> np.ndarray:
+        img = ImageData(rgb, name="t", mpp=0.25)
+        return classical_tool.analyze(img, NucleiSegmentationInput(image="t", method="pixel_classifier")).labels
+
+    base = evaluate_nuclei(classical, data, names=names)
+    assert deep["n_tiles"] == base["n_tiles"] == len(names) >= 12
+    assert deep["f1"] > base["f1"] + 0.05, (deep, base)
+    assert deep["aji"] > base["aji"] + 0.03, (deep, base)
+    assert deep["pq"] > base["pq"] + 0.03, (deep, base)

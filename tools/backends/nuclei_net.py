@@ -1,0 +1,377 @@
+"""The project's own nuclei network (HoVer-Net-style heads on a small U-Net) and its inference.
+
+Weights (``PATHASST_NUCLEI_WEIGHTS``, or the shipped default ``tools/weights/nuclei_net.pt``):
+``torch.save({"state_dict": fp16_state_dict, "config": {...}}, "nuclei_net.pt")``, or a plain state dict with a
+sidecar ``nuclei_net.json`` holding the config. Trained with ``python -m pathasst.finetune.nuclei_net``. Config keys:
+
+==================  ========  =====================================================================================
+key                 required  meaning
+==================  ========  =====================================================================================
+``architecture``    yes       ``"pathasst-nuclei-net"`` (how a file is recognised as this network's)
+``mpp``             yes       microns per pixel the network was trained at (images are resampled to it)
+``widths``          no        channels per level, full resolution first (default ``[16, 32, 64, 128, 192]``)
+``type_classes``    no        names of the type head's channels after background (default CoNSeP's four)
+``mean``, ``std``   no        per-channel normalisation of RGB in [0, 1] (default 0.5 / 0.5)
+``tile_size``       no (256)  tile side for inference at ``mpp`` (a multiple of 16)
+``overlap``         no (48)   overlap of neighbouring tiles (maps are blended across it)
+``post``            no        post-processing parameters, see :class:`PostParams`
+==================  ========  =====================================================================================
+
+Outputs per pixel: NP (2 logits: background / nucleus), HV (2 channels, tanh: horizontal and vertical distance to
+the nucleus centre, -1..1 per nucleus, as in HoVer-Net, Graham et al. 2019) and TP (1 + len(type_classes) logits).
+Post-processing (:func:`hover_instances`): nucleus mask = P(nucleus) > ``np_threshold``; the Sobel gradients of the
+(smoothed) HV maps are large between touching nuclei, so markers = mask minus high-gradient pixels (opened, small ones
+dropped); marker-controlled watershed of the distance-like map ``(1 - gradient) * mask``. Each nucleus's type is the
+majority vote of the type head's argmax over its pixels (background excluded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathasst.tools.backends.runtime import (
+    Checkpoint,
+    configure_threads,
+    load_state,
+    read_checkpoint,
+    torch_device,
+    working_image,
+)
+from pathasst.tools.backends.tiling import dense_tiled
+from pathasst.tools.errors import WeightsError
+from pathasst.tools.imaging import ImageData
+
+__all__ = [
+    "ARCHITECTURE",
+    "DEFAULT_TYPE_CLASSES",
+    "NucleiNet",
+    "NucleiNetConfig",
+    "NucleiPrediction",
+    "PostParams",
+    "build_nuclei_net",
+    "hover_instances",
+    "instance_types",
+    "is_nuclei_net_checkpoint",
+]
+
+ARCHITECTURE = "pathasst-nuclei-net"
+#: CoNSeP's merged type classes (codes 1..4 of ``types/NAME.json``)
+DEFAULT_TYPE_CLASSES = ("Other", "Inflammatory", "Epithelial", "Spindle")
+DEFAULT_WIDTHS = (16, 32, 64, 128, 192)
+
+
+# ---- the network ---------------------------------------------------------------------------------------------------
+def build_nuclei_net(widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, n_types: int = 5) -> Any:
+    """The network module (torch imported here, not at module import). Input ``(N, 3, H, W)`` with H, W multiples of
+    ``2 ** (len(widths) - 1)``; output ``(N, 4 + n_types, H, W)``: NP logits (2), HV (2, tanh), TP logits."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+    class Res(nn.Module):
+        """Residual block: 3x3 conv, 3x3 conv (depthwise-separable from ``sep`` channels up)."""
+
+        def __init__(self, c: int, sep: bool) -> None:
+            super().__init__()
+            if sep:
+                self.body = nn.Sequential(cbr(c, c, 3, groups=c), cbr(c, c, 1), cbr(c, c, 3, groups=c))
+                self.out = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+            else:
+                self.body = cbr(c, c)
+                self.out = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(x + self.out(self.body(x)))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            w = list(widths)
+            self.depth = len(w) - 1
+            self.stem = nn.Sequential(cbr(3, w[0]), cbr(w[0], w[0]))
+            self.down = nn.ModuleList(
+                [nn.Sequential(cbr(w[i], w[i + 1], 3, stride=2), Res(w[i + 1], sep=i + 1 >= 3)) for i in range(self.depth)]
+            )
+            self.bottom = Res(w[-1], sep=True)
+            self.lat = nn.ModuleList([cbr(w[i + 1] + w[i], w[i], 1) for i in range(self.depth)])
+            self.dec = nn.ModuleList([Res(w[i], sep=i >= 3) if i > 0 else cbr(w[0], w[0]) for i in range(self.depth)])
+
+            def head(cout: int) -> nn.Sequential:
+                return nn.Sequential(cbr(w[0], w[0]), nn.Conv2d(w[0], cout, 1))
+
+            self.np_head, self.hv_head, self.tp_head = head(2), head(2), head(n_types)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            skips = [self.stem(x)]
+            for d in self.down:
+                skips.append(d(skips[-1]))
+            y = self.bottom(skips[-1])
+            for i in reversed(range(self.depth)):
+                y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+                y = self.dec[i](self.lat[i](torch.cat([y, skips[i]], dim=1)))
+            return torch.cat([self.np_head(y), torch.tanh(self.hv_head(y)), self.tp_head(y)], dim=1)
+
+    return Net()
+
+
+# ---- configuration -------------------------------------------------------------------------------------------------
+@dataclass
+class PostParams:
+    """HoVer post-processing: foreground threshold, HV smoothing (sigma, px), gradient threshold for markers,
+    smallest marker and smallest nucleus (px at the model mpp)."""
+
+    np_threshold: float = 0.5
+    hv_sigma: float = 2.0
+    grad_threshold: float = 0.4
+    min_marker_px: int = 10
+    min_area_px: int = 20
+
+
+@dataclass
+class NucleiNetConfig:
+    """The metadata a nuclei-net checkpoint carries (see the module docstring)."""
+
+    mpp: float = 0.25
+    widths: list[int] = field(default_factory=lambda: list(DEFAULT_WIDTHS))
+    type_classes: list[str] = field(default_factory=lambda: list(DEFAULT_TYPE_CLASSES))
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    tile_size: int = 256
+    overlap: int = 48
+    post: PostParams = field(default_factory=PostParams)
+    architecture: str = ARCHITECTURE
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** (len(self.widths) - 1)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> NucleiNetConfig:
+        arch = ckpt.config.get("architecture")
+        if arch != ARCHITECTURE:
+            raise WeightsError(
+                f"weights {ckpt.where()} are not a {ARCHITECTURE} checkpoint (config 'architecture' = {arch!r})"
+            )
+        mpp = ckpt.require("mpp", (int, float))
+        if not 0.05 <= float(mpp) <= 8:
+            raise WeightsError(f"nuclei net {ckpt.where()}: mpp {mpp} outside 0.05..8")
+        cfg = cls(mpp=float(mpp))
+        if "widths" in ckpt.config:
+            widths = ckpt.require("widths", list)
+            if not (2 <= len(widths) <= 7 and all(isinstance(c, int) and c >= 1 for c in widths)):
+                raise WeightsError(f"nuclei net {ckpt.where()}: 'widths' must be 2..7 positive ints, got {widths!r}")
+            cfg.widths = list(widths)
+        if "type_classes" in ckpt.config:
+            tc = ckpt.require("type_classes", list)
+            if not all(isinstance(c, str) for c in tc) or len(set(tc)) != len(tc):
+                raise WeightsError(f"nuclei net {ckpt.where()}: 'type_classes' must be distinct names, got {tc!r}")
+            cfg.type_classes = list(tc)
+        for key in ("mean", "std"):
+            if key in ckpt.config:
+                v = ckpt.require(key, list)
+                if len(v) != 3 or not all(isinstance(x, (int, float)) for x in v):
+                    raise WeightsError(f"nuclei net {ckpt.where()}: {key!r} must have 3 numbers")
+                setattr(cfg, key, [float(x) for x in v])
+        for key in ("tile_size", "overlap"):
+            if key in ckpt.config:
+                setattr(cfg, key, ckpt.require(key, int))
+        if cfg.tile_size % cfg.multiple or not 0 <= cfg.overlap < cfg.tile_size:
+            raise WeightsError(
+                f"nuclei net {ckpt.where()}: tile_size must be a multiple of {cfg.multiple} and 0 <= overlap < "
+                f"tile_size (got {cfg.tile_size}, {cfg.overlap})"
+            )
+        if "post" in ckpt.config:
+            post = ckpt.require("post", dict)
+            known = set(PostParams.__dataclass_fields__)
+            unknown = sorted(set(post) - known)
+            if unknown:
+                raise WeightsError(f"nuclei net {ckpt.where()}: unknown 'post' keys {unknown}; known: {sorted(known)}")
+            try:
+                cfg.post = PostParams(**{k: type(getattr(PostParams(), k))(v) for k, v in post.items()})
+            except (TypeError, ValueError) as exc:
+                raise WeightsError(f"nuclei net {ckpt.where()}: bad 'post' parameters: {exc}") from exc
+        return cfg
+
+
+def is_nuclei_net_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a torch file whose config names this architecture (read with ``weights_only=True``)."""
+    import json
+
+    import torch
+
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is simply "not ours"
+        return False
+    if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
+        return raw["config"].get("architecture") == ARCHITECTURE
+    side = Path(path).with_suffix(".json")
+    if isinstance(raw, dict) and side.is_file():
+        try:
+            return json.loads(side.read_text(encoding="utf-8")).get("architecture") == ARCHITECTURE
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
+
+
+# ---- post-processing -----------------------------------------------------------------------------------------------
+def _drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
+    """``labels`` with objects of fewer than ``min_px`` pixels set to 0."""
+    counts = np.bincount(labels.ravel())
+    small = counts < min_px
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
+def hover_instances(fg_prob: np.ndarray, hv: np.ndarray, post: PostParams | None = None) -> np.ndarray:
+    """Instance labels (int32, 0 = background) from P(nucleus) ``(H, W)`` and HV maps ``(2, H, W)``."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+    from skimage.segmentation import watershed
+
+    p = post or PostParams()
+    mask = fg_prob > p.np_threshold
+    mask = ndi.binary_fill_holes(mask)
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return np.zeros(fg_prob.shape, np.int32)
+    mask = _drop_small(lab, p.min_area_px) > 0
+    grads = []
+    for c in range(2):
+        m = hv[c].astype(np.float32)
+        if p.hv_sigma > 0:
+            m = ndi.gaussian_filter(m, p.hv_sigma)
+        g = ndi.sobel(m, axis=1 - c)  # d(h)/dx, d(v)/dy: positive inside a nucleus, strongly negative between two
+        grads.append(1.0 - (g - g.min()) / max(g.max() - g.min(), 1e-6))
+    edge = np.maximum(grads[0], grads[1])
+    edge = np.where(mask, edge, 0.0)
+    markers = mask & (edge < p.grad_threshold)
+    markers = ndi.binary_fill_holes(markers)
+    markers = ndi.binary_opening(markers, structure=disk(2))
+    mlab, _ = ndi.label(markers)
+    mlab = _drop_small(mlab, p.min_marker_px)
+    dist = -ndi.gaussian_filter((1.0 - edge) * mask, 1.0)
+    labels = watershed(dist, mlab, mask=mask)
+    labels = _drop_small(labels, p.min_area_px)
+    return labels.astype(np.int32)
+
+
+def instance_types(labels: np.ndarray, tp_logits: np.ndarray) -> dict[int, int]:
+    """Majority type (1..T, the type head's argmax over non-background channels) of every instance."""
+    if labels.max() == 0:
+        return {}
+    cls = np.argmax(tp_logits[1:], axis=0) + 1
+    n_types = tp_logits.shape[0] - 1
+    fg = labels > 0
+    counts = np.zeros((int(labels.max()) + 1, n_types + 1), np.int64)
+    np.add.at(counts, (labels[fg], cls[fg]), 1)
+    present = np.flatnonzero(counts.sum(1))
+    return {int(i): int(np.argmax(counts[i])) for i in present if i > 0}
+
+
+# ---- the loaded model ------------------------------------------------------------------------------------------------
+@dataclass
+class NucleiPrediction:
+    """Instance labels (1..N) of the analysed image and each instance's type index (1..T; 0 = unknown)."""
+
+    labels: np.ndarray
+    types: dict[int, int]
+    type_classes: list[str]
+
+
+class NucleiNet:
+    """A loaded nuclei network: :meth:`maps` (stitched NP/HV/TP maps) and :meth:`segment` (instances + types)."""
+
+    def __init__(self, model: Any, config: NucleiNetConfig, device: Any, source: str = "") -> None:
+        self.model = model
+        self.config = config
+        self.device = device
+        self.source = source
+
+    @classmethod
+    def load(cls, path: Path, setting: str, settings: Any = None, fmt: str = "pytorch") -> NucleiNet:
+        """Load a checkpoint (WeightsError naming ``setting`` when it is not a nuclei-net checkpoint)."""
+        configure_threads(settings)
+        ckpt = read_checkpoint(Path(path), setting, fmt)  # type: ignore[arg-type]
+        cfg = NucleiNetConfig.from_checkpoint(ckpt)
+        model = build_nuclei_net(cfg.widths, 1 + len(cfg.type_classes))
+        ckpt.state_dict = {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+        load_state(model, ckpt, f"a {ARCHITECTURE} with widths {cfg.widths} and {len(cfg.type_classes)} types")
+        device = torch_device()
+        return cls(model.to(device).eval(), cfg, device, source=str(path))
+
+    @classmethod
+    def from_module(cls, model: Any, config: NucleiNetConfig) -> NucleiNet:
+        import torch
+
+        return cls(model.eval(), config, torch.device("cpu"))
+
+    def describe(self) -> str:
+        c = self.config
+        n = sum(int(p.numel()) for p in self.model.parameters())
+        return f"{ARCHITECTURE} ({n / 1e6:.2f} M params, widths {c.widths}, {len(c.type_classes)} types, {c.mpp} um/px)"
+
+    def _predict(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        m = self.config.multiple
+        mean = torch.tensor(self.config.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.config.std, dtype=torch.float32).view(1, 3, 1, 1)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(tiles):
+            groups.setdefault(t.shape[:2], []).append(i)
+        result: dict[int, np.ndarray] = {}
+        for (h, w), idx in groups.items():
+            ph, pw = (-h) % m, (-w) % m
+            mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
+            arr = np.stack([np.pad(tiles[i][..., :3], ((0, ph), (0, pw), (0, 0)), mode=mode) for i in idx])
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+            x = ((x - mean) / std).to(self.device)
+            with torch.inference_mode():
+                out = self.model(x)[:, :, :h, :w].float()
+                out = torch.cat([torch.softmax(out[:, :2], 1)[:, 1:2], out[:, 2:4], torch.softmax(out[:, 4:], 1)], 1)
+                p = out.cpu().numpy()
+            for k, i in enumerate(idx):
+                result[i] = p[k]
+        return [result[i] for i in range(len(tiles))]
+
+    def maps(self, rgb: np.ndarray, tile: int | None = None, overlap: int | None = None, batch: int = 4) -> np.ndarray:
+        """Stitched ``(3 + 1 + T, H, W)``: P(nucleus), H, V, then type probabilities (background first)."""
+        c = self.config
+        channels = 3 + 1 + len(c.type_classes)
+        return dense_tiled(rgb, self._predict, channels, tile or c.tile_size, c.overlap if overlap is None else overlap, batch)
+
+    def segment_array(self, rgb: np.ndarray, post: PostParams | None = None) -> NucleiPrediction:
+        """Instances and types of an RGB array already at the model's mpp."""
+        mp = self.maps(np.asarray(rgb)[..., :3])
+        labels = hover_instances(mp[0], mp[1:3], post or self.config.post)
+        return NucleiPrediction(labels, instance_types(labels, mp[3:]), list(self.config.type_classes))
+
+    def segment(self, image: ImageData, post: PostParams | None = None) -> NucleiPrediction:
+        """Instances (uint32 labels 1..N with the shape of ``image``) and their types; resampled via the model mpp."""
+        from skimage.transform import resize
+
+        work = working_image(image, self.config.mpp)
+        pred = self.segment_array(work.pixels, post)
+        labels = pred.labels
+        if labels.shape != image.shape:
+            labels = resize(labels, image.shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
+        ids = np.unique(labels[labels > 0])  # renumber 1..N (resampling may drop small nuclei)
+        new = np.where(labels > 0, np.searchsorted(ids, labels) + 1, 0).astype(np.uint32)
+        types = {k + 1: pred.types[int(old)] for k, old in enumerate(ids) if int(old) in pred.types}
+        return NucleiPrediction(new, types, pred.type_classes)
