@@ -37,6 +37,7 @@ from pathasst.tools.backends.runtime import (
     Checkpoint,
     configure_threads,
     load_state,
+    predict_padded,
     read_checkpoint,
     torch_device,
     working_image,
@@ -329,26 +330,12 @@ class NucleiNet:
     def _predict(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        m = self.config.multiple
-        mean = torch.tensor(self.config.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.config.std, dtype=torch.float32).view(1, 3, 1, 1)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, t in enumerate(tiles):
-            groups.setdefault(t.shape[:2], []).append(i)
-        result: dict[int, np.ndarray] = {}
-        for (h, w), idx in groups.items():
-            ph, pw = (-h) % m, (-w) % m
-            mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
-            arr = np.stack([np.pad(tiles[i][..., :3], ((0, ph), (0, pw), (0, 0)), mode=mode) for i in idx])
-            x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-            x = ((x - mean) / std).to(self.device)
-            with torch.inference_mode():
-                out = self.model(x)[:, :, :h, :w].float()
-                out = torch.cat([torch.softmax(out[:, :2], 1)[:, 1:2], out[:, 2:4], torch.softmax(out[:, 4:], 1)], 1)
-                p = out.cpu().numpy()
-            for k, i in enumerate(idx):
-                result[i] = p[k]
-        return [result[i] for i in range(len(tiles))]
+        def forward(x: Any) -> Any:
+            out = self.model(x).float()
+            return torch.cat([torch.softmax(out[:, :2], 1)[:, 1:2], out[:, 2:4], torch.softmax(out[:, 4:], 1)], 1)
+
+        c = self.config
+        return predict_padded(tiles, forward, c.multiple, c.mean, c.std, self.device)
 
     def maps(self, rgb: np.ndarray, tile: int | None = None, overlap: int | None = None, batch: int = 4) -> np.ndarray:
         """Stitched ``(3 + 1 + T, H, W)``: P(nucleus), H, V, then type probabilities (background first)."""

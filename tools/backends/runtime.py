@@ -24,6 +24,7 @@ from pathasst.tools.errors import WeightsError
 from pathasst.tools.imaging import ImageData
 
 __all__ = [
+    "predict_padded",
     "Checkpoint",
     "configure_threads",
     "describe_setting",
@@ -190,3 +191,38 @@ def working_image(image: ImageData, target_mpp: float | None, tolerance: float =
         scale=image.scale / actual,
         notes=list(image.notes),
     )
+
+
+def predict_padded(
+    tiles: list[np.ndarray],
+    forward: Any,
+    multiple: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: Any,
+) -> list[np.ndarray]:
+    """Run a fully convolutional ``forward`` (NCHW float tensor -> NCHW tensor) over RGB uint8 ``tiles``.
+
+    Tiles of one batch share a shape except at an image's far edges, so they are grouped by shape; each group is
+    padded (reflect, or edge when the tile is too small to reflect) to a multiple of ``multiple``, normalised
+    (``/255``, then ``mean``/``std``), run in one batch, and cropped back. Returns one ``(C, h, w)`` array per tile.
+    """
+    import torch
+
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, t in enumerate(tiles):
+        groups.setdefault(t.shape[:2], []).append(i)
+    result: dict[int, np.ndarray] = {}
+    for (h, w), idx in groups.items():
+        ph, pw = (-h) % multiple, (-w) % multiple
+        mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
+        arr = np.stack([np.pad(tiles[i][..., :3], ((0, ph), (0, pw), (0, 0)), mode=mode) for i in idx])
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+        x = ((x - mean_t) / std_t).to(device)
+        with torch.inference_mode():
+            p = forward(x)[:, :, :h, :w].float().cpu().numpy()
+        for k, i in enumerate(idx):
+            result[i] = p[k]
+    return [result[i] for i in range(len(tiles))]

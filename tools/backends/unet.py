@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from pathasst.tools.backends.runtime import Checkpoint, configure_threads, load_state, read_checkpoint, torch_device
+from pathasst.tools.backends.runtime import (
+    Checkpoint,
+    configure_threads,
+    load_state,
+    predict_padded,
+    read_checkpoint,
+    torch_device,
+)
 from pathasst.tools.backends.tiling import dense_tiled
 from pathasst.tools.deep import WeightsFormat
 from pathasst.tools.errors import WeightsError
@@ -144,26 +151,8 @@ class UNetSegmenter:
     def _predict(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        m = 2**self.config.depth
-        mean = torch.tensor(self.config.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.config.std, dtype=torch.float32).view(1, 3, 1, 1)
-        outs = []
-        # tiles of one batch share a shape except at the image's far edges; group by shape
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, t in enumerate(tiles):
-            groups.setdefault(t.shape[:2], []).append(i)
-        result: dict[int, np.ndarray] = {}
-        for (h, w), idx in groups.items():
-            ph, pw = (-h) % m, (-w) % m
-            arr = np.stack([np.pad(tiles[i], ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge") for i in idx])
-            x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-            x = ((x - mean) / std).to(self.device)
-            with torch.inference_mode():
-                p = torch.softmax(self.model(x), dim=1)[:, :, :h, :w].float().cpu().numpy()
-            for k, i in enumerate(idx):
-                result[i] = p[k]
-        outs = [result[i] for i in range(len(tiles))]
-        return outs
+        c = self.config
+        return predict_padded(tiles, lambda x: torch.softmax(self.model(x), dim=1), 2**c.depth, c.mean, c.std, self.device)
 
     def probabilities(self, rgb: np.ndarray, tile: int | None = None, overlap: int | None = None, batch: int = 4) -> np.ndarray:
         """``(C, H, W)`` class probabilities of an RGB image at ``input_mpp`` (tiled, blended)."""
