@@ -117,6 +117,33 @@ def test_hover_post_processing_splits_touching_nuclei_and_votes_types() -> None:
     assert types[labels[32, 30]] == 3 and types[labels[32, 58]] == 2
 
 
+def test_absolute_edge_mode_splits_by_a_fixed_threshold_on_sparse_and_dense_images() -> None:
+    """``edge_mode="absolute"``: the unnormalised HV gradient; a fixed threshold splits touching nuclei whether the
+    image holds one pair or a crowd, and a threshold above every gradient merges them (so the split is the mode's)."""
+    from dataclasses import replace
+
+    from pathasst.finetune.nuclei_net import hv_map
+    from pathasst.tools.backends.nuclei_net import PostParams
+
+    yy, xx = np.mgrid[:64, :96]
+    pair = np.zeros((64, 96), np.int32)
+    pair[(yy - 32) ** 2 + (xx - 30) ** 2 < 12**2] = 1
+    pair[(yy - 32) ** 2 + (xx - 53) ** 2 < 12**2] = 2
+    crowd = np.zeros((128, 192), np.int32)  # 24 touching nuclei in a grid
+    k = 0
+    for cy in range(16, 128, 22):
+        for cx in range(16, 192, 22):
+            k += 1
+            crowd[((np.mgrid[:128, :192][0] - cy) ** 2 + (np.mgrid[:128, :192][1] - cx) ** 2) < 12**2] = k
+    post = PostParams(np_threshold=0.5, hv_sigma=1.0, grad_threshold=0.25, min_area_px=20, edge_mode="absolute")
+    for true in (pair, crowd):
+        n_true = len(np.unique(true)) - 1
+        labels = hover_instances((true > 0).astype(np.float32), hv_map(true), post)
+        assert labels.max() == n_true, (labels.max(), n_true)
+        merged = hover_instances((true > 0).astype(np.float32), hv_map(true), replace(post, grad_threshold=1e3))
+        assert merged.max() < n_true
+
+
 def test_wrong_or_corrupt_files_fail_naming_the_setting(settings: Any, tmp_path: Path) -> None:
     from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
     from pathasst.tools.nuclei_segmentation import NucleiSegmentationTool
@@ -130,10 +157,13 @@ def test_wrong_or_corrupt_files_fail_naming_the_setting(settings: Any, tmp_path:
     bad_post = tmp_path / "badpost.pt"
     raw["config"] = {**raw["config"], "widths": TINY_WIDTHS, "post": {"bogus": 1}}
     torch.save(raw, bad_post)
+    bad_mode = tmp_path / "badmode.pt"
+    raw["config"] = {**raw["config"], "post": {"edge_mode": "sideways"}}
+    torch.save(raw, bad_mode)
     plain = tmp_path / "plain.pt"
     torch.save({"w": torch.zeros(3)}, plain)
     cases = {corrupt: "not a torch checkpoint", wrong_shape: "do not fit", bad_post: "unknown 'post' keys",
-             plain: "pathasst-nuclei-net"}
+             bad_mode: "'edge_mode' must be one of", plain: "pathasst-nuclei-net"}
     for path, words in cases.items():
         with pytest.raises(WeightsError) as info:
             load_nuclei_backend(path, settings)
@@ -181,6 +211,30 @@ def test_a_short_real_training_run_lowers_the_loss_and_reloads(shared_data: Path
         from pathasst.finetune.nuclei_pixel import sample_pixels  # the shared guard of the training split
 
         sample_pixels(shared_data / "consep_train", ["train_16_000"])
+
+
+@pytest.mark.data
+def test_post_processing_is_tuned_on_validation_and_training_tiles_never_held_out(shared_data: Path,
+                                                                                 tmp_path: Path) -> None:
+    from pathasst.finetune.nuclei_net import tune_checkpoint, tuning_tiles
+    from pathasst.finetune.nuclei_pixel import source_image, train_tiles
+    from pathasst.tools.backends.nuclei_net import EDGE_MODES
+
+    data = shared_data / "consep_train"
+    names = tuning_tiles(data, (2, 11), train_every=8)
+    sources = {source_image(n) for n in names}
+    assert not sources & {16, 18, 20, 22, 24, 26}
+    n_val = sum(source_image(n) in (2, 11) for n in train_tiles(data))
+    n_train = len(train_tiles(data)) - n_val
+    assert len(names) == n_val + len(range(0, n_train, 8)) and {2, 11} < sources
+    assert tuning_tiles(data, (2, 11), train_every=0) == names[:n_val]
+    ckpt = _tiny(tmp_path)
+    res = tune_checkpoint(ckpt, data, (2, 11), val_limit=2, log=None, train_every=100)
+    assert res["tuned_on_tiles"] == 2 + len(range(0, n_train, 100))
+    cfg = torch.load(ckpt, weights_only=True)["config"]
+    assert cfg["post"] == res["post"] and cfg["post"]["edge_mode"] in EDGE_MODES
+    assert cfg["tuned_on"]["training_tiles_every"] == 100
+    assert NucleiNet.load(ckpt, "x").config.post.edge_mode == res["post"]["edge_mode"]
 
 
 @pytest.mark.data

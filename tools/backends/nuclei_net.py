@@ -21,7 +21,8 @@ Outputs per pixel: NP (2 logits: background / nucleus), HV (2 channels, tanh: ho
 the nucleus centre, -1..1 per nucleus, as in HoVer-Net, Graham et al. 2019) and TP (1 + len(type_classes) logits).
 Post-processing (:func:`hover_instances`): nucleus mask = P(nucleus) > ``np_threshold``; the Sobel gradients of the
 (smoothed) HV maps are large between touching nuclei, so markers = mask minus high-gradient pixels (opened, small ones
-dropped); marker-controlled watershed of the distance-like map ``(1 - gradient) * mask``. Each nucleus's type is the
+dropped); marker-controlled watershed of the gradient inside the mask. The gradient is either min-max normalised per
+image (HoVer-Net's ``"minmax"``) or used as it is (``"absolute"``), see :class:`PostParams`. Each nucleus's type is the
 majority vote of the type head's argmax over its pixels (background excluded).
 """
 
@@ -49,6 +50,7 @@ from pathasst.tools.imaging import ImageData
 __all__ = [
     "ARCHITECTURE",
     "DEFAULT_TYPE_CLASSES",
+    "EDGE_MODES",
     "NucleiNet",
     "NucleiNetConfig",
     "NucleiPrediction",
@@ -57,6 +59,7 @@ __all__ = [
     "hover_instances",
     "instance_types",
     "is_nuclei_net_checkpoint",
+    "to_image_labels",
 ]
 
 ARCHITECTURE = "pathasst-nuclei-net"
@@ -127,16 +130,27 @@ def build_nuclei_net(widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, n_typ
 
 
 # ---- configuration -------------------------------------------------------------------------------------------------
+EDGE_MODES = ("minmax", "absolute")
+
+
 @dataclass
 class PostParams:
     """HoVer post-processing: foreground threshold, HV smoothing (sigma, px), gradient threshold for markers,
-    smallest marker and smallest nucleus (px at the model mpp)."""
+    smallest marker and smallest nucleus (px at the model mpp), and how the gradient is scaled (``edge_mode``):
+
+    * ``"minmax"`` (HoVer-Net's): ``1 - `` the Sobel gradient min-max normalised over the image; the threshold's
+      meaning then depends on the image's extremes (a sparse tile and a dense one split differently);
+    * ``"absolute"``: the negative Sobel gradient of the smoothed HV maps as it is (the maps have a fixed -1..1 scale
+      per nucleus, so one threshold means the same on every image): positive and large only where the maps fall
+      from +1 to -1, i.e. between two touching nuclei.
+    """
 
     np_threshold: float = 0.5
     hv_sigma: float = 2.0
     grad_threshold: float = 0.4
     min_marker_px: int = 10
     min_area_px: int = 20
+    edge_mode: str = "minmax"
 
 
 @dataclass
@@ -206,6 +220,11 @@ class NucleiNetConfig:
                 cfg.post = PostParams(**{k: type(getattr(PostParams(), k))(v) for k, v in post.items()})
             except (TypeError, ValueError) as exc:
                 raise WeightsError(f"nuclei net {ckpt.where()}: bad 'post' parameters: {exc}") from exc
+            if cfg.post.edge_mode not in EDGE_MODES:
+                raise WeightsError(
+                    f"nuclei net {ckpt.where()}: post 'edge_mode' must be one of {list(EDGE_MODES)}, "
+                    f"got {cfg.post.edge_mode!r}"
+                )
         return cfg
 
 
@@ -258,7 +277,10 @@ def hover_instances(fg_prob: np.ndarray, hv: np.ndarray, post: PostParams | None
         if p.hv_sigma > 0:
             m = ndi.gaussian_filter(m, p.hv_sigma)
         g = ndi.sobel(m, axis=1 - c)  # d(h)/dx, d(v)/dy: positive inside a nucleus, strongly negative between two
-        grads.append(1.0 - (g - g.min()) / max(g.max() - g.min(), 1e-6))
+        if p.edge_mode == "absolute":
+            grads.append(-g)
+        else:
+            grads.append(1.0 - (g - g.min()) / max(g.max() - g.min(), 1e-6))
     edge = np.maximum(grads[0], grads[1])
     edge = np.where(mask, edge, 0.0)
     markers = mask & (edge < p.grad_threshold)
@@ -266,8 +288,11 @@ def hover_instances(fg_prob: np.ndarray, hv: np.ndarray, post: PostParams | None
     markers = ndi.binary_opening(markers, structure=disk(2))
     mlab, _ = ndi.label(markers)
     mlab = _drop_small(mlab, p.min_marker_px)
-    dist = -ndi.gaussian_filter((1.0 - edge) * mask, 1.0)
-    labels = watershed(dist, mlab, mask=mask)
+    if p.edge_mode == "absolute":
+        surface = ndi.gaussian_filter(np.clip(edge, 0.0, None) * mask, 1.0)
+    else:
+        surface = -ndi.gaussian_filter((1.0 - edge) * mask, 1.0)
+    labels = watershed(surface, mlab, mask=mask)
     labels = _drop_small(labels, p.min_area_px)
     return labels.astype(np.int32)
 
@@ -351,14 +376,20 @@ class NucleiNet:
 
     def segment(self, image: ImageData, post: PostParams | None = None) -> NucleiPrediction:
         """Instances (uint32 labels 1..N with the shape of ``image``) and their types; resampled via the model mpp."""
-        from skimage.transform import resize
-
         work = working_image(image, self.config.mpp)
         pred = self.segment_array(work.pixels, post)
-        labels = pred.labels
-        if labels.shape != image.shape:
-            labels = resize(labels, image.shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
-        ids = np.unique(labels[labels > 0])  # renumber 1..N (resampling may drop small nuclei)
-        new = np.where(labels > 0, np.searchsorted(ids, labels) + 1, 0).astype(np.uint32)
-        types = {k + 1: pred.types[int(old)] for k, old in enumerate(ids) if int(old) in pred.types}
-        return NucleiPrediction(new, types, pred.type_classes)
+        return to_image_labels(pred.labels, pred.types, image.shape, pred.type_classes)
+
+
+def to_image_labels(labels: np.ndarray, types: dict[int, int], shape: tuple[int, int],
+                    type_classes: list[str]) -> NucleiPrediction:
+    """Labels at the working resolution brought to ``shape`` (nearest neighbour) and renumbered 1..N (resampling
+    may drop small nuclei), with the types following their nuclei."""
+    from skimage.transform import resize
+
+    if labels.shape != tuple(shape):
+        labels = resize(labels, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
+    ids = np.unique(labels[labels > 0])
+    new = np.where(labels > 0, np.searchsorted(ids, labels) + 1, 0).astype(np.uint32)
+    return NucleiPrediction(new, {k + 1: types[int(old)] for k, old in enumerate(ids) if int(old) in types},
+                            list(type_classes))
