@@ -9,7 +9,8 @@ Methods, all at the model resolution of 0.25 um/px (40x; other resolutions are r
     (model card ``tools/weights/NUCLEI_MODEL_CARD.md``) and trained on CoNSeP training source images only. It is
     what ``auto`` runs when PATHASST_NUCLEI_WEIGHTS is unset and :data:`SHIPPED_NET_IS_DEFAULT` is true (it measured
     better than the pixel classifier on the held-out tiles). PATHASST_NUCLEI_WEIGHTS may name another checkpoint of
-    this network, or an ultralytics YOLO-seg checkpoint (``method`` then reads ``yolo_seg``).
+    this network, an ultralytics YOLO-seg checkpoint (``method`` then reads ``yolo_seg``) or a segment-anything
+    checkpoint, which outlines the nuclei the shipped network finds (box prompts; ``method`` reads ``sam``).
 
 ``pixel_classifier``
     An ilastik-style pixel classifier: 24 hand-made colour/texture features (optical density, colour
@@ -471,7 +472,8 @@ class NucleiSegmentationInput(ToolInput):
         description="'pixel_classifier': colour/texture pixel classifier + watershed (best on H&E); "
         "'deconvolution': unsupervised haematoxylin Otsu threshold + watershed; "
         "'auto' (best on H&E): the deep nuclei network (the project's shipped one, or PATHASST_NUCLEI_WEIGHTS: "
-        "a nuclei-net or YOLO-seg checkpoint), with per-nucleus types when the network has a type head; falls "
+        "a nuclei-net, segment-anything or YOLO-seg checkpoint), with per-nucleus types when the network has a "
+        "type head; falls "
         "back to deconvolution on non-H&E stains.",
     )
     min_area_px: int | None = Field(
@@ -510,10 +512,11 @@ class NucleiSegmentationOutput(ToolOutput):
     nuclear_area_fraction: float = Field(..., ge=0, le=1, description="Fraction of the image covered by nuclei.")
     mpp: float = Field(..., description="Microns per pixel used for the size parameters.")
     mpp_assumed: bool = Field(..., description="True when the image had no mpp and assumed_mpp was used.")
-    method: Method | Literal["yolo_seg", "nuclei_net"] = Field(
+    method: Method | Literal["yolo_seg", "nuclei_net", "sam"] = Field(
         ...,
         description="Segmentation method used ('nuclei_net': the project's nuclei network, shipped or from "
-        "PATHASST_NUCLEI_WEIGHTS; 'yolo_seg': a YOLO-seg checkpoint from PATHASST_NUCLEI_WEIGHTS).",
+        "PATHASST_NUCLEI_WEIGHTS; 'yolo_seg': a YOLO-seg checkpoint from PATHASST_NUCLEI_WEIGHTS; 'sam': a "
+        "segment-anything checkpoint from PATHASST_NUCLEI_WEIGHTS outlining the nuclei the network finds).",
     )
     type_counts: dict[str, int] | None = Field(
         None,
@@ -587,12 +590,13 @@ class NucleiSegmentationTool(PathologyTool):
         type_names: list[str] = []
         if deep:
             from pathasst.tools.backends.nuclei_net import NucleiNet
+            from pathasst.tools.backends.nuclei_sam import NucleiSam
 
             self.load()
             work = image if image.mpp is not None else _with_mpp(image, mpp)
-            if isinstance(self._deep, NucleiNet):
+            if isinstance(self._deep, (NucleiNet, NucleiSam)):
                 pred = self._deep.segment(work)
-                labels, used = pred.labels, "nuclei_net"
+                labels, used = pred.labels, "nuclei_net" if isinstance(self._deep, NucleiNet) else "sam"
                 type_names = pred.type_classes
                 types = {lab: pred.type_classes[t - 1] for lab, t in pred.types.items() if 1 <= t <= len(type_names)}
             else:
@@ -628,7 +632,7 @@ class NucleiSegmentationTool(PathologyTool):
             type_counts={name: sum(1 for t in types.values() if t == name) for name in type_names}
             if types is not None
             else None,
-            backend={"nuclei_net": "nuclei_net", "yolo_seg": "yolo"}.get(used, "classical"),
+            backend={"nuclei_net": "nuclei_net", "yolo_seg": "yolo", "sam": "sam"}.get(used, "classical"),
         )
         measurements = {
             int(lab): {"Area px": float(a), **({"Area um^2": sig(a * image.mpp**2)} if known else {})}

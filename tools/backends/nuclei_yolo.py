@@ -10,9 +10,9 @@ best whole (not border-cut) member. Masks are painted lowest score first, so whe
 one keeps the pixel.
 
 :func:`load_nuclei_backend` dispatches on the file's content: a torch checkpoint whose config names the project's
-own nuclei network (``architecture: pathasst-nuclei-net``, see :mod:`.nuclei_net`) loads as that network; any other
-``.pt`` must be an ultralytics -seg checkpoint. Anything else (SAM nuclei weights included) is refused with a message
-naming the setting.
+own nuclei network (``architecture: pathasst-nuclei-net``, see :mod:`.nuclei_net`) loads as that network; a
+segment-anything state dict loads as SAM prompted by the shipped network (:mod:`.nuclei_sam`); any other ``.pt`` must
+be an ultralytics -seg checkpoint. Anything else is refused with a message naming the setting.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pathasst.tools.backends.nuclei_net import NucleiNet, is_nuclei_net_checkpoint
+from pathasst.tools.backends.nuclei_sam import NucleiSam
 from pathasst.tools.backends.runtime import describe_setting, sidecar_path, working_image
 from pathasst.tools.backends.yolo import YoloBackend
 from pathasst.tools.errors import WeightsError
@@ -77,9 +78,11 @@ class NucleiYolo:
         return relabel_sequential(labels)[0].astype(np.uint32)
 
 
-def load_nuclei_backend(path: Path, settings: Any) -> NucleiYolo | NucleiNet:
-    """Load ``PATHASST_NUCLEI_WEIGHTS``: the project's nuclei network or a YOLO-seg checkpoint, by content;
-    WeightsError naming the setting otherwise."""
+def load_nuclei_backend(path: Path, settings: Any) -> NucleiYolo | NucleiNet | NucleiSam:
+    """Load ``PATHASST_NUCLEI_WEIGHTS``: the project's nuclei network, a segment-anything checkpoint (prompted by the
+    shipped network, :mod:`pathasst.tools.backends.nuclei_sam`) or a YOLO-seg checkpoint, by content; WeightsError
+    naming the setting otherwise."""
+    from pathasst.tools.backends.sam import SamSegmenter, is_sam_checkpoint
     from pathasst.tools.deep import check_weights_file
 
     path = Path(path)
@@ -87,6 +90,16 @@ def load_nuclei_backend(path: Path, settings: Any) -> NucleiYolo | NucleiNet:
     fmt = check_weights_file(path, SETTING, (".pt", ".pth"))
     if is_nuclei_net_checkpoint(path):
         return NucleiNet.load(path, SETTING, settings, fmt)
+    if is_sam_checkpoint(path):
+        from pathasst.tools.nuclei_segmentation import SHIPPED_NET_WEIGHTS
+
+        if not SHIPPED_NET_WEIGHTS.is_file():
+            raise WeightsError(
+                f"{where} is a segment-anything checkpoint; SAM outlines the nuclei the shipped nuclei network finds, "
+                f"and that network ({SHIPPED_NET_WEIGHTS}) is missing from this installation"
+            )
+        detector = NucleiNet.load(SHIPPED_NET_WEIGHTS, SETTING, settings)
+        return NucleiSam(SamSegmenter.load(path, SETTING, fmt, settings), detector)
     try:
         yolo = YoloBackend.load(path, SETTING, settings, tasks=("segment",))
     except WeightsError as exc:
@@ -94,7 +107,7 @@ def load_nuclei_backend(path: Path, settings: Any) -> NucleiYolo | NucleiNet:
             raise WeightsError(
                 f"{exc}. The nuclei backend loads ultralytics YOLO-seg checkpoints and the project's own nuclei "
                 "network (a state dict whose config has architecture 'pathasst-nuclei-net', written by "
-                "python -m pathasst.finetune.nuclei_net); SAM weights are not supported for nuclei yet"
+                "python -m pathasst.finetune.nuclei_net) and segment-anything checkpoints"
             ) from exc
         raise
     mpp, min_score = DEFAULT_MPP, 0.25

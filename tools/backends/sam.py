@@ -25,7 +25,7 @@ from pathasst.tools.backends.runtime import configure_threads, load_state, read_
 from pathasst.tools.deep import WeightsFormat
 from pathasst.tools.errors import WeightsError
 
-__all__ = ["SAM_VARIANTS", "SamResult", "SamSegmenter"]
+__all__ = ["SAM_VARIANTS", "SamResult", "SamSegmenter", "is_sam_checkpoint"]
 
 #: patch-embedding width -> segment-anything variant
 SAM_VARIANTS: dict[int, str] = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -40,6 +40,23 @@ class SamResult:
     score: float
     touches_window: bool
     window: tuple[int, int, int, int]
+
+
+def is_sam_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a torch file holding a segment-anything state dict (plain, ``{"state_dict": ...}`` or
+    ``module.``-prefixed), recognised by its patch embedding (read with ``weights_only=True``)."""
+    import torch
+
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is simply "not SAM"
+        return False
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict):
+        return False
+    patch = raw.get(_PATCH_KEY, raw.get("module." + _PATCH_KEY))
+    return getattr(patch, "ndim", 0) == 4 and int(patch.shape[0]) in SAM_VARIANTS
 
 
 class SamSegmenter:
@@ -129,6 +146,51 @@ class SamSegmenter:
             sizes[0] = 0
             local = comps == int(np.argmax(sizes))
         return self._place(rgb.shape[:2], ndi.binary_fill_holes(local), score, win)
+
+    def segment_boxes(
+        self, rgb: np.ndarray, boxes: np.ndarray, window: int = 256, context: int = 32, pad: int = 3
+    ) -> list[tuple[tuple[int, int], np.ndarray, float]]:
+        """One object per box ``(x0, y0, x1, y1)`` (array px, end exclusive), many boxes per SAM image encoding.
+
+        The image is cut into ``window`` px cells; the boxes whose centres fall in a cell are prompted on one
+        crop (the cell plus ``context`` px, grown to hold its boxes), which SAM resizes to 1024 px (small objects
+        such as nuclei get ~4x more pixels). Each mask is clipped to its box plus ``pad`` px, reduced to its largest
+        component and hole-filled. Returns, per box in input order, ``((y0, x0), local mask, predicted IoU)``
+        with the mask's top-left corner in the image; an empty mask where SAM found nothing.
+        """
+        import torch
+        from scipy import ndimage as ndi
+
+        h, w = rgb.shape[:2]
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        out: list[tuple[tuple[int, int], np.ndarray, float] | None] = [None] * len(boxes)
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        cell = np.stack([np.clip(cy // window, 0, None), np.clip(cx // window, 0, None)], 1).astype(np.int64)
+        for key in sorted({(int(a), int(b)) for a, b in cell}):
+            idx = np.flatnonzero((cell[:, 0] == key[0]) & (cell[:, 1] == key[1]))
+            sub = boxes[idx]
+            x0 = int(max(0, min(key[1] * window - context, np.floor(sub[:, 0].min()) - pad)))
+            y0 = int(max(0, min(key[0] * window - context, np.floor(sub[:, 1].min()) - pad)))
+            x1 = int(min(w, max((key[1] + 1) * window + context, np.ceil(sub[:, 2].max()) + pad)))
+            y1 = int(min(h, max((key[0] + 1) * window + context, np.ceil(sub[:, 3].max()) + pad)))
+            crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+            with torch.inference_mode():
+                self.predictor.set_image(crop, image_format="RGB")
+                for k, (bx0, by0, bx1, by1) in zip(idx, sub):
+                    local_box = np.array([bx0 - x0, by0 - y0, bx1 - x0, by1 - y0], dtype=np.float32)
+                    masks, scores, _ = self.predictor.predict(box=local_box, multimask_output=False)
+                    m = np.asarray(masks[0], dtype=bool)
+                    ky0, kx0 = int(max(0, np.floor(by0 - y0) - pad)), int(max(0, np.floor(bx0 - x0) - pad))
+                    ky1 = int(min(y1 - y0, np.ceil(by1 - y0) + pad))
+                    kx1 = int(min(x1 - x0, np.ceil(bx1 - x0) + pad))
+                    m = m[ky0:ky1, kx0:kx1]
+                    comps, n = ndi.label(m)
+                    if n > 1:
+                        sizes = np.bincount(comps.ravel())
+                        sizes[0] = 0
+                        m = comps == int(np.argmax(sizes))
+                    out[k] = ((y0 + ky0, x0 + kx0), ndi.binary_fill_holes(m), float(scores[0]))
+        return [o for o in out if o is not None]
 
     @staticmethod
     def _place(shape: tuple[int, int], local: np.ndarray, score: float, win: tuple[int, int, int, int]) -> SamResult:
