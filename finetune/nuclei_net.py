@@ -18,7 +18,9 @@ minutes the model is scored (object F1, AJI, PQ after HoVer post-processing) on 
 At the end the post-processing parameters (edge mode, thresholds) are tuned on the validation tiles plus every
 ``--tune-train-every``-th training tile (dense tissue; the validation images are sparse) and stored in the best
 checkpoint's config.
-``--tune-only CKPT`` re-runs only that step on an existing checkpoint; ``--evaluate CKPT`` scores a checkpoint on the
+``--init CKPT`` continues training from a checkpoint (fresh optimiser and schedule; the shipped weights were trained in
+two stages, see the model card); ``--lowres P`` adds a low-resolution-scan augmentation (20x-like detail) with
+probability P. ``--tune-only CKPT`` re-runs only the tuning step on an existing checkpoint; ``--evaluate CKPT`` scores a checkpoint on the
 held-out tiles (source images 16-26) next to the classical method (the model card's figures).
 """
 
@@ -152,8 +154,9 @@ def colour_jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, 0, 1).astype(np.float32)
 
 
-def augment(s: Sample, crop: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """(rgb float (3, c, c) in [0, 1], np (c, c), hv (2, c, c), tp (c, c)) of a random augmented crop."""
+def augment(s: Sample, crop: int, rng: np.random.Generator, lowres: float = 0.0) -> tuple[np.ndarray, ...]:
+    """(rgb float (3, c, c) in [0, 1], np (c, c), hv (2, c, c), tp (c, c)) of a random augmented crop; with
+    probability ``lowres`` the image is also scanned down by 1.5-2.2x and brought back (20x-like detail)."""
     import torch
     from torch.nn import functional as F
 
@@ -172,6 +175,11 @@ def augment(s: Sample, crop: int, rng: np.random.Generator) -> tuple[np.ndarray,
         idx = np.round(np.linspace(0, src - 1, crop)).astype(np.int64)
         fg, tp = fg[np.ix_(idx, idx)], np.ascontiguousarray(tp)[np.ix_(idx, idx)]
         hv = hv * fg[None]
+    if lowres > 0 and rng.random() < lowres:  # a lower-resolution scan (e.g. 20x) brought up to the model's mpp
+        f = rng.uniform(1.5, 2.2)
+        t = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))[None]
+        small = F.interpolate(t, scale_factor=1 / f, mode="bilinear", antialias=True, align_corners=False)
+        rgb = F.interpolate(small, size=(crop, crop), mode="bilinear", align_corners=False)[0].clamp(0, 1).numpy()
     return (np.ascontiguousarray(rgb), np.ascontiguousarray(fg).astype(np.int64), np.ascontiguousarray(hv),
             np.ascontiguousarray(tp))
 
@@ -335,6 +343,7 @@ def train(
     log: Any = sys.stderr,
     init: Path | None = None,
     tune_train_every: int = 8,
+    lowres: float = 0.0,
 ) -> dict[str, Any]:
     """Train; returns a summary (losses, validation history, best scores, paths). ``init``: start from the weights
     (and widths) of an existing checkpoint instead of from scratch (a fresh optimiser and schedule)."""
@@ -385,6 +394,8 @@ def train(
             "validation_sources": sorted(val_sources), "params": n_params}
     if init is not None:
         meta["initialised_from"] = str(init)
+    if lowres:
+        meta["lowres_augmentation"] = lowres
 
     def validate() -> dict[str, Any]:
         model.eval()
@@ -401,7 +412,7 @@ def train(
         warm = min(1.0, (step + 1) / 100)
         for g in opt.param_groups:
             g["lr"] = lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-        items = [augment(train_s[i], crop, rng) for i in rng.integers(0, len(train_s), batch)]
+        items = [augment(train_s[i], crop, rng, lowres) for i in rng.integers(0, len(train_s), batch)]
         x = (torch.from_numpy(np.stack([it[0] for it in items])) - mean) / std
         fg, hv, tp = (torch.from_numpy(np.stack([it[k] for it in items])) for k in (1, 2, 3))
         parts = losses(model(x), fg, hv, tp, n_types)
@@ -533,6 +544,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--limit", type=int, default=None, help="first N training tiles only (smoke runs)")
     parser.add_argument("--val-limit", type=int, default=None)
     parser.add_argument("--no-tune", action="store_true")
+    parser.add_argument("--lowres", type=float, default=0.0,
+                        help="probability of the low-resolution-scan augmentation (down 1.5-2.2x and back up)")
     parser.add_argument("--init", type=Path, default=None, metavar="CKPT",
                         help="continue from this checkpoint's weights (fresh optimiser and cosine schedule)")
     parser.add_argument("--tune-only", type=Path, default=None, metavar="CKPT")
@@ -555,7 +568,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"validation sources {bad} are held-out test sources")
         res = train(args.data, args.out, args.minutes, tuple(args.val_sources), tuple(args.widths), args.crop,
                     args.batch, args.lr, args.seed, args.threads, args.val_every, args.max_steps, args.limit,
-                    args.val_limit, not args.no_tune, init=args.init, tune_train_every=args.tune_train_every)
+                    args.val_limit, not args.no_tune, init=args.init, tune_train_every=args.tune_train_every, lowres=args.lowres)
     print(json.dumps({k: v for k, v in res.items() if k != "step_losses"}, indent=1, default=str))
     return res
 

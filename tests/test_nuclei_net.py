@@ -214,6 +214,23 @@ def test_a_short_real_training_run_lowers_the_loss_and_reloads(shared_data: Path
 
 
 @pytest.mark.data
+def test_low_resolution_scan_augmentation_blurs_the_image_and_keeps_the_targets(shared_data: Path) -> None:
+    from scipy import ndimage as ndi
+
+    from pathasst.finetune.nuclei_net import augment, load_samples
+
+    sample = load_samples(shared_data / "consep_train", ["train_1_000"])[0]
+    for seed in range(3):
+        sharp = augment(sample, 128, np.random.default_rng(seed), lowres=0.0)
+        soft = augment(sample, 128, np.random.default_rng(seed), lowres=1.0)
+        for a, b in zip(sharp[1:], soft[1:]):
+            assert np.array_equal(a, b)  # NP, HV, TP targets untouched
+        assert soft[0].shape == sharp[0].shape == (3, 128, 128) and 0 <= soft[0].min() and soft[0].max() <= 1
+        detail = [float(ndi.laplace(x[1]).var()) for x in (sharp[0], soft[0])]
+        assert detail[1] < 0.6 * detail[0], detail
+
+
+@pytest.mark.data
 def test_post_processing_is_tuned_on_validation_and_training_tiles_never_held_out(shared_data: Path,
                                                                                  tmp_path: Path) -> None:
     from pathasst.finetune.nuclei_net import tune_checkpoint, tuning_tiles
