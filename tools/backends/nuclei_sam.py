@@ -67,10 +67,8 @@ class NucleiSam:
         masks = self.sam.segment_boxes(rgb, boxes)
         chosen: list[tuple[int, int, tuple[slice, slice], np.ndarray]] = []  # (area, detector id, where, mask)
         for p, ((oy, ox), m, _score) in zip(props, masks, strict=True):
-            det = np.zeros((h, w), bool)
-            det[p.slice] = p.image
-            sl = (slice(oy, oy + m.shape[0]), slice(ox, ox + m.shape[1]))
-            inter = int(np.logical_and(det[sl], m).sum())
+            sl = (slice(oy, oy + m.shape[0]), slice(ox, ox + m.shape[1]))  # holds the detector's box (+ padding)
+            inter = int(np.logical_and(labels[sl] == p.label, m).sum())
             union = int(p.area + m.sum() - inter)
             iou = inter / union if union else 0.0
             stats.ious.append(round(iou, 4))
