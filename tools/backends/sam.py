@@ -42,6 +42,18 @@ class SamResult:
     window: tuple[int, int, int, int]
 
 
+def _largest_filled(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component of ``mask``, holes filled."""
+    from scipy import ndimage as ndi
+
+    comps, n = ndi.label(mask)
+    if n > 1:
+        sizes = np.bincount(comps.ravel())
+        sizes[0] = 0
+        mask = comps == int(np.argmax(sizes))
+    return ndi.binary_fill_holes(mask)
+
+
 def is_sam_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a torch file holding a segment-anything state dict (plain, ``{"state_dict": ...}`` or
     ``module.``-prefixed), recognised by its patch embedding (read with ``weights_only=True``)."""
@@ -126,8 +138,6 @@ class SamSegmenter:
 
     def segment_box(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> SamResult:
         """The object inside array box ``(x0, y0, x1, y1)``."""
-        from scipy import ndimage as ndi
-
         bx0, by0, bx1, by1 = box
         cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
         half_w = max((bx1 - bx0), 256) / 2 + (bx1 - bx0) / 2
@@ -140,12 +150,7 @@ class SamSegmenter:
         inside = np.zeros_like(local)
         inside[int(max(0, by0 - y0)) : int(np.ceil(by1 - y0)), int(max(0, bx0 - x0)) : int(np.ceil(bx1 - x0))] = True
         local &= inside
-        comps, n = ndi.label(local)
-        if n > 1:
-            sizes = np.bincount(comps.ravel())
-            sizes[0] = 0
-            local = comps == int(np.argmax(sizes))
-        return self._place(rgb.shape[:2], ndi.binary_fill_holes(local), score, win)
+        return self._place(rgb.shape[:2], _largest_filled(local), score, win)
 
     def segment_boxes(
         self, rgb: np.ndarray, boxes: np.ndarray, window: int = 256, context: int = 32, pad: int = 3
@@ -159,7 +164,6 @@ class SamSegmenter:
         with the mask's top-left corner in the image; an empty mask where SAM found nothing.
         """
         import torch
-        from scipy import ndimage as ndi
 
         h, w = rgb.shape[:2]
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -184,12 +188,7 @@ class SamSegmenter:
                     ky1 = int(min(y1 - y0, np.ceil(by1 - y0) + pad))
                     kx1 = int(min(x1 - x0, np.ceil(bx1 - x0) + pad))
                     m = m[ky0:ky1, kx0:kx1]
-                    comps, n = ndi.label(m)
-                    if n > 1:
-                        sizes = np.bincount(comps.ravel())
-                        sizes[0] = 0
-                        m = comps == int(np.argmax(sizes))
-                    out[k] = ((y0 + ky0, x0 + kx0), ndi.binary_fill_holes(m), float(scores[0]))
+                    out[k] = ((y0 + ky0, x0 + kx0), _largest_filled(m), float(scores[0]))
         return [o for o in out if o is not None]
 
     @staticmethod
