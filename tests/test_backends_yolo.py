@@ -149,6 +149,35 @@ def test_wrong_yolo_files_fail_naming_the_setting(settings: Any, yolo_weights: d
     assert "holds a YOLO 'detect' model; this tool needs an instance-segmentation (-seg) model" in record.error
 
 
+@pytest.mark.parametrize(
+    ("sidecar", "message"),
+    [
+        ("{not json", "cannot read the sidecar"),
+        ("[0.25]", "must hold a JSON object"),
+        ('{"mpp": 20}', "mpp must be a number in 0.05..8, got 20"),
+        ('{"mpp": "0.25"}', "mpp must be a number in 0.05..8, got '0.25'"),
+        ('{"min_score": true}', "min_score must be a number in 0..1, got True"),
+        ('{"min_score": 1.5}', "min_score must be a number in 0..1, got 1.5"),
+    ],
+)
+def test_bad_sidecars_fail_naming_the_setting(
+    settings: Any, yolo_weights: dict[str, Path], tmp_path: Path, sidecar: str, message: str
+) -> None:
+    from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
+    from pathasst.tools.backends.yolo_cells import load_cell_detector
+    from pathasst.tools.errors import WeightsError
+
+    for kind, load, env in (("nuclei", load_nuclei_backend, "PATHASST_NUCLEI_WEIGHTS"),
+                            ("cells", load_cell_detector, "PATHASST_IHC_WEIGHTS")):
+        weights = tmp_path / f"{kind}.pt"
+        weights.write_bytes(yolo_weights[kind].read_bytes())
+        load(weights, settings)  # loads without a sidecar
+        (tmp_path / f"{kind}.json").write_text(sidecar)
+        with pytest.raises(WeightsError) as info:
+            load(weights, settings)
+        assert message in str(info.value) and env in str(info.value), str(info.value)
+
+
 # ---- IHC cells ----------------------------------------------------------------------------------------------------
 def test_ihc_yolo_cells_count_classes_and_score_tumour_cells_only(
     settings: Any, yolo_weights: dict[str, Path], tmp_path: Path

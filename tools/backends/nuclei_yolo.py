@@ -17,7 +17,6 @@ be an ultralytics -seg checkpoint. Anything else is refused with a message namin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 
 from pathasst.tools.backends.nuclei_net import NucleiNet, is_nuclei_net_checkpoint
 from pathasst.tools.backends.nuclei_sam import NucleiSam
-from pathasst.tools.backends.runtime import describe_setting, sidecar_path, working_image
+from pathasst.tools.backends.runtime import describe_setting, read_sidecar, sidecar_number, working_image
 from pathasst.tools.backends.yolo import YoloBackend
 from pathasst.tools.errors import WeightsError
 from pathasst.tools.imaging import ImageData
@@ -110,19 +109,7 @@ def load_nuclei_backend(path: Path, settings: Any) -> NucleiYolo | NucleiNet | N
                 "python -m pathasst.finetune.nuclei_net) and segment-anything checkpoints"
             ) from exc
         raise
-    mpp, min_score = DEFAULT_MPP, 0.25
-    side = sidecar_path(path)
-    if side.is_file():
-        try:
-            cfg = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot read the sidecar {side} of {where}: {exc}") from exc
-        if isinstance(cfg, dict) and "mpp" in cfg:
-            if not isinstance(cfg["mpp"], (int, float)) or not 0.05 <= float(cfg["mpp"]) <= 8:
-                raise WeightsError(f"sidecar of {where}: mpp must be a number in 0.05..8, got {cfg['mpp']!r}")
-            mpp = float(cfg["mpp"])
-        if isinstance(cfg, dict) and "min_score" in cfg:
-            if not isinstance(cfg["min_score"], (int, float)) or not 0.0 <= float(cfg["min_score"]) <= 1.0:
-                raise WeightsError(f"sidecar of {where}: min_score must be a number in 0..1, got {cfg['min_score']!r}")
-            min_score = float(cfg["min_score"])
+    cfg = read_sidecar(path, where)
+    mpp = sidecar_number(cfg, "mpp", DEFAULT_MPP, 0.05, 8, where)
+    min_score = sidecar_number(cfg, "min_score", 0.25, 0.0, 1.0, where)
     return NucleiYolo(yolo=yolo, mpp=mpp, min_score=min_score)

@@ -64,6 +64,31 @@ def sidecar_path(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def read_sidecar(path: Path, where: str) -> dict[str, Any]:
+    """The JSON object in the sidecar of weights ``path`` ({} when there is none); ``WeightsError`` naming the
+    setting (``where``) when it is unreadable or not an object."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return {}
+    try:
+        loaded = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"cannot read the sidecar {side} of {where}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise WeightsError(f"the sidecar {side} of {where} must hold a JSON object")
+    return loaded
+
+
+def sidecar_number(cfg: Mapping[str, Any], key: str, default: float, lo: float, hi: float, where: str) -> float:
+    """``cfg[key]`` as a float in ``lo..hi`` (``default`` when absent); ``WeightsError`` naming ``where`` else."""
+    if key not in cfg:
+        return default
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= float(v) <= hi:
+        raise WeightsError(f"sidecar of {where}: {key} must be a number in {lo:g}..{hi:g}, got {v!r}")
+    return float(v)
+
+
 class Checkpoint:
     """Tensors and metadata of a checkpoint: ``state_dict`` (name -> tensor) and ``config`` (dict, maybe empty)."""
 
@@ -126,15 +151,8 @@ def read_checkpoint(path: Path, setting: str, fmt: WeightsFormat, sidecar: bool 
     state = dict(raw)
     if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
-    side = sidecar_path(path)
-    if sidecar and side.is_file():
-        try:
-            loaded = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot read the config sidecar {side} of {where}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise WeightsError(f"the config sidecar {side} of {where} must hold a JSON object")
-        config = {**config, **loaded}
+    if sidecar:
+        config = {**config, **read_sidecar(path, where)}
     return Checkpoint(state, config, path, setting)
 
 

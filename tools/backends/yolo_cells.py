@@ -20,7 +20,6 @@ detector's image size with 64 px overlap and merged across tiles in level-0 coor
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pathasst.tools.backends.render import level0_to_array
-from pathasst.tools.backends.runtime import describe_setting, sidecar_path, working_image
+from pathasst.tools.backends.runtime import describe_setting, read_sidecar, sidecar_number, working_image
 from pathasst.tools.backends.yolo import YoloBackend
 from pathasst.tools.base import ToolInput, ToolResult
 from pathasst.tools.errors import WeightsError
@@ -74,27 +73,13 @@ def load_cell_detector(path: Path, settings: Any) -> CellDetector:
     names = yolo.names
     positive = {i for i, n in names.items() if "positive" in n.lower() and "negative" not in n.lower()}
     negative = {i for i, n in names.items() if "negative" in n.lower()}
-    mpp, min_score = DEFAULT_MPP, 0.25
-    side = sidecar_path(path)
-    if side.is_file():
-        try:
-            cfg = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot read the sidecar {side} of {where}: {exc}") from exc
-        if not isinstance(cfg, dict):
-            raise WeightsError(f"the sidecar {side} of {where} must hold a JSON object")
-        if "positive_classes" in cfg:
-            positive = _by_name(names, list(cfg["positive_classes"]), where, "positive_classes")
-        if "negative_classes" in cfg:
-            negative = _by_name(names, list(cfg["negative_classes"]), where, "negative_classes")
-        if "mpp" in cfg:
-            if not isinstance(cfg["mpp"], (int, float)) or not 0.05 <= float(cfg["mpp"]) <= 8:
-                raise WeightsError(f"sidecar of {where}: mpp must be a number in 0.05..8, got {cfg['mpp']!r}")
-            mpp = float(cfg["mpp"])
-        if "min_score" in cfg:
-            if not isinstance(cfg["min_score"], (int, float)) or not 0.0 <= float(cfg["min_score"]) <= 1.0:
-                raise WeightsError(f"sidecar of {where}: min_score must be a number in 0..1, got {cfg['min_score']!r}")
-            min_score = float(cfg["min_score"])
+    cfg = read_sidecar(path, where)
+    if "positive_classes" in cfg:
+        positive = _by_name(names, list(cfg["positive_classes"]), where, "positive_classes")
+    if "negative_classes" in cfg:
+        negative = _by_name(names, list(cfg["negative_classes"]), where, "negative_classes")
+    mpp = sidecar_number(cfg, "mpp", DEFAULT_MPP, 0.05, 8, where)
+    min_score = sidecar_number(cfg, "min_score", 0.25, 0.0, 1.0, where)
     if not positive or not negative or positive & negative:
         raise WeightsError(
             f"{where}: cannot tell positive from negative cells among the classes {sorted(names.values())}; name them "
