@@ -274,9 +274,10 @@ def score_maps(maps: list[np.ndarray], samples: list[Sample], post: Any, classes
 #: per edge mode: the coordinate-wise grid of :func:`tune_post` (the gradient threshold's scale differs by mode)
 TUNE_GRID: dict[str, dict[str, tuple]] = {
     "minmax": {"grad_threshold": (0.6, 0.3, 0.4, 0.5), "hv_sigma": (3.0, 1.0, 2.0), "np_threshold": (0.4, 0.5, 0.6),
-               "min_area_px": (20, 10, 40)},
+               "min_area_px": (20, 10, 40), "unmarked_min_px": (0, 20, 40, 60)},
     "absolute": {"grad_threshold": (0.25, 0.0, 0.1, 0.4, 0.6), "hv_sigma": (1.0, 2.0, 3.0),
-                 "np_threshold": (0.4, 0.5, 0.6), "min_area_px": (20, 10, 40)},
+                 "np_threshold": (0.4, 0.5, 0.6), "min_area_px": (20, 10, 40), "min_marker_px": (10, 5, 15),
+                 "unmarked_min_px": (0, 20, 40, 60)},
 }
 
 
@@ -344,9 +345,12 @@ def train(
     init: Path | None = None,
     tune_train_every: int = 8,
     lowres: float = 0.0,
+    ema: float = 0.0,
 ) -> dict[str, Any]:
     """Train; returns a summary (losses, validation history, best scores, paths). ``init``: start from the weights
-    (and widths) of an existing checkpoint instead of from scratch (a fresh optimiser and schedule)."""
+    (and widths) of an existing checkpoint instead of from scratch (a fresh optimiser and schedule). ``ema`` > 0:
+    validate and save an exponential moving average of the weights and BatchNorm statistics (decay ``ema`` per
+    step, ``torch.optim.swa_utils``) instead of the raw weights, which wander with batches of four."""
     import torch
 
     from pathasst.finetune.nuclei_pixel import source_image, train_tiles
@@ -396,10 +400,19 @@ def train(
         meta["initialised_from"] = str(init)
     if lowres:
         meta["lowres_augmentation"] = lowres
+    averaged = None
+    if ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        if not 0 < ema < 1:
+            raise ValueError(f"ema must be in (0, 1), got {ema}")
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
+        meta["ema_decay"] = ema
+    kept = model if averaged is None else averaged.module  # what is validated and saved
 
     def validate() -> dict[str, Any]:
-        model.eval()
-        s = score_maps(_val_maps(NucleiNet.from_module(model, cfg), val_s), val_s, cfg.post, cfg.type_classes)
+        kept.eval()
+        s = score_maps(_val_maps(NucleiNet.from_module(kept, cfg), val_s), val_s, cfg.post, cfg.type_classes)
         model.train()
         return s
 
@@ -419,6 +432,8 @@ def train(
         opt.zero_grad(set_to_none=True)
         parts["total"].backward()
         opt.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         step += 1
         loss = float(parts["total"].detach())
         step_losses.append(loss)
@@ -434,18 +449,18 @@ def train(
             last_val = time.perf_counter()
             s.update(step=step, minutes=round((last_val - start) / 60, 1))
             history.append(s)
-            save_checkpoint(last_path, model, cfg, meta | {"minutes": s["minutes"], "steps": step})
+            save_checkpoint(last_path, kept, cfg, meta | {"minutes": s["minutes"], "steps": step})
             if s["f1"] + s["aji"] > best_score:
                 best_score = s["f1"] + s["aji"]
-                save_checkpoint(best_path, model, cfg, meta | {"minutes": s["minutes"], "steps": step, "val": s})
+                save_checkpoint(best_path, kept, cfg, meta | {"minutes": s["minutes"], "steps": step, "val": s})
             print(f"VAL step {step}: {json.dumps(s)}", file=log, flush=True)
     minutes_trained = round((time.perf_counter() - start) / 60, 1)
     final = validate() if val_s else {}
     final.update(step=step, minutes=minutes_trained)
     history.append(final)
-    save_checkpoint(last_path, model, cfg, meta | {"minutes": minutes_trained, "steps": step})
+    save_checkpoint(last_path, kept, cfg, meta | {"minutes": minutes_trained, "steps": step})
     if not val_s or final["f1"] + final["aji"] > best_score:
-        save_checkpoint(best_path, model, cfg, meta | {"minutes": minutes_trained, "steps": step, "val": final})
+        save_checkpoint(best_path, kept, cfg, meta | {"minutes": minutes_trained, "steps": step, "val": final})
     print(f"VAL final step {step}: {json.dumps(final)}", file=log, flush=True)
     summary: dict[str, Any] = {"out": str(best_path), "params": n_params, "steps": step, "minutes": minutes_trained,
                                "loss_first20": float(np.mean(first_losses)) if first_losses else None,
@@ -546,6 +561,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-tune", action="store_true")
     parser.add_argument("--lowres", type=float, default=0.0,
                         help="probability of the low-resolution-scan augmentation (down 1.5-2.2x and back up)")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="validate and save an exponential moving average of the weights (e.g. 0.998; 0 = off)")
     parser.add_argument("--init", type=Path, default=None, metavar="CKPT",
                         help="continue from this checkpoint's weights (fresh optimiser and cosine schedule)")
     parser.add_argument("--tune-only", type=Path, default=None, metavar="CKPT")
@@ -568,7 +585,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"validation sources {bad} are held-out test sources")
         res = train(args.data, args.out, args.minutes, tuple(args.val_sources), tuple(args.widths), args.crop,
                     args.batch, args.lr, args.seed, args.threads, args.val_every, args.max_steps, args.limit,
-                    args.val_limit, not args.no_tune, init=args.init, tune_train_every=args.tune_train_every, lowres=args.lowres)
+                    args.val_limit, not args.no_tune, init=args.init, tune_train_every=args.tune_train_every, lowres=args.lowres,
+                    ema=args.ema)
     print(json.dumps({k: v for k, v in res.items() if k != "step_losses"}, indent=1, default=str))
     return res
 

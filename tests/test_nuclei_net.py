@@ -144,6 +144,32 @@ def test_absolute_edge_mode_splits_by_a_fixed_threshold_on_sparse_and_dense_imag
         assert merged.max() < n_true
 
 
+def test_unmarked_components_are_kept_as_nuclei_only_when_asked_and_large_enough() -> None:
+    """A thin nucleus loses its marker to the marker opening, so the watershed drops it; ``unmarked_min_px`` keeps
+    such a component (if big enough) as one more nucleus and leaves the marked ones untouched."""
+    from dataclasses import replace
+
+    from pathasst.finetune.nuclei_net import hv_map
+    from pathasst.tools.backends.nuclei_net import PostParams
+
+    true = np.zeros((64, 96), np.int32)
+    yy, xx = np.mgrid[:64, :96]
+    true[(yy - 32) ** 2 + (xx - 30) ** 2 < 12**2] = 1  # a round nucleus: marked
+    true[10:13, 55:85] = 2  # 3 x 30 = 90 px, too thin for a marker
+    true[50:53, 60:70] = 3  # 3 x 10 = 30 px: smaller than the rescue size
+    post = PostParams(np_threshold=0.5, hv_sigma=1.0, grad_threshold=0.25, min_area_px=20, edge_mode="absolute")
+    fg = (true > 0).astype(np.float32)
+    plain = hover_instances(fg, hv_map(true), post)
+    assert plain.max() == 1 and (plain[true == 2] == 0).all()
+    kept = hover_instances(fg, hv_map(true), replace(post, unmarked_min_px=40))
+    assert kept.max() == 2
+    assert np.array_equal(kept == kept[32, 30], plain == plain[32, 30])  # the marked nucleus is unchanged
+    strip = kept[true == 2]
+    assert (strip == strip[0]).all() and strip[0] not in (0, kept[32, 30])
+    assert (kept[true == 3] == 0).all()
+    assert hover_instances(fg, hv_map(true), replace(post, unmarked_min_px=20)).max() == 3
+
+
 def test_wrong_or_corrupt_files_fail_naming_the_setting(settings: Any, tmp_path: Path) -> None:
     from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
     from pathasst.tools.nuclei_segmentation import NucleiSegmentationTool
@@ -211,6 +237,30 @@ def test_a_short_real_training_run_lowers_the_loss_and_reloads(shared_data: Path
         from pathasst.finetune.nuclei_pixel import sample_pixels  # the shared guard of the training split
 
         sample_pixels(shared_data / "consep_train", ["train_16_000"])
+
+
+@pytest.mark.data
+def test_ema_training_saves_the_moving_average_not_the_raw_weights(shared_data: Path, tmp_path: Path) -> None:
+    """With a decay near 1 the saved weights stay at the initial ones while the raw weights move; without EMA the
+    saved weights are the moved ones. A decay outside (0, 1) is refused."""
+    from pathasst.finetune.nuclei_net import train
+
+    init = _tiny(tmp_path)
+    start = torch.load(init, weights_only=True)["state_dict"]
+
+    def moved(ema: float, out: str) -> float:
+        train(shared_data / "consep_train", tmp_path / out, minutes=5, crop=64, batch=2, lr=1e-2, threads=1,
+              val_every=1e9, max_steps=12, limit=4, val_limit=1, tune=False, log=None, init=init, ema=ema)
+        ck = torch.load(tmp_path / out / "last.pt", weights_only=True)
+        assert ck["config"].get("ema_decay") == (ema or None)
+        return max(float((ck["state_dict"][k].float() - v.float()).abs().max())
+                   for k, v in start.items() if v.is_floating_point() and "running" not in k)
+
+    raw, averaged = moved(0.0, "raw"), moved(1 - 1e-7, "ema")
+    assert raw > 2e-3 and averaged < raw / 10, (raw, averaged)  # (fp16 on disk: one rounding step is ~1e-4)
+    with pytest.raises(ValueError, match="ema"):
+        train(shared_data / "consep_train", tmp_path / "bad", minutes=1, max_steps=1, limit=2, val_limit=1,
+              tune=False, log=None, init=init, ema=1.5)
 
 
 @pytest.mark.data

@@ -143,6 +143,10 @@ class PostParams:
     * ``"absolute"``: the negative Sobel gradient of the smoothed HV maps as it is (the maps have a fixed -1..1 scale
       per nucleus, so one threshold means the same on every image): positive and large only where the maps fall
       from +1 to -1, i.e. between two touching nuclei.
+
+    ``unmarked_min_px``: a foreground component in which no marker survives (a small, pale or cut-off nucleus whose
+    HV maps are flat) is dropped by the marker watershed; with ``unmarked_min_px`` > 0 such a component of at least
+    that many pixels is kept as one nucleus instead (0 = drop them, HoVer-Net's behaviour).
     """
 
     np_threshold: float = 0.5
@@ -151,6 +155,7 @@ class PostParams:
     min_marker_px: int = 10
     min_area_px: int = 20
     edge_mode: str = "minmax"
+    unmarked_min_px: int = 0
 
 
 @dataclass
@@ -294,6 +299,15 @@ def hover_instances(fg_prob: np.ndarray, hv: np.ndarray, post: PostParams | None
         surface = -ndi.gaussian_filter((1.0 - edge) * mask, 1.0)
     labels = watershed(surface, mlab, mask=mask)
     labels = _drop_small(labels, p.min_area_px)
+    if p.unmarked_min_px > 0:
+        comp = np.where(mask, lab, 0)
+        marked = np.zeros(n + 1, bool)
+        marked[np.unique(comp[mlab > 0])] = True
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)
+        keep = ~marked & (sizes >= p.unmarked_min_px)
+        keep[0] = False
+        ids = np.cumsum(keep) + labels.max()  # renumber the kept components after the watershed's labels
+        labels = np.where(keep[comp], ids[comp], labels)
     return labels.astype(np.int32)
 
 
