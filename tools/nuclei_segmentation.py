@@ -535,7 +535,7 @@ class NucleiSegmentationTool(PathologyTool):
         "epithelial, spindle) when the network runs, area statistics (um^2), eccentricity and solidity, with an "
         "outline overlay and one polygon per nucleus."
     )
-    version = "0.4.0"
+    version = "0.5.0"
     input_model = NucleiSegmentationInput
     output_model = NucleiSegmentationOutput
     headline_fields = ("count", "density_per_mm2", "mean_area_um2", "mean_eccentricity")
