@@ -186,10 +186,14 @@ def test_wrong_or_corrupt_files_fail_naming_the_setting(settings: Any, tmp_path:
     bad_mode = tmp_path / "badmode.pt"
     raw["config"] = {**raw["config"], "post": {"edge_mode": "sideways"}}
     torch.save(raw, bad_mode)
+    negative = tmp_path / "negative.pt"
+    raw["config"] = {**raw["config"], "post": {"unmarked_min_px": -5}}
+    torch.save(raw, negative)
     plain = tmp_path / "plain.pt"
     torch.save({"w": torch.zeros(3)}, plain)
     cases = {corrupt: "not a torch checkpoint", wrong_shape: "do not fit", bad_post: "unknown 'post' keys",
-             bad_mode: "'edge_mode' must be one of", plain: "pathasst-nuclei-net"}
+             bad_mode: "'edge_mode' must be one of", negative: "['unmarked_min_px'] must be >= 0",
+             plain: "pathasst-nuclei-net"}
     for path, words in cases.items():
         with pytest.raises(WeightsError) as info:
             load_nuclei_backend(path, settings)

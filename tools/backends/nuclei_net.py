@@ -225,6 +225,9 @@ class NucleiNetConfig:
                 cfg.post = PostParams(**{k: type(getattr(PostParams(), k))(v) for k, v in post.items()})
             except (TypeError, ValueError) as exc:
                 raise WeightsError(f"nuclei net {ckpt.where()}: bad 'post' parameters: {exc}") from exc
+            negative = [k for k in ("min_marker_px", "min_area_px", "unmarked_min_px") if getattr(cfg.post, k) < 0]
+            if negative:
+                raise WeightsError(f"nuclei net {ckpt.where()}: post {negative} must be >= 0 pixels")
             if cfg.post.edge_mode not in EDGE_MODES:
                 raise WeightsError(
                     f"nuclei net {ckpt.where()}: post 'edge_mode' must be one of {list(EDGE_MODES)}, "
