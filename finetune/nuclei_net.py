@@ -311,7 +311,8 @@ def save_checkpoint(path: Path, model: Any, config: Any, extra: dict[str, Any] |
     """``{"state_dict": fp16 tensors, "config": config.to_dict() | extra}`` (the backend's format)."""
     import torch
 
-    sd = {k: (v.detach().half() if v.is_floating_point() else v.detach()).clone() for k, v in model.state_dict().items()}
+    sd = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous().clone()
+          for k, v in model.state_dict().items()}
     cfg = config.to_dict() | (extra or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -346,11 +347,14 @@ def train(
     tune_train_every: int = 8,
     lowres: float = 0.0,
     ema: float = 0.0,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Train; returns a summary (losses, validation history, best scores, paths). ``init``: start from the weights
     (and widths) of an existing checkpoint instead of from scratch (a fresh optimiser and schedule). ``ema`` > 0:
     validate and save an exponential moving average of the weights and BatchNorm statistics (decay ``ema`` per
-    step, ``torch.optim.swa_utils``) instead of the raw weights, which wander with batches of four."""
+    step, ``torch.optim.swa_utils``) instead of the raw weights, which wander with batches of four. ``bf16``: forward
+    and backward passes in bfloat16 autocast with channels-last tensors (weights, optimiser and losses stay float32;
+    about 2x faster on CPUs with AVX512-BF16 or AMX)."""
     import torch
 
     from pathasst.finetune.nuclei_pixel import source_image, train_tiles
@@ -381,6 +385,8 @@ def train(
         model.load_state_dict(start_from.model.state_dict())
         print(f"initialised from {init} (widths {cfg.widths})", file=log, flush=True)
     n_params = sum(p.numel() for p in model.parameters())
+    layout = torch.channels_last if bf16 else torch.contiguous_format
+    model = model.to(memory_format=layout)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     budget = minutes * 60.0
     start = time.perf_counter()
@@ -400,6 +406,8 @@ def train(
         meta["initialised_from"] = str(init)
     if lowres:
         meta["lowres_augmentation"] = lowres
+    if bf16:
+        meta["precision"] = "bfloat16 autocast, channels-last"
     averaged = None
     if ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -428,7 +436,9 @@ def train(
         items = [augment(train_s[i], crop, rng, lowres) for i in rng.integers(0, len(train_s), batch)]
         x = (torch.from_numpy(np.stack([it[0] for it in items])) - mean) / std
         fg, hv, tp = (torch.from_numpy(np.stack([it[k] for it in items])) for k in (1, 2, 3))
-        parts = losses(model(x), fg, hv, tp, n_types)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x.contiguous(memory_format=layout))
+        parts = losses(out.float(), fg, hv, tp, n_types)
         opt.zero_grad(set_to_none=True)
         parts["total"].backward()
         opt.step()
@@ -563,6 +573,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="probability of the low-resolution-scan augmentation (down 1.5-2.2x and back up)")
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="validate and save an exponential moving average of the weights (e.g. 0.998; 0 = off)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 autocast + channels-last for training (about 2x faster on AVX512-BF16/AMX CPUs)")
     parser.add_argument("--init", type=Path, default=None, metavar="CKPT",
                         help="continue from this checkpoint's weights (fresh optimiser and cosine schedule)")
     parser.add_argument("--tune-only", type=Path, default=None, metavar="CKPT")
@@ -586,7 +598,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = train(args.data, args.out, args.minutes, tuple(args.val_sources), tuple(args.widths), args.crop,
                     args.batch, args.lr, args.seed, args.threads, args.val_every, args.max_steps, args.limit,
                     args.val_limit, not args.no_tune, init=args.init, tune_train_every=args.tune_train_every, lowres=args.lowres,
-                    ema=args.ema)
+                    ema=args.ema, bf16=args.bf16)
     print(json.dumps({k: v for k, v in res.items() if k != "step_losses"}, indent=1, default=str))
     return res
 

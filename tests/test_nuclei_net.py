@@ -268,6 +268,30 @@ def test_ema_training_saves_the_moving_average_not_the_raw_weights(shared_data: 
 
 
 @pytest.mark.data
+def test_bf16_training_computes_in_bfloat16_and_saves_plain_float_weights(shared_data: Path, settings: Any,
+                                                                          tmp_path: Path) -> None:
+    """--bf16: the same seed and start give a first loss that differs from float32 only by bfloat16 rounding, the
+    loss still falls, and the checkpoint (channels-last in training) is saved contiguous and loads for inference."""
+    from pathasst.finetune.nuclei_net import train
+    from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
+
+    def run(bf16: bool, out: str, steps: int) -> list[float]:
+        res = train(shared_data / "consep_train", tmp_path / out, minutes=5, widths=(8, 16, 32), crop=64, batch=4,
+                    lr=1e-2, threads=1, val_every=1e9, max_steps=steps, limit=12, val_limit=2, tune=False, log=None,
+                    bf16=bf16)
+        return res["step_losses"]
+
+    first32, first16 = run(False, "fp32", 1)[0], run(True, "bf16", 40)
+    assert first16[0] != first32 and abs(first16[0] - first32) < 0.03 * first32, (first16[0], first32)
+    assert np.all(np.isfinite(first16)) and np.mean(first16[-10:]) < 0.85 * np.mean(first16[:10]), first16
+    ck = torch.load(tmp_path / "bf16" / "nuclei_net.pt", weights_only=True)
+    assert ck["config"]["precision"].startswith("bfloat16")
+    assert all(v.is_contiguous() for v in ck["state_dict"].values())
+    net = load_nuclei_backend(tmp_path / "bf16" / "nuclei_net.pt", settings)
+    assert net.segment(_he_image(64, 80)).labels.shape == (64, 80)
+
+
+@pytest.mark.data
 def test_low_resolution_scan_augmentation_blurs_the_image_and_keeps_the_targets(shared_data: Path) -> None:
     from scipy import ndimage as ndi
 
