@@ -20,8 +20,11 @@ At the end the post-processing parameters (edge mode, thresholds) are tuned on t
 checkpoint's config.
 ``--init CKPT`` continues training from a checkpoint (fresh optimiser and schedule; the shipped weights were trained in
 two stages, see the model card); ``--lowres P`` adds a low-resolution-scan augmentation (20x-like detail) with
-probability P. ``--tune-only CKPT`` re-runs only the tuning step on an existing checkpoint; ``--evaluate CKPT`` scores a checkpoint on the
-held-out tiles (source images 16-26) next to the classical method (the model card's figures).
+probability P; ``--bf16`` trains in bfloat16 autocast with channels-last tensors (about 2.2x faster on CPUs with
+AVX512-BF16 or AMX). ``--ensemble A.pt B.pt ... --out E.pt`` combines trained checkpoints into one ensemble
+checkpoint (the shipped file: two networks of different widths). ``--tune-only CKPT`` re-runs only the tuning step on
+an existing checkpoint; ``--evaluate CKPT`` scores a checkpoint on the held-out tiles (source images 16-26) next to
+the classical method (the model card's figures).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +324,35 @@ def save_checkpoint(path: Path, model: Any, config: Any, extra: dict[str, Any] |
     return path
 
 
+def combine_checkpoints(paths: list[Path], out: Path) -> dict[str, Any]:
+    """One ensemble checkpoint of several single-network checkpoints (same mpp, type classes and normalisation):
+    state dict keys ``members.I.*``, config ``members`` = their widths; tile size, overlap and post-processing of the
+    first (re-tune with ``--tune-only``)."""
+    import torch
+
+    from pathasst.tools.backends.nuclei_net import NucleiNet
+
+    if len(paths) < 2:
+        raise ValueError("--ensemble needs at least two checkpoints")
+    nets = [NucleiNet.load(Path(p), "--ensemble") for p in paths]
+    first = nets[0].config
+    for p, n in zip(paths, nets):
+        c = n.config
+        if c.members:
+            raise ValueError(f"--ensemble {p}: already an ensemble; list its members' checkpoints instead")
+        if (c.mpp, c.type_classes, c.mean, c.std) != (first.mpp, first.type_classes, first.mean, first.std):
+            raise ValueError(f"--ensemble {p}: mpp, type classes or normalisation differ from {paths[0]}")
+    cfg = replace(first, members=[list(n.config.widths) for n in nets])
+    model = cfg.build()
+    for member, n in zip(model.members, nets):
+        member.load_state_dict(n.model.state_dict())
+    meta = {"ensemble_of": [str(p) for p in paths]}
+    first_cfg = torch.load(str(paths[0]), map_location="cpu", weights_only=True).get("config", {})
+    meta |= {k: first_cfg[k] for k in ("trained_on", "validation_sources") if k in first_cfg}
+    save_checkpoint(out, model, cfg, meta)
+    return {"out": str(out), "members": cfg.members, "params": sum(p.numel() for p in model.parameters())}
+
+
 def _val_maps(net: Any, samples: list[Sample]) -> list[np.ndarray]:
     return [net.maps(s.rgb) for s in samples]
 
@@ -364,6 +396,9 @@ def train(
         import io
 
         log = io.StringIO()  # quiet
+    start_from = NucleiNet.load(Path(init), "--init") if init is not None else None
+    if start_from is not None and start_from.config.members:
+        raise ValueError(f"--init {init} is an ensemble; train its members separately and combine them with --ensemble")
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -376,7 +411,6 @@ def train(
     print(f"{len(train_s)} training / {len(val_s)} validation tiles; targets in {time.perf_counter() - t0:.0f} s",
           file=log, flush=True)
     cfg = NucleiNetConfig(widths=list(widths))
-    start_from = NucleiNet.load(Path(init), "--init") if init is not None else None
     if start_from is not None:
         cfg.widths = list(start_from.config.widths)
     n_types = 1 + len(cfg.type_classes)
@@ -575,6 +609,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="validate and save an exponential moving average of the weights (e.g. 0.998; 0 = off)")
     parser.add_argument("--bf16", action="store_true",
                         help="bfloat16 autocast + channels-last for training (about 2x faster on AVX512-BF16/AMX CPUs)")
+    parser.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="CKPT",
+                        help="combine these checkpoints into one ensemble checkpoint written to --out (a file)")
     parser.add_argument("--init", type=Path, default=None, metavar="CKPT",
                         help="continue from this checkpoint's weights (fresh optimiser and cosine schedule)")
     parser.add_argument("--tune-only", type=Path, default=None, metavar="CKPT")
@@ -586,6 +622,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.evaluate is not None:
         res = evaluate_held_out(args.evaluate, args.data, args.eval_every)
+    elif args.ensemble is not None:
+        if args.out is None:
+            parser.error("--ensemble needs --out FILE")
+        res = combine_checkpoints(args.ensemble, args.out)
     elif args.tune_only is not None:
         res = tune_checkpoint(args.tune_only, args.data, tuple(args.val_sources), args.val_limit,
                               train_every=args.tune_train_every)

@@ -203,6 +203,50 @@ def test_wrong_or_corrupt_files_fail_naming_the_setting(settings: Any, tmp_path:
         assert record.status == "failed" and "PATHASST_NUCLEI_WEIGHTS" in record.error, record.error
 
 
+def test_an_ensemble_checkpoint_averages_its_members_and_refuses_bad_input(settings: Any, tmp_path: Path) -> None:
+    """--ensemble combines checkpoints of different widths into one file; loaded through the backend its maps are
+    the mean of the members' probability and HV maps; bad members lists, ensembles of ensembles, mismatched members
+    and --init from an ensemble are refused."""
+    from pathasst.finetune.nuclei_net import main, train
+    from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
+
+    a, b = _tiny(tmp_path, "a.pt", seed=1), _tiny(tmp_path, "b.pt", seed=2)
+    wide = tmp_path / "wide.pt"
+    raw = torch.load(_tiny(tmp_path, "w0.pt", seed=3), weights_only=True)
+    torch.manual_seed(3)
+    model = build_nuclei_net([12, 24, 48], 5)
+    raw["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    raw["config"]["widths"] = [12, 24, 48]
+    torch.save(raw, wide)
+    ens = tmp_path / "ens.pt"
+    res = main(["--data", str(tmp_path), "--ensemble", str(a), str(wide), str(b), "--out", str(ens)])
+    assert res["members"] == [TINY_WIDTHS, [12, 24, 48], TINY_WIDTHS]
+    net = load_nuclei_backend(ens, settings)
+    assert isinstance(net, NucleiNet) and "ensemble of 3" in net.describe()
+    rgb = _he_image(80, 72).pixels
+    parts = [load_nuclei_backend(p, settings).maps(rgb) for p in (a, wide, b)]
+    got = net.maps(rgb)
+    assert got.shape == parts[0].shape
+    np.testing.assert_allclose(got, np.mean(parts, 0), atol=2e-5)
+    assert np.abs(parts[0] - parts[2]).max() > 1e-2  # the members really differ
+    assert net.segment(_he_image(80, 72)).labels.shape == (80, 72)
+
+    bad = torch.load(ens, weights_only=True)
+    bad["config"]["members"] = [[8, 16], "wide"]
+    torch.save(bad, tmp_path / "bad_members.pt")
+    with pytest.raises(WeightsError, match="PATHASST_NUCLEI_WEIGHTS.*'members' must be a list of widths lists"):
+        load_nuclei_backend(tmp_path / "bad_members.pt", settings)
+    with pytest.raises(ValueError, match="already an ensemble"):
+        main(["--data", str(tmp_path), "--ensemble", str(ens), str(a), "--out", str(tmp_path / "e2.pt")])
+    other = _tiny(tmp_path, "other.pt", type_classes=["A", "B"])
+    with pytest.raises(ValueError, match="type classes"):
+        main(["--data", str(tmp_path), "--ensemble", str(a), str(other), "--out", str(tmp_path / "e3.pt")])
+    with pytest.raises(ValueError, match="at least two"):
+        main(["--data", str(tmp_path), "--ensemble", str(a), "--out", str(tmp_path / "e4.pt")])
+    with pytest.raises(ValueError, match="is an ensemble"):
+        train(tmp_path, tmp_path / "run", minutes=1, max_steps=1, tune=False, log=None, init=ens)
+
+
 def test_configured_checkpoint_runs_through_the_tool_with_types(settings: Any, tmp_path: Path) -> None:
     from pathasst.tools.nuclei_segmentation import NucleiSegmentationTool
 

@@ -10,6 +10,8 @@ key                 required  meaning
 ``architecture``    yes       ``"pathasst-nuclei-net"`` (how a file is recognised as this network's)
 ``mpp``             yes       microns per pixel the network was trained at (images are resampled to it)
 ``widths``          no        channels per level, full resolution first (default ``[16, 32, 64, 128, 192]``)
+``members``         no        an ensemble: one ``widths`` list per member network (state dict keys
+                              ``members.I.*``); their probabilities and HV maps are averaged (``widths`` unused)
 ``type_classes``    no        names of the type head's channels after background (default CoNSeP's four)
 ``mean``, ``std``   no        per-channel normalisation of RGB in [0, 1] (default 0.5 / 0.5)
 ``tile_size``       no (256)  tile side for inference at ``mpp`` (a multiple of 16)
@@ -55,6 +57,7 @@ __all__ = [
     "NucleiNetConfig",
     "NucleiPrediction",
     "PostParams",
+    "build_nuclei_ensemble",
     "build_nuclei_net",
     "hover_instances",
     "instance_types",
@@ -129,6 +132,28 @@ def build_nuclei_net(widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, n_typ
     return Net()
 
 
+def build_nuclei_ensemble(members: list[list[int]], n_types: int = 5) -> Any:
+    """Several networks as one module: NP and TP probabilities averaged over the members (returned as log
+    probabilities, so a softmax gives the averages back exactly) and HV maps averaged; same output layout as
+    :func:`build_nuclei_net`. Members of different widths and depths decorrelate best."""
+    import torch
+    from torch import nn
+
+    class Ensemble(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.ModuleList([build_nuclei_net(w, n_types) for w in members])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            outs = [m(x).float() for m in self.members]
+            np_p = torch.stack([torch.softmax(o[:, :2], 1) for o in outs]).mean(0)
+            tp_p = torch.stack([torch.softmax(o[:, 4:], 1) for o in outs]).mean(0)
+            hv = torch.stack([o[:, 2:4] for o in outs]).mean(0)
+            return torch.cat([torch.log(np_p.clamp_min(1e-12)), hv, torch.log(tp_p.clamp_min(1e-12))], dim=1)
+
+    return Ensemble()
+
+
 # ---- configuration -------------------------------------------------------------------------------------------------
 EDGE_MODES = ("minmax", "absolute")
 
@@ -164,6 +189,7 @@ class NucleiNetConfig:
 
     mpp: float = 0.25
     widths: list[int] = field(default_factory=lambda: list(DEFAULT_WIDTHS))
+    members: list[list[int]] = field(default_factory=list)  # non-empty: an ensemble of these widths
     type_classes: list[str] = field(default_factory=lambda: list(DEFAULT_TYPE_CLASSES))
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -178,7 +204,12 @@ class NucleiNetConfig:
 
     @property
     def multiple(self) -> int:
-        return 2 ** (len(self.widths) - 1)
+        return 2 ** (max(len(w) for w in (self.members or [self.widths])) - 1)
+
+    def build(self) -> Any:
+        """The (untrained) module this config describes: one network, or the ensemble of ``members``."""
+        n_types = 1 + len(self.type_classes)
+        return build_nuclei_ensemble(self.members, n_types) if self.members else build_nuclei_net(self.widths, n_types)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint) -> NucleiNetConfig:
@@ -191,11 +222,22 @@ class NucleiNetConfig:
         if not 0.05 <= float(mpp) <= 8:
             raise WeightsError(f"nuclei net {ckpt.where()}: mpp {mpp} outside 0.05..8")
         cfg = cls(mpp=float(mpp))
+        def ok(w: Any) -> bool:
+            return isinstance(w, list) and 2 <= len(w) <= 7 and all(isinstance(c, int) and c >= 1 for c in w)
+
         if "widths" in ckpt.config:
             widths = ckpt.require("widths", list)
-            if not (2 <= len(widths) <= 7 and all(isinstance(c, int) and c >= 1 for c in widths)):
+            if not ok(widths):
                 raise WeightsError(f"nuclei net {ckpt.where()}: 'widths' must be 2..7 positive ints, got {widths!r}")
             cfg.widths = list(widths)
+        if ckpt.config.get("members"):
+            members = ckpt.require("members", list)
+            if not all(ok(w) for w in members):
+                raise WeightsError(
+                    f"nuclei net {ckpt.where()}: 'members' must be a list of widths lists (2..7 positive ints each), "
+                    f"got {members!r}"
+                )
+            cfg.members = [list(w) for w in members]
         if "type_classes" in ckpt.config:
             tc = ckpt.require("type_classes", list)
             if not all(isinstance(c, str) for c in tc) or len(set(tc)) != len(tc):
@@ -352,9 +394,10 @@ class NucleiNet:
         configure_threads(settings)
         ckpt = read_checkpoint(Path(path), setting, fmt)  # type: ignore[arg-type]
         cfg = NucleiNetConfig.from_checkpoint(ckpt)
-        model = build_nuclei_net(cfg.widths, 1 + len(cfg.type_classes))
+        model = cfg.build()
         ckpt.state_dict = {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
-        load_state(model, ckpt, f"a {ARCHITECTURE} with widths {cfg.widths} and {len(cfg.type_classes)} types")
+        shape = f"an ensemble of widths {cfg.members}" if cfg.members else f"widths {cfg.widths}"
+        load_state(model, ckpt, f"a {ARCHITECTURE} with {shape} and {len(cfg.type_classes)} types")
         device = torch_device()
         return cls(model.to(device).eval(), cfg, device, source=str(path))
 
@@ -367,7 +410,8 @@ class NucleiNet:
     def describe(self) -> str:
         c = self.config
         n = sum(int(p.numel()) for p in self.model.parameters())
-        return f"{ARCHITECTURE} ({n / 1e6:.2f} M params, widths {c.widths}, {len(c.type_classes)} types, {c.mpp} um/px)"
+        shape = f"ensemble of {len(c.members)}, widths {c.members}" if c.members else f"widths {c.widths}"
+        return f"{ARCHITECTURE} ({n / 1e6:.2f} M params, {shape}, {len(c.type_classes)} types, {c.mpp} um/px)"
 
     def _predict(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
         import torch
