@@ -49,18 +49,19 @@ def nuclei_scores(shared_data: Path) -> dict[str, dict]:
 
 
 def test_nuclei_absolute_accuracy(nuclei_scores: dict[str, dict]) -> None:
-    # measured (tool 0.5.0, shipped network after 170 min of training, 'absolute' edge mode, marker-less components
-    # kept from 20 px): mean over tiles F1 0.686, precision 0.776, recall 0.624, PQ 0.538, AJI 0.554, Dice 0.822;
-    # over all tiles together F1 0.715, PQ 0.571, AJI 0.557 (tool 0.4.0: F1 0.675, AJI 0.550; the classical pixel
+    # measured (tool 0.6.0, shipped ensemble of the 1.3 M network and a 3.2 M network trained 110 min with bf16,
+    # probabilities and HV maps averaged; 'absolute' edge mode, marker-less components kept from 20 px): mean over
+    # tiles F1 0.696, precision 0.787, recall 0.633, PQ 0.552, AJI 0.561, Dice 0.825; over all tiles together F1
+    # 0.738, PQ 0.592, AJI 0.572 (tool 0.5.0, the 1.3 M network alone: F1 0.686, AJI 0.554; the classical pixel
     # classifier, the default before the network: F1 0.448, AJI 0.378)
     s = nuclei_scores["tool"]
     assert s["n_tiles"] == 48
-    assert s["f1"] > 0.65, s
-    assert s["pq"] > 0.51, s
-    assert s["aji"] > 0.53, s
-    assert s["dice"] > 0.79, s
-    assert s["precision"] > 0.74 and s["recall"] > 0.59, s
-    assert s["f1_aggregate"] > 0.68 and s["pq_aggregate"] > 0.54 and s["aji_aggregate"] > 0.53, s
+    assert s["f1"] > 0.67, s
+    assert s["pq"] > 0.53, s
+    assert s["aji"] > 0.54, s
+    assert s["dice"] > 0.80, s
+    assert s["precision"] > 0.76 and s["recall"] > 0.61, s
+    assert s["f1_aggregate"] > 0.71 and s["pq_aggregate"] > 0.56 and s["aji_aggregate"] > 0.55, s
 
 
 def test_nuclei_clearly_beats_naive_baseline(nuclei_scores: dict[str, dict]) -> None:

@@ -3,7 +3,8 @@
 Methods, all at the model resolution of 0.25 um/px (40x; other resolutions are resampled to it and back):
 
 ``nuclei_net`` (through ``auto``)
-    The project's own small HoVer-Net-style network (:mod:`pathasst.tools.backends.nuclei_net`: nucleus
+    The project's own small HoVer-Net-style networks (:mod:`pathasst.tools.backends.nuclei_net`; the shipped file
+    is an ensemble of two, 1.3 M and 3.2 M parameters, whose maps are averaged: nucleus
     probability, horizontal/vertical centre-distance maps and a nucleus-type head; marker watershed on the Sobel
     gradients of the HV maps; per-nucleus type by majority vote), shipped as ``tools/weights/nuclei_net.pt``
     (model card ``tools/weights/NUCLEI_MODEL_CARD.md``) and trained on CoNSeP training source images only. It is
@@ -535,7 +536,7 @@ class NucleiSegmentationTool(PathologyTool):
         "epithelial, spindle) when the network runs, area statistics (um^2), eccentricity and solidity, with an "
         "outline overlay and one polygon per nucleus."
     )
-    version = "0.5.0"
+    version = "0.6.0"
     input_model = NucleiSegmentationInput
     output_model = NucleiSegmentationOutput
     headline_fields = ("count", "density_per_mm2", "mean_area_um2", "mean_eccentricity")
