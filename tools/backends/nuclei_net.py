@@ -222,6 +222,7 @@ class NucleiNetConfig:
         if not 0.05 <= float(mpp) <= 8:
             raise WeightsError(f"nuclei net {ckpt.where()}: mpp {mpp} outside 0.05..8")
         cfg = cls(mpp=float(mpp))
+
         def ok(w: Any) -> bool:
             return isinstance(w, list) and 2 <= len(w) <= 7 and all(isinstance(c, int) and c >= 1 for c in w)
 
