@@ -485,7 +485,7 @@ def train(
             first_losses.append(loss)
         recent = (recent + [loss])[-50:]
         if step % 50 == 0:
-            detail = " ".join(f"{k} {float(v):.3f}" for k, v in parts.items())
+            detail = " ".join(f"{k} {float(v.detach()):.3f}" for k, v in parts.items())
             print(f"step {step} {elapsed / 60:.1f} min lr {opt.param_groups[0]['lr']:.2e} mean50 {np.mean(recent):.4f} "
                   f"| {detail}", file=log, flush=True)
         if time.perf_counter() - last_val >= val_every * 60 and val_s:
