@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         None, gt=0, description="Microns per pixel assumed for plain images when neither case.yaml nor the file says."
     )
     torch_threads: int | None = Field(None, ge=1, description="Threads for torch-based tools (empty = default).")
+    nuclei_precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Arithmetic of the shipped/own nuclei network: bfloat16 made the tool 1.6x faster on an AVX512-BF16 "
+        "CPU (CPUs without native bfloat16 emulate it: may be slower, not measured); same held-out accuracy (tools/weights/NUCLEI_MODEL_CARD.md).",
+    )
 
     # --- weights, one per deep tool (empty = embedded backend or 'not configured') ---------------
     nuclei_weights: Path | None = Field(None, description="Nuclei network weights (deep nuclei_segmentation backend).")

@@ -570,12 +570,12 @@ def evaluate_held_out(ckpt: Path, data_dir: Path, every: int = 2) -> dict[str, A
     def summary(scores: dict[str, Any]) -> dict[str, Any]:
         return {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}
 
-    out: dict[str, Any] = {"held_out_tiles": len(names), "checkpoint": str(ckpt)}
+    out: dict[str, Any] = {"held_out_tiles": len(names), "checkpoint": str(ckpt), "precision": settings.nuclei_precision}
     with mock.patch.object(ns, "SHIPPED_NET_WEIGHTS", Path(ckpt)), mock.patch.object(ns, "SHIPPED_NET_IS_DEFAULT", True):
         out["nuclei_net"] = summary(evaluate_nuclei(ns.NucleiSegmentationTool(settings), data_dir, names=names))
     with mock.patch.object(ns, "SHIPPED_NET_IS_DEFAULT", False):
         out["classical"] = summary(evaluate_nuclei(ns.NucleiSegmentationTool(settings), data_dir, names=names))
-    net = NucleiNet.load(Path(ckpt), "nuclei_weights")
+    net = NucleiNet.load(Path(ckpt), "nuclei_weights", settings)
     pairs: list = []
     for s in load_samples(data_dir, names):
         pred = net.segment_array(s.rgb)

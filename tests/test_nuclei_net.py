@@ -247,6 +247,54 @@ def test_an_ensemble_checkpoint_averages_its_members_and_refuses_bad_input(setti
         train(tmp_path, tmp_path / "run", minutes=1, max_steps=1, tune=False, log=None, init=ens)
 
 
+def test_bfloat16_inference_follows_the_setting_and_matches_float32(settings: Any, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
+
+    path = _tiny(tmp_path)
+    fp32 = load_nuclei_backend(path, settings.model_copy(update={"torch_threads": 1}))
+    bf16 = load_nuclei_backend(path, settings.model_copy(update={"torch_threads": 1, "nuclei_precision": "bfloat16"}))
+    assert fp32.precision == "float32" and "bfloat16" not in fp32.describe()
+    assert bf16.precision == "bfloat16" and bf16.describe().endswith("um/px, bfloat16)")
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # weights stay float32
+    rgb = _he_image(100, 120).pixels
+    calls: list[torch.dtype] = []
+    hook = bf16.model.register_forward_hook(lambda m, i, o: calls.append(o.dtype))
+    a, b = fp32.maps(rgb), bf16.maps(rgb)
+    hook.remove()
+    assert calls and set(calls) == {torch.bfloat16}  # really computed in bfloat16
+    assert a.shape == b.shape and b.dtype == np.float32
+    assert not np.array_equal(a, b)
+    assert np.abs(a[0] - b[0]).max() < 0.05  # P(nucleus): bfloat16 rounding only
+    assert np.abs(a[1:3] - b[1:3]).max() < 0.05
+    with pytest.raises(ValidationError, match="nuclei_precision"):
+        settings.__class__(_env_file=None, nuclei_precision="float16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        NucleiNet(fp32.model, fp32.config, fp32.device, precision="half")
+
+
+def test_shipped_network_in_bfloat16_scores_like_float32_on_held_out_tiles(shared_data: Path, settings: Any) -> None:
+    from pathasst.finetune.nuclei_pixel import held_out_tiles
+    from pathasst.tools.evaluate import evaluate_nuclei
+    from pathasst.tools.nuclei_segmentation import SHIPPED_NET_WEIGHTS
+
+    if not SHIPPED_NET_WEIGHTS.is_file():
+        pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
+    data = shared_data / "consep_train"
+    names = held_out_tiles(data, every=6)  # 16 tiles of source images 16-26
+    scores = {}
+    for precision in ("float32", "bfloat16"):
+        net = NucleiNet.load(SHIPPED_NET_WEIGHTS, "nuclei_weights",
+                             settings.model_copy(update={"torch_threads": 2, "nuclei_precision": precision}))
+        scores[precision] = evaluate_nuclei(lambda rgb, net=net: net.segment_array(rgb).labels, data, names=names)
+    a, b = scores["float32"], scores["bfloat16"]
+    assert a["n_tiles"] == b["n_tiles"] == len(names) >= 12
+    assert b["f1"] > 0.60 and b["aji"] > 0.50, b  # measured on these 16 tiles: F1 0.635, AJI 0.530 (both precisions)
+    for k in ("f1", "aji", "pq", "dice"):  # on these tiles equal to 0.002; on the 48 held-out tiles to 3 decimals
+        assert abs(a[k] - b[k]) < 0.01, (k, a, b)
+
+
 def test_configured_checkpoint_runs_through_the_tool_with_types(settings: Any, tmp_path: Path) -> None:
     from pathasst.tools.nuclei_segmentation import NucleiSegmentationTool
 

@@ -56,6 +56,7 @@ __all__ = [
     "NucleiNet",
     "NucleiNetConfig",
     "NucleiPrediction",
+    "PRECISIONS",
     "PostParams",
     "build_nuclei_ensemble",
     "build_nuclei_net",
@@ -66,6 +67,8 @@ __all__ = [
 ]
 
 ARCHITECTURE = "pathasst-nuclei-net"
+#: arithmetic of inference (Settings.nuclei_precision)
+PRECISIONS = ("float32", "bfloat16")
 #: CoNSeP's merged type classes (codes 1..4 of ``types/NAME.json``)
 DEFAULT_TYPE_CLASSES = ("Other", "Inflammatory", "Epithelial", "Spindle")
 DEFAULT_WIDTHS = (16, 32, 64, 128, 192)
@@ -383,11 +386,21 @@ class NucleiPrediction:
 class NucleiNet:
     """A loaded nuclei network: :meth:`maps` (stitched NP/HV/TP maps) and :meth:`segment` (instances + types)."""
 
-    def __init__(self, model: Any, config: NucleiNetConfig, device: Any, source: str = "") -> None:
+    def __init__(
+        self, model: Any, config: NucleiNetConfig, device: Any, source: str = "", precision: str = "float32"
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"nuclei network precision must be one of {PRECISIONS}, not {precision!r}")
         self.model = model
         self.config = config
         self.device = device
         self.source = source
+        #: 'bfloat16': autocast + channels-last tensors (Settings.nuclei_precision); weights stay float32
+        self.precision = precision
+        if precision == "bfloat16":
+            import torch
+
+            self.model = model.to(memory_format=torch.channels_last)
 
     @classmethod
     def load(cls, path: Path, setting: str, settings: Any = None, fmt: str = "pytorch") -> NucleiNet:
@@ -400,7 +413,8 @@ class NucleiNet:
         shape = f"an ensemble of widths {cfg.members}" if cfg.members else f"widths {cfg.widths}"
         load_state(model, ckpt, f"a {ARCHITECTURE} with {shape} and {len(cfg.type_classes)} types")
         device = torch_device()
-        return cls(model.to(device).eval(), cfg, device, source=str(path))
+        precision = str(getattr(settings, "nuclei_precision", None) or "float32")
+        return cls(model.to(device).eval(), cfg, device, source=str(path), precision=precision)
 
     @classmethod
     def from_module(cls, model: Any, config: NucleiNetConfig) -> NucleiNet:
@@ -412,13 +426,19 @@ class NucleiNet:
         c = self.config
         n = sum(int(p.numel()) for p in self.model.parameters())
         shape = f"ensemble of {len(c.members)}, widths {c.members}" if c.members else f"widths {c.widths}"
-        return f"{ARCHITECTURE} ({n / 1e6:.2f} M params, {shape}, {len(c.type_classes)} types, {c.mpp} um/px)"
+        bf16 = ", bfloat16" if self.precision == "bfloat16" else ""
+        return f"{ARCHITECTURE} ({n / 1e6:.2f} M params, {shape}, {len(c.type_classes)} types, {c.mpp} um/px{bf16})"
 
     def _predict(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
         def forward(x: Any) -> Any:
-            out = self.model(x).float()
+            if self.precision == "bfloat16":
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    out = self.model(x.contiguous(memory_format=torch.channels_last))
+                out = out.float()
+            else:
+                out = self.model(x).float()
             return torch.cat([torch.softmax(out[:, :2], 1)[:, 1:2], out[:, 2:4], torch.softmax(out[:, 4:], 1)], 1)
 
         c = self.config
