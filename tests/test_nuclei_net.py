@@ -295,6 +295,39 @@ def test_shipped_network_in_bfloat16_scores_like_float32_on_held_out_tiles(share
         assert abs(a[k] - b[k]) < 0.01, (k, a, b)
 
 
+@pytest.mark.data
+def test_domain_guard_falls_back_on_a_stain_without_eosin_but_not_on_a_near_empty_tile(shared_data: Path,
+                                                                                       settings: Any) -> None:
+    """``auto`` with the shipped network: an IHC image (DAB + haematoxylin, no eosin, many nuclei) goes to
+    deconvolution; a near-empty H&E tile (CoNSeP train_2_001: no annotated nucleus, pale, little eosin) keeps the
+    network's answer, where deconvolution would report stain noise as nuclei."""
+    from skimage import data
+
+    from pathasst.finetune.nuclei_pixel import _load_tile
+    from pathasst.tools.nuclei_segmentation import (
+        AUTO_MIN_NUCLEI,
+        SHIPPED_NET_WEIGHTS,
+        NucleiSegmentationInput,
+        NucleiSegmentationTool,
+        _looks_like_he,
+        segment_nuclei,
+    )
+
+    if not SHIPPED_NET_WEIGHTS.is_file():
+        pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
+    tool = NucleiSegmentationTool(settings.model_copy(update={"torch_threads": 2}))
+    ihc = ImageData(np.asarray(data.immunohistochemistry()), name="ihc", mpp=0.25)
+    out = tool.analyze(ihc, NucleiSegmentationInput(image="ihc")).output
+    assert out.method == "deconvolution" and out.count >= AUTO_MIN_NUCLEI, (out.method, out.count)
+    rgb, truth = _load_tile(shared_data / "consep_train", "train_2_001")
+    rgb = np.ascontiguousarray(rgb[..., :3])
+    assert truth.max() == 0 and not _looks_like_he(rgb)
+    noise, _ = segment_nuclei(rgb, 0.25, "deconvolution")
+    assert 0 < len(np.unique(noise)) - 1 < AUTO_MIN_NUCLEI  # what the old guard returned here (object F1 0)
+    empty = tool.analyze(ImageData(rgb, name="t", mpp=0.25), NucleiSegmentationInput(image="t")).output
+    assert empty.method == "nuclei_net" and empty.count == 0, (empty.method, empty.count)
+
+
 def test_configured_checkpoint_runs_through_the_tool_with_types(settings: Any, tmp_path: Path) -> None:
     from pathasst.tools.nuclei_segmentation import NucleiSegmentationTool
 
