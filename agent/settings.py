@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="Threads for torch-based tools (empty = default).")
     nuclei_precision: Literal["float32", "bfloat16"] = Field(
         "float32",
-        description="Arithmetic of the shipped/own nuclei network: bfloat16 made the tool 1.6x faster on an AVX512-BF16 "
+        description="Arithmetic of the shipped/own nuclei network: bfloat16 made the tool 1.7x faster on an AVX512-BF16 "
         "CPU (CPUs without native bfloat16 emulate it: may be slower, not measured); same held-out accuracy (tools/weights/NUCLEI_MODEL_CARD.md).",
     )
 

@@ -39,7 +39,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.geojson import label_map_to_features
 from pathasst.tools.imaging import ImageData
-from pathasst.tools.nuclei_segmentation import MODEL_MPP, outline_overlay, remove_small_labels, sig
+from pathasst.tools.nuclei_segmentation import (
+    MODEL_MPP,
+    h_maxima_by_component,
+    outline_overlay,
+    remove_small_labels,
+    sig,
+)
 
 __all__ = [
     "Cell",
@@ -73,7 +79,7 @@ def detect_ihc_nuclei(
     """
     from scipy import ndimage as ndi
     from skimage.filters import gaussian, threshold_otsu
-    from skimage.morphology import disk, h_maxima
+    from skimage.morphology import disk
     from skimage.segmentation import watershed
 
     k = MODEL_MPP / mpp  # pixels of this image per model pixel
@@ -89,7 +95,7 @@ def detect_ihc_nuclei(
     min_area = min_area_px if min_area_px is not None else max(4, int(round(60 * k * k)))
     mask = remove_small_labels(ndi.label(mask)[0], min_area) > 0
     dist = gaussian(ndi.distance_transform_edt(mask), max(0.5, k))
-    seeds, _ = ndi.label(h_maxima(dist, max(0.25, 1.0 * k)).astype(bool) & mask)
+    seeds, _ = ndi.label(h_maxima_by_component(dist, max(0.25, 1.0 * k)) & mask)
     labels = watershed(-dist, seeds, mask=mask)
     rest, _ = ndi.label(mask & (labels == 0))
     labels = np.where(rest > 0, rest + labels.max(), labels)
