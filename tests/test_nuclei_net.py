@@ -299,12 +299,14 @@ def test_shipped_network_in_bfloat16_scores_like_float32_on_held_out_tiles(share
 def test_domain_guard_falls_back_on_a_stain_without_eosin_but_not_on_a_near_empty_tile(shared_data: Path,
                                                                                        settings: Any) -> None:
     """``auto`` with the shipped network: an IHC image (DAB + haematoxylin, no eosin, many nuclei) goes to
-    deconvolution; a near-empty H&E tile (CoNSeP train_2_001: no annotated nucleus, pale, little eosin) keeps the
-    network's answer, where deconvolution would report stain noise as nuclei."""
+    deconvolution, and so does a 96 px crop of it (few nuclei, but densely); a near-empty H&E tile (CoNSeP
+    train_2_001: no annotated nucleus, pale, little eosin) keeps the network's answer, where deconvolution would
+    report stain noise as nuclei."""
     from skimage import data
 
     from pathasst.finetune.nuclei_pixel import _load_tile
     from pathasst.tools.nuclei_segmentation import (
+        AUTO_MIN_DENSITY_MM2,
         AUTO_MIN_NUCLEI,
         SHIPPED_NET_WEIGHTS,
         NucleiSegmentationInput,
@@ -319,11 +321,15 @@ def test_domain_guard_falls_back_on_a_stain_without_eosin_but_not_on_a_near_empt
     ihc = ImageData(np.asarray(data.immunohistochemistry()), name="ihc", mpp=0.25)
     out = tool.analyze(ihc, NucleiSegmentationInput(image="ihc")).output
     assert out.method == "deconvolution" and out.count >= AUTO_MIN_NUCLEI, (out.method, out.count)
+    crop = ImageData(np.ascontiguousarray(ihc.pixels[200:296, 200:296]), name="crop", mpp=0.25)
+    small = tool.analyze(crop, NucleiSegmentationInput(image="crop")).output
+    assert small.method == "deconvolution" and 0 < small.count < AUTO_MIN_NUCLEI, (small.method, small.count)
     rgb, truth = _load_tile(shared_data / "consep_train", "train_2_001")
     rgb = np.ascontiguousarray(rgb[..., :3])
     assert truth.max() == 0 and not _looks_like_he(rgb)
     noise, _ = segment_nuclei(rgb, 0.25, "deconvolution")
-    assert 0 < len(np.unique(noise)) - 1 < AUTO_MIN_NUCLEI  # what the old guard returned here (object F1 0)
+    n_noise = len(np.unique(noise)) - 1  # what the old guard returned here (object F1 0)
+    assert 0 < n_noise < AUTO_MIN_DENSITY_MM2 * (256 * 0.25 / 1000) ** 2, n_noise
     empty = tool.analyze(ImageData(rgb, name="t", mpp=0.25), NucleiSegmentationInput(image="t")).output
     assert empty.method == "nuclei_net" and empty.count == 0, (empty.method, empty.count)
 

@@ -30,8 +30,8 @@ Methods, all at the model resolution of 0.25 um/px (40x; other resolutions are r
     The deep backend (the shipped network or PATHASST_NUCLEI_WEIGHTS), else the pixel classifier; when the image
     has no eosin (e.g. DAB IHC; both learned methods were trained on H&E), or the learned method finds far fewer
     nuclei than the deconvolution method (out of its domain), the deconvolution method (user-configured weights are
-    always used as they are; for the shipped network only when deconvolution finds at least AUTO_MIN_NUCLEI, so a
-    near-empty image keeps the network's answer). The output's ``method`` says which one ran.
+    always used as they are; for the shipped network, an image without eosin falls back only when deconvolution finds
+    nuclei densely enough, so a near-empty field keeps the network's answer). The output's ``method`` says which one ran.
 
 Known limits: trained on one centre's colorectal H&E (CoNSeP); very large vesicular nuclei (> ~10 um across, pale
 interior) are under-detected, and touching nuclei in dense epithelium are often merged.
@@ -96,6 +96,9 @@ MethodChoice = Literal["auto", "pixel_classifier", "deconvolution"]
 AUTO_AGREEMENT = 0.35
 #: ... and deconvolution finds at least this many (so near-empty images keep the classifier's answer)
 AUTO_MIN_NUCLEI = 20
+#: the shipped network's guard falls back on an image without eosin only when deconvolution finds at least this many
+#: nuclei per mm^2 (near-empty CoNSeP tiles without eosin: <= 977; IHC crops of 64-128 px: median 9,000-14,000)
+AUTO_MIN_DENSITY_MM2 = 2000.0
 
 
 def sig(x: float | None, digits: int = 4) -> float | None:
@@ -414,19 +417,18 @@ def _with_mpp(image: ImageData, mpp: float) -> ImageData:
 def _domain_fallback(
     rgb: np.ndarray, mpp: float, labels: np.ndarray, min_area_px: int | None, seed_h: float | None
 ) -> np.ndarray | None:
-    """The shipped network's domain guard: the deconvolution labels when deconvolution finds at least
-    AUTO_MIN_NUCLEI nuclei and the image has no eosin or the network finds far fewer nuclei than deconvolution does;
-    None when the network's stand. A near-empty image (lumen, fat, a pale edge of tissue: deconvolution finds under
-    AUTO_MIN_NUCLEI) keeps the network's answer even without eosin: there, deconvolution's objects are mostly stain
-    noise (of the 70 post-processing tuning tiles, two near-empty ones lack eosin; falling back there cost the tool's
-    mean object F1 on those tiles 0.014)."""
+    """The shipped network's domain guard: the deconvolution labels when the image has no eosin (IHC, other stains)
+    and deconvolution finds at least AUTO_MIN_DENSITY_MM2 nuclei per mm^2, or when deconvolution finds at least
+    AUTO_MIN_NUCLEI and the network under AUTO_AGREEMENT of them (out of its domain); None when the network's answer
+    stands. A near-empty field without eosin (lumen, fat, a pale edge of tissue) keeps the network's answer: there,
+    deconvolution's few objects are mostly stain noise (two such tiles among the 70 post-processing tuning tiles;
+    falling back on them had cost the tool's mean object F1 there 0.014), while a small IHC crop is dense in nuclei."""
     fallback, _ = segment_nuclei(rgb, mpp, "deconvolution", min_area_px, seed_h)
     n_net, n_dec = _n_objects(labels), _n_objects(fallback)
-    if n_dec < AUTO_MIN_NUCLEI:
-        return None
     if not _looks_like_he(resample_to_model(rgb, mpp)[0]):
-        return fallback
-    return fallback if n_net < AUTO_AGREEMENT * n_dec else None
+        area_mm2 = rgb.shape[0] * rgb.shape[1] * mpp * mpp / 1e6
+        return fallback if n_dec > 0 and n_dec >= AUTO_MIN_DENSITY_MM2 * area_mm2 else None
+    return fallback if n_dec >= AUTO_MIN_NUCLEI and n_net < AUTO_AGREEMENT * n_dec else None
 
 
 def resample_to_model(rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, float]:
