@@ -52,8 +52,8 @@ def test_nuclei_absolute_accuracy(nuclei_scores: dict[str, dict]) -> None:
     # measured (tool 0.6.0, shipped ensemble of the 1.3 M network and a 3.2 M network trained 110 min with bf16,
     # probabilities and HV maps averaged; 'absolute' edge mode, marker-less components kept from 20 px): mean over
     # tiles F1 0.696, precision 0.787, recall 0.633, PQ 0.554, AJI 0.563, Dice 0.826 (domain guard's density rule);
-    # all tiles pooled F1 0.738, PQ 0.592, AJI 0.572 (tool 0.5.0, the 1.3 M network alone: F1 0.686, AJI 0.554; the classical pixel
-    # classifier, the default before the network: F1 0.448, AJI 0.378)
+    # all tiles pooled F1 0.738, PQ 0.592, AJI 0.572 (tool 0.5.0, the 1.3 M network alone: F1 0.686, AJI 0.554;
+    # the classical pixel classifier, the default before the network: F1 0.448, AJI 0.378)
     s = nuclei_scores["tool"]
     assert s["n_tiles"] == 48
     assert s["f1"] > 0.67, s
