@@ -31,7 +31,8 @@ Methods, all at the model resolution of 0.25 um/px (40x; other resolutions are r
     has no eosin (e.g. DAB IHC; both learned methods were trained on H&E), or the learned method finds far fewer
     nuclei than the deconvolution method (out of its domain), the deconvolution method (user-configured weights are
     always used as they are; for the shipped network, an image without eosin falls back only when deconvolution finds
-    nuclei densely enough, so a near-empty field keeps the network's answer). The output's ``method`` says which one ran.
+    nuclei densely enough, so a near-empty field keeps the network's answer). The output's ``method`` says which one
+    ran.
 
 Known limits: trained on one centre's colorectal H&E (CoNSeP); very large vesicular nuclei (> ~10 um across, pale
 interior) are under-detected, and touching nuclei in dense epithelium are often merged.
