@@ -1,6 +1,7 @@
 """Seeds of the classical watershed (the nuclei network's domain guard and the ``deconvolution`` method): skimage's
 ``h_maxima`` on the whole image vs ``h_maxima_by_component`` (same result, one object at a time), on the watershed
-energy of a 2048x2048 H&E region at the model's 0.25 um/px, and the whole ``deconvolution_nuclei`` call with each.
+energy of a 1024 px H&E region at 0.5 um/px (about 2048 px at the model's 0.25 um/px), and the whole
+``deconvolution_nuclei`` call with each.
 
 Run: ``.venv/bin/python bench/bench_hmaxima.py``
 """

@@ -326,7 +326,7 @@ def h_maxima_by_component(image: np.ndarray, h: float) -> np.ndarray:
     the image's range and skimage returns no maxima either). Other images go to skimage whole."""
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
-    from skimage.morphology.grayreconstruct import reconstruction
+    from skimage.morphology import reconstruction
 
     image = np.asarray(image)
     if h <= 0 or image.ndim != 2 or not np.issubdtype(image.dtype, np.floating) or image.size == 0 or image.min() < 0:
