@@ -424,9 +424,9 @@ def _domain_fallback(
     stands. A near-empty field without eosin (lumen, fat, a pale edge of tissue) keeps the network's answer: there,
     deconvolution's few objects are mostly stain noise (two such tiles among the 70 post-processing tuning tiles;
     falling back on them had cost the tool's mean object F1 there 0.014), while a small IHC crop is dense in nuclei."""
-    fallback, _ = segment_nuclei(rgb, mpp, "deconvolution", min_area_px, seed_h)
+    fallback, _, work = _segment_nuclei(rgb, mpp, "deconvolution", min_area_px, seed_h)
     n_net, n_dec = _n_objects(labels), _n_objects(fallback)
-    if not _looks_like_he(resample_to_model(rgb, mpp)[0]):
+    if not _looks_like_he(work):
         area_mm2 = rgb.shape[0] * rgb.shape[1] * mpp * mpp / 1e6
         return fallback if n_dec > 0 and n_dec >= AUTO_MIN_DENSITY_MM2 * area_mm2 else None
     return fallback if n_dec >= AUTO_MIN_NUCLEI and n_net < AUTO_AGREEMENT * n_dec else None
@@ -459,6 +459,19 @@ def segment_nuclei(
     (classifier distance units, default 0.07; pixels at MODEL_MPP for ``deconvolution``, default 1.0).
     ``weights``: pixel-classifier weights from :func:`load_weights` (default: the embedded ones).
     """
+    labels, used, _ = _segment_nuclei(rgb, mpp, method, min_area_px, seed_h, weights)
+    return labels, used
+
+
+def _segment_nuclei(
+    rgb: np.ndarray,
+    mpp: float,
+    method: MethodChoice,
+    min_area_px: int | None,
+    seed_h: float | None,
+    weights: dict[str, np.ndarray] | None = None,
+) -> tuple[np.ndarray, Method, np.ndarray]:
+    """:func:`segment_nuclei`, also returning the image resampled to MODEL_MPP (the domain guard reuses it)."""
     from skimage.segmentation import relabel_sequential
     from skimage.transform import resize
 
@@ -487,7 +500,7 @@ def segment_nuclei(
         labels = resize(labels, rgb.shape[:2], order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
         if min_area_px is not None:
             labels = remove_small_labels(labels, min_area_px)
-    return relabel_sequential(labels)[0].astype(np.uint32), used
+    return relabel_sequential(labels)[0].astype(np.uint32), used, work
 
 
 _Color = tuple[int, int, int]
