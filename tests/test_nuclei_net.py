@@ -334,6 +334,43 @@ def test_domain_guard_falls_back_on_a_stain_without_eosin_but_not_on_a_near_empt
     assert empty.method == "nuclei_net" and empty.count == 0, (empty.method, empty.count)
 
 
+@pytest.mark.data
+def test_shipped_network_and_its_guard_resample_a_20x_image_once(shared_data: Path, settings: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 0.5 um/px region goes to the network's 0.25 um/px once: the domain guard's deconvolution reuses the
+    network's input. Same nuclei as the network's own ``segment`` on the image (which resamples by itself)."""
+    import skimage.transform
+
+    from pathasst.agent.readers import SlideReader
+    from pathasst.tools.base import Region
+    from pathasst.tools.nuclei_segmentation import (
+        SHIPPED_NET_WEIGHTS,
+        NucleiSegmentationInput,
+        NucleiSegmentationTool,
+    )
+
+    if not SHIPPED_NET_WEIGHTS.is_file():
+        pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
+    with SlideReader(shared_data / "slides" / "cmu-1-small-region.svs") as s:
+        img = s.read_region(Region(x=1024, y=1943, width=192, height=192), 1.0, 192 * 192)
+    assert img.mpp is not None and abs(img.mpp - 0.5) < 0.01
+    tool = NucleiSegmentationTool(settings.model_copy(update={"torch_threads": 2}))
+    tool.load()
+    direct = tool._deep.segment(img).labels  # the backend's own path: one resample inside
+    calls: list[tuple[int, ...]] = []
+    original = skimage.transform.rescale
+
+    def counting(image: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
+        calls.append(np.asarray(image).shape)
+        return original(image, *args, **kwargs)
+
+    monkeypatch.setattr(skimage.transform, "rescale", counting)  # every image resample goes through it
+    res = tool.analyze(img, NucleiSegmentationInput(image="x"))
+    assert res.output.method == "nuclei_net" and res.output.count > 10, (res.output.method, res.output.count)
+    assert calls == [(192, 192, 3)], calls
+    assert np.array_equal(res.labels, direct)
+
+
 def test_configured_checkpoint_runs_through_the_tool_with_types(settings: Any, tmp_path: Path) -> None:
     from pathasst.tools.nuclei_segmentation import NucleiSegmentationTool
 

@@ -416,15 +416,17 @@ def _with_mpp(image: ImageData, mpp: float) -> ImageData:
 
 
 def _domain_fallback(
-    rgb: np.ndarray, mpp: float, labels: np.ndarray, min_area_px: int | None, seed_h: float | None
+    rgb: np.ndarray, mpp: float, labels: np.ndarray, min_area_px: int | None, seed_h: float | None,
+    work: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """The shipped network's domain guard: the deconvolution labels when the image has no eosin (IHC, other stains)
     and deconvolution finds at least AUTO_MIN_DENSITY_MM2 nuclei per mm^2, or when deconvolution finds at least
     AUTO_MIN_NUCLEI and the network under AUTO_AGREEMENT of them (out of its domain); None when the network's answer
     stands. A near-empty field without eosin (lumen, fat, a pale edge of tissue) keeps the network's answer: there,
     deconvolution's few objects are mostly stain noise (two such tiles among the 70 post-processing tuning tiles;
-    falling back on them had cost the tool's mean object F1 there 0.014), while a small IHC crop is dense in nuclei."""
-    fallback, _, work = _segment_nuclei(rgb, mpp, "deconvolution", min_area_px, seed_h)
+    falling back on them had cost the tool's mean object F1 there 0.014), while a small IHC crop is dense in nuclei.
+    ``work``: ``rgb`` already resampled to MODEL_MPP (the network's input), so that it is not resampled twice."""
+    fallback, _, work = _segment_nuclei(rgb, mpp, "deconvolution", min_area_px, seed_h, work=work)
     n_net, n_dec = _n_objects(labels), _n_objects(fallback)
     if not _looks_like_he(work):
         area_mm2 = rgb.shape[0] * rgb.shape[1] * mpp * mpp / 1e6
@@ -433,14 +435,14 @@ def _domain_fallback(
 
 
 def resample_to_model(rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, float]:
-    """Resample an image to MODEL_MPP (no-op within 10 %); returns the image and the factor applied."""
+    """Resample an image to MODEL_MPP (no-op within 10 %, as the deep backends' ``working_image``); returns the image
+    and the factor applied."""
+    from pathasst.tools.backends.runtime import resample
+
     factor = mpp / MODEL_MPP
     if abs(factor - 1.0) <= 0.1:
         return rgb, 1.0
-    from skimage.transform import rescale
-
-    out = rescale(rgb, factor, order=1, channel_axis=-1, anti_aliasing=factor < 1, preserve_range=True)
-    return np.clip(out, 0, 255).astype(np.uint8), factor
+    return resample(rgb, factor), factor
 
 
 def segment_nuclei(
@@ -470,13 +472,18 @@ def _segment_nuclei(
     min_area_px: int | None,
     seed_h: float | None,
     weights: dict[str, np.ndarray] | None = None,
+    work: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Method, np.ndarray]:
-    """:func:`segment_nuclei`, also returning the image resampled to MODEL_MPP (the domain guard reuses it)."""
+    """:func:`segment_nuclei`, also returning the image resampled to MODEL_MPP (the domain guard reuses it);
+    ``work``: that image when the caller already has it (:func:`resample_to_model` of ``rgb``)."""
     from skimage.segmentation import relabel_sequential
     from skimage.transform import resize
 
     rgb = np.asarray(rgb)[..., :3]
-    work, factor = resample_to_model(rgb, mpp)
+    if work is None:
+        work, factor = resample_to_model(rgb, mpp)
+    else:
+        factor = mpp / MODEL_MPP if work.shape[:2] != rgb.shape[:2] else 1.0
     if min_area_px is None:
         min_area = DEFAULT_MIN_AREA_PX
     else:
@@ -648,19 +655,27 @@ class NucleiSegmentationTool(PathologyTool):
         types: dict[int, str] | None = None
         type_names: list[str] = []
         if deep:
-            from pathasst.tools.backends.nuclei_net import NucleiNet
+            from pathasst.tools.backends.nuclei_net import NucleiNet, to_image_labels
             from pathasst.tools.backends.nuclei_sam import NucleiSam
+            from pathasst.tools.backends.runtime import working_image
 
             self.load()
             work = image if image.mpp is not None else _with_mpp(image, mpp)
+            shared = None  # the shipped network and its domain guard both work at MODEL_MPP: resample once for both
+            if not configured and isinstance(self._deep, NucleiNet) and self._deep.config.mpp == MODEL_MPP:
+                shared = working_image(work, MODEL_MPP)
             if isinstance(self._deep, (NucleiNet, NucleiSam)):
-                pred = self._deep.segment(work)
+                pred = self._deep.segment(work if shared is None else shared)
+                if shared is not None:  # labels at the working resolution: back to the image's
+                    pred = to_image_labels(pred.labels, pred.types, image.shape, pred.type_classes)
                 labels, used = pred.labels, "nuclei_net" if isinstance(self._deep, NucleiNet) else "sam"
                 type_names = pred.type_classes
                 types = {lab: pred.type_classes[t - 1] for lab, t in pred.types.items() if 1 <= t <= len(type_names)}
             else:
                 labels, used = self._deep.segment(work), "yolo_seg"
-            fallback = None if configured else _domain_fallback(image.pixels, mpp, labels, args.min_area_px, args.seed_h)
+            fallback = None if configured else _domain_fallback(
+                image.pixels, mpp, labels, args.min_area_px, args.seed_h,
+                work=None if shared is None else shared.pixels)
             if fallback is not None:
                 labels, used, types, type_names = fallback, "deconvolution", None, []
         else:
