@@ -1,4 +1,4 @@
-"""Train the project's nuclei network (:mod:`pathasst.tools.backends.nuclei_net`) on CoNSeP tiles, on the CPU.
+"""Train the project's nuclei network (:mod:`pathasst.tools.backends.nuclei_net`) on CoNSeP tiles, on the CPU or a GPU.
 
     python -m pathasst.finetune.nuclei_net --data ../shared/data/consep_train --out runs/nuclei_net --minutes 75
 
@@ -21,7 +21,9 @@ checkpoint's config.
 ``--init CKPT`` continues training from a checkpoint (fresh optimiser and schedule; the shipped weights were trained in
 two stages, see the model card); ``--lowres P`` adds a low-resolution-scan augmentation (20x-like detail) with
 probability P; ``--bf16`` trains in bfloat16 autocast with channels-last tensors (about 2.2x faster on CPUs with
-AVX512-BF16 or AMX). ``--ensemble A.pt B.pt ... --out E.pt`` combines trained checkpoints into one ensemble
+AVX512-BF16 or AMX). ``--device auto|cpu|cuda`` picks where to train (auto: a CUDA GPU when torch sees one) and
+``--workers N`` augments batches in N DataLoader processes (a GPU needs them; ``scripts/device_train_nuclei.sh``
+runs a whole GPU training on a bare machine). ``--ensemble A.pt B.pt ... --out E.pt`` combines trained checkpoints into one ensemble
 checkpoint (the shipped file: two networks of different widths). ``--tune-only CKPT`` re-runs only the tuning step on
 an existing checkpoint; ``--evaluate CKPT`` scores a checkpoint on the held-out tiles (source images 16-26) next to
 the classical method (the model card's figures).
@@ -39,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import IterableDataset
 
-__all__ = ["Sample", "evaluate_held_out", "hv_map", "load_samples", "main", "save_checkpoint", "score_maps", "train",
-           "tune_checkpoint", "tune_post", "tuning_tiles"]
+__all__ = ["CropStream", "Sample", "evaluate_held_out", "hv_map", "load_samples", "main", "save_checkpoint", "score_maps", "train",
+           "training_device", "tune_checkpoint", "tune_post", "tuning_tiles"]
 
 DEFAULT_VAL_SOURCES = (2, 11)
 
@@ -314,7 +317,7 @@ def save_checkpoint(path: Path, model: Any, config: Any, extra: dict[str, Any] |
     """``{"state_dict": fp16 tensors, "config": config.to_dict() | extra}`` (the backend's format)."""
     import torch
 
-    sd = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous().clone()
+    sd = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()).contiguous().clone()
           for k, v in model.state_dict().items()}
     cfg = config.to_dict() | (extra or {})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -358,6 +361,56 @@ def _val_maps(net: Any, samples: list[Sample]) -> list[np.ndarray]:
 
 
 # ---- training ------------------------------------------------------------------------------------------------------
+def training_device(name: str = "auto") -> Any:
+    """The torch device to train on: ``auto`` = the first CUDA GPU when torch sees one, else the CPU; ``cuda``,
+    ``cuda:N`` or ``cpu`` explicitly (a CUDA device torch cannot see is an error, never a silent CPU run)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r}: not a torch device (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: only cpu and cuda are supported")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name!r}: torch sees no CUDA GPU (torch {torch.__version__}, "
+                             f"built for CUDA {torch.version.cuda}); use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
+class CropStream(IterableDataset):
+    """An endless stream of augmented training batches ``(rgb, fg, hv, tp)`` as numpy arrays, for a
+    ``torch.utils.data.DataLoader`` with ``num_workers`` > 0 (``batch_size=None``): each worker draws its own tiles
+    and augmentations from ``seed`` and its worker id, so no two workers repeat each other's batches."""
+
+    def __init__(self, samples: list[Sample], crop: int, batch: int, seed: int, lowres: float = 0.0) -> None:
+        self.samples, self.crop, self.batch, self.seed, self.lowres = samples, crop, batch, seed, lowres
+
+    def __iter__(self) -> Any:
+        import torch
+
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, 0 if info is None else info.id + 1])
+        while True:
+            items = [augment(self.samples[i], self.crop, rng, self.lowres)
+                     for i in rng.integers(0, len(self.samples), self.batch)]
+            yield tuple(np.stack([it[k] for it in items]) for k in range(4))
+
+
+def _batch_loader(samples: list[Sample], crop: int, batch: int, seed: int, lowres: float, workers: int,
+                  pin: bool) -> Any:
+    import torch
+
+    return iter(torch.utils.data.DataLoader(CropStream(samples, crop, batch, seed, lowres), batch_size=None,
+                                            num_workers=workers, pin_memory=pin, prefetch_factor=4,
+                                            persistent_workers=False))
+
+
 def train(
     data_dir: Path,
     out_dir: Path,
@@ -380,13 +433,18 @@ def train(
     lowres: float = 0.0,
     ema: float = 0.0,
     bf16: bool = False,
+    device: str = "auto",
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Train; returns a summary (losses, validation history, best scores, paths). ``init``: start from the weights
     (and widths) of an existing checkpoint instead of from scratch (a fresh optimiser and schedule). ``ema`` > 0:
     validate and save an exponential moving average of the weights and BatchNorm statistics (decay ``ema`` per
     step, ``torch.optim.swa_utils``) instead of the raw weights, which wander with batches of four. ``bf16``: forward
     and backward passes in bfloat16 autocast with channels-last tensors (weights, optimiser and losses stay float32;
-    about 2x faster on CPUs with AVX512-BF16 or AMX)."""
+    about 2x faster on CPUs with AVX512-BF16 or AMX). ``device``: see :func:`training_device` (on a GPU, bf16
+    autocast runs on the GPU; the checkpoint is saved as CPU tensors either way). ``workers`` > 0: augment
+    batches in that many DataLoader worker processes (:class:`CropStream`), which a GPU needs to be kept busy;
+    0 = in the training loop (the original single-process order, reproducible from ``seed``)."""
     import torch
 
     from pathasst.finetune.nuclei_pixel import source_image, train_tiles
@@ -399,9 +457,14 @@ def train(
     start_from = NucleiNet.load(Path(init), "--init") if init is not None else None
     if start_from is not None and start_from.config.members:
         raise ValueError(f"--init {init} is an ensemble; train its members separately and combine them with --ensemble")
+    dev = training_device(device)
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     rng = np.random.default_rng(seed)
     names = train_tiles(data_dir)
     tr_names = [n for n in names if source_image(n) not in val_sources][:limit]
@@ -420,7 +483,7 @@ def train(
         print(f"initialised from {init} (widths {cfg.widths})", file=log, flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     layout = torch.channels_last if bf16 else torch.contiguous_format
-    model = model.to(memory_format=layout)
+    model = model.to(dev, memory_format=layout)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     budget = minutes * 60.0
     start = time.perf_counter()
@@ -430,8 +493,8 @@ def train(
     recent: list[float] = []
     step_losses: list[float] = []
     best_score, step = -1.0, 0
-    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1).to(dev)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1).to(dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     best_path, last_path = out_dir / "nuclei_net.pt", out_dir / "last.pt"
     meta = {"trained_on": [f"consep_train sources {sorted({source_image(n) for n in tr_names})}"],
@@ -442,6 +505,9 @@ def train(
         meta["lowres_augmentation"] = lowres
     if bf16:
         meta["precision"] = "bfloat16 autocast, channels-last"
+    meta["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    if workers:
+        meta["loader_workers"] = workers
     averaged = None
     if ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -454,10 +520,11 @@ def train(
 
     def validate() -> dict[str, Any]:
         kept.eval()
-        s = score_maps(_val_maps(NucleiNet.from_module(kept, cfg), val_s), val_s, cfg.post, cfg.type_classes)
+        s = score_maps(_val_maps(NucleiNet.from_module(kept, cfg, dev), val_s), val_s, cfg.post, cfg.type_classes)
         model.train()
         return s
 
+    batches = _batch_loader(train_s, crop, batch, seed, lowres, workers, dev.type == "cuda") if workers else None
     model.train()
     while True:
         elapsed = time.perf_counter() - start
@@ -467,10 +534,14 @@ def train(
         warm = min(1.0, (step + 1) / 100)
         for g in opt.param_groups:
             g["lr"] = lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-        items = [augment(train_s[i], crop, rng, lowres) for i in rng.integers(0, len(train_s), batch)]
-        x = (torch.from_numpy(np.stack([it[0] for it in items])) - mean) / std
-        fg, hv, tp = (torch.from_numpy(np.stack([it[k] for it in items])) for k in (1, 2, 3))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        if batches is None:
+            items = [augment(train_s[i], crop, rng, lowres) for i in rng.integers(0, len(train_s), batch)]
+            arrays = [torch.from_numpy(np.stack([it[k] for it in items])) for k in range(4)]
+        else:
+            arrays = [torch.as_tensor(a) for a in next(batches)]
+        x, fg, hv, tp = (a.to(dev, non_blocking=True) for a in arrays)
+        x = (x - mean) / std
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(x.contiguous(memory_format=layout))
         parts = losses(out.float(), fg, hv, tp, n_types)
         opt.zero_grad(set_to_none=True)
@@ -498,6 +569,7 @@ def train(
                 best_score = s["f1"] + s["aji"]
                 save_checkpoint(best_path, kept, cfg, meta | {"minutes": s["minutes"], "steps": step, "val": s})
             print(f"VAL step {step}: {json.dumps(s)}", file=log, flush=True)
+    del batches  # stops the loader's worker processes
     minutes_trained = round((time.perf_counter() - start) / 60, 1)
     final = validate() if val_s else {}
     final.update(step=step, minutes=minutes_trained)
@@ -609,6 +681,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="validate and save an exponential moving average of the weights (e.g. 0.998; 0 = off)")
     parser.add_argument("--bf16", action="store_true",
                         help="bfloat16 autocast + channels-last for training (about 2x faster on AVX512-BF16/AMX CPUs)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader worker processes that augment batches (0 = in the training loop); a GPU "
+                             "needs several to be kept busy")
     parser.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="CKPT",
                         help="combine these checkpoints into one ensemble checkpoint written to --out (a file)")
     parser.add_argument("--init", type=Path, default=None, metavar="CKPT",
@@ -635,10 +712,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bad = [s for s in args.val_sources if s in (16, 18, 20, 22, 24, 26)]
         if bad:
             parser.error(f"validation sources {bad} are held-out test sources")
+        try:
+            training_device(args.device)
+        except ValueError as exc:
+            parser.error(str(exc))
         res = train(args.data, args.out, args.minutes, tuple(args.val_sources), tuple(args.widths), args.crop,
                     args.batch, args.lr, args.seed, args.threads, args.val_every, args.max_steps, args.limit,
                     args.val_limit, not args.no_tune, init=args.init, tune_train_every=args.tune_train_every, lowres=args.lowres,
-                    ema=args.ema, bf16=args.bf16)
+                    ema=args.ema, bf16=args.bf16, device=args.device, workers=args.workers)
     print(json.dumps({k: v for k, v in res.items() if k != "step_losses"}, indent=1, default=str))
     return res
 

@@ -459,6 +459,81 @@ def test_bf16_training_computes_in_bfloat16_and_saves_plain_float_weights(shared
     assert net.segment(_he_image(64, 80)).labels.shape == (64, 80)
 
 
+def test_training_device_is_resolved_and_a_gpu_torch_cannot_see_is_an_error(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
+    from pathasst.finetune.nuclei_net import main, training_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device("auto") == torch.device("cpu") and training_device("cpu") == torch.device("cpu")
+    for name, message in (("cuda", "sees no CUDA GPU"), ("cuda:0", "sees no CUDA GPU"),
+                          ("mps", "only cpu and cuda"), ("gpu please", "not a torch device")):
+        with pytest.raises(ValueError, match=message):
+            training_device(name)
+    with pytest.raises(SystemExit):  # the CLI refuses before loading any data
+        main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cuda"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert training_device("auto") == torch.device("cuda") and training_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="only 1 CUDA device"):
+        training_device("cuda:1")
+
+
+@pytest.mark.data
+def test_loader_workers_draw_their_own_batches_reproducibly(shared_data: Path) -> None:
+    """--workers: each DataLoader worker augments its own batches (a worker seeded like another would repeat its
+    batches), and the same seed gives the same stream."""
+    from pathasst.finetune.nuclei_net import CropStream, load_samples
+    from pathasst.finetune.nuclei_pixel import train_tiles
+
+    data = shared_data / "consep_train"
+    samples = load_samples(data, train_tiles(data)[:6])
+
+    def first(seed: int, n: int = 4) -> list[tuple]:
+        it = iter(torch.utils.data.DataLoader(CropStream(samples, 64, 2, seed), batch_size=None, num_workers=2))
+        return [next(it) for _ in range(n)]
+
+    a, b, c = first(1), first(1), first(2)
+    rgb, fg, hv, tp = (torch.as_tensor(x) for x in a[0])
+    assert rgb.shape == (2, 3, 64, 64) and fg.shape == tp.shape == (2, 64, 64) and hv.shape == (2, 2, 64, 64)
+    assert fg.dtype == torch.int64 and 0 <= float(rgb.min()) and float(rgb.max()) <= 1
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not np.array_equal(a[i][0], a[j][0]), (i, j)
+    assert all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in range(4))
+    assert not any(np.array_equal(x[0], y[0]) for x, y in zip(a, c))
+
+
+@pytest.mark.data
+def test_device_training_script_trains_from_a_checkout_that_is_not_installed(shared_data: Path, tmp_path: Path) -> None:
+    """scripts/device_train_nuclei.sh (for a bare GPU machine): imports the trainer from links to this checkout,
+    trains with loader workers on the device it is given and writes a loadable checkpoint and a log; it refuses
+    a missing data folder or sub-command with a clear message."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "scripts" / "device_train_nuclei.sh"
+    env = os.environ | {"PYTHON": sys.executable, "DATA": str(shared_data / "consep_train"), "OUT": str(tmp_path / "o"),
+                        "DEVICE": "cpu", "WORKERS": "2", "BATCH": "2", "WIDTHS": "8 16 32",
+                        "EXTRA": "--max-steps 6 --limit 8 --val-limit 2 --crop 64"}
+    run = subprocess.run(["bash", str(script), "train"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    log = (tmp_path / "o" / "train.log").read_text()
+    trainer = log.splitlines()[0].split()[1]
+    assert trainer.endswith("/pathasst/finetune/nuclei_net.py") and not trainer.startswith(str(root)), log[:300]
+    assert "VAL final step 6" in log
+    ck = torch.load(tmp_path / "o" / "nuclei_net.pt", weights_only=True)
+    assert ck["config"]["device"] == "cpu" and ck["config"]["loader_workers"] == 2 and ck["config"]["steps"] == 6
+    assert ck["config"]["widths"] == [8, 16, 32] and ck["config"]["precision"].startswith("bfloat16")
+    assert NucleiNet.load(tmp_path / "o" / "nuclei_net.pt", "x").segment(_he_image(64, 80)).labels.shape == (64, 80)
+    bad = subprocess.run(["bash", str(script), "train"], env=env | {"DATA": str(tmp_path / "none")},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no CoNSeP tiles at" in bad.stderr
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
 @pytest.mark.data
 def test_low_resolution_scan_augmentation_blurs_the_image_and_keeps_the_targets(shared_data: Path) -> None:
     from scipy import ndimage as ndi

@@ -417,10 +417,11 @@ class NucleiNet:
         return cls(model.to(device).eval(), cfg, device, source=str(path), precision=precision)
 
     @classmethod
-    def from_module(cls, model: Any, config: NucleiNetConfig) -> NucleiNet:
+    def from_module(cls, model: Any, config: NucleiNetConfig, device: Any = None) -> NucleiNet:
+        """Wrap an in-memory module (e.g. during training); ``device``: where its weights are (default: the CPU)."""
         import torch
 
-        return cls(model.eval(), config, torch.device("cpu"))
+        return cls(model.eval(), config, torch.device(device or "cpu"))
 
     def describe(self) -> str:
         c = self.config
