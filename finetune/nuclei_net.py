@@ -640,7 +640,11 @@ def evaluate_held_out(ckpt: Path, data_dir: Path, every: int = 2) -> dict[str, A
     settings = Settings(_env_file=None, nuclei_weights=None)
 
     def summary(scores: dict[str, Any]) -> dict[str, Any]:
-        return {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}
+        out = {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}
+        if "by_image" in scores:  # pooled per source image, then the mean over the images
+            b = scores["by_image"]
+            out["by_image"] = {"images": b["n_images"], "f1": round(b["f1"], 4), "aji": round(b["aji"], 4)}
+        return out
 
     out: dict[str, Any] = {"held_out_tiles": len(names), "checkpoint": str(ckpt), "precision": settings.nuclei_precision}
     with mock.patch.object(ns, "SHIPPED_NET_WEIGHTS", Path(ckpt)), mock.patch.object(ns, "SHIPPED_NET_IS_DEFAULT", True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,39 @@ def test_match_points_by_class() -> None:
     assert r[True]["f1"] == pytest.approx(2 / 3)
     assert (r[False]["tp"], r[False]["fp"], r[False]["fn"]) == (1, 0, 1)
     assert r[False]["f1"] == pytest.approx(2 / 3)
+
+
+def test_nuclei_evaluation_pools_tiles_per_source_image(tmp_path: Path) -> None:
+    """``by_image``: counts pooled over the tiles of each source image (``IMAGE_INDEX`` names), then the mean over
+    images; differs from the mean over tiles when images have different numbers of nuclei per tile."""
+    from PIL import Image
+
+    from pathasst.tools.evaluate import evaluate_nuclei
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "instances").mkdir()
+    truth = {}
+    for name, n in (("a_1_000", 1), ("a_1_001", 3), ("a_2_000", 2)):  # n square nuclei of 6x6 px
+        lab = np.zeros((32, 32), np.uint16)
+        for i in range(n):
+            lab[2 + 8 * i : 8 + 8 * i, 2:8] = 10 * (i + 1)
+        truth[name] = lab
+        Image.fromarray(lab).save(tmp_path / "instances" / f"{name}.png")
+        Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    found = {"a_1_000": 0, "a_1_001": 3, "a_2_000": 1}  # predict the first k nuclei of each tile exactly
+    seen = iter(sorted(truth))
+
+    def predict(rgb: np.ndarray) -> np.ndarray:
+        name = next(seen)
+        lab = truth[name].astype(np.int32)
+        return np.where(np.isin(lab, [10 * (i + 1) for i in range(found[name])]), lab, 0)
+
+    res = evaluate_nuclei(predict, tmp_path)
+    assert res["f1"] == pytest.approx((0.0 + 1.0 + 2 / 3) / 3)  # per tile: 0, 1, 2*1/(2+1)
+    by = res["by_image"]
+    assert by["n_images"] == 2 and [i["image"] for i in by["images"]] == ["a_1", "a_2"]
+    assert by["images"][0]["f1"] == pytest.approx(2 * 3 / (4 + 3)) and by["images"][1]["f1"] == pytest.approx(2 / 3)
+    assert by["f1"] == pytest.approx((6 / 7 + 2 / 3) / 2)
+    assert by["images"][0]["aji"] == pytest.approx(3 / 4) and by["aji"] == pytest.approx((3 / 4 + 1 / 2) / 2)
+    single = evaluate_nuclei(lambda rgb: np.zeros((32, 32), np.int32), tmp_path, names=["a_1_000", "a_2_000"])
+    assert "by_image" not in single  # one tile per image: nothing to pool

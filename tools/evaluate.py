@@ -129,7 +129,8 @@ def evaluate_nuclei(
 
     Returns ``n_tiles``, mean-over-tiles ``f1``, ``precision``, ``recall``, ``pq``, ``dq``, ``sq``, ``aji``,
     ``dice``; ``aji_aggregate`` (intersections and unions summed over all tiles), ``pq_aggregate`` (tp/fp/fn and
-    IoUs summed over all tiles), and ``per_tile`` rows.
+    IoUs summed over all tiles), ``by_image`` (F1 and AJI pooled per source image, then averaged over images, when
+    the tiles are named ``IMAGE_INDEX``) and ``per_tile`` rows.
     """
     data_dir = Path(data_dir)
     predict = _nuclei_predictor(tool, mpp)
@@ -160,6 +161,9 @@ def evaluate_nuclei(
                 "dice": dice(true, pred),
                 "n_true": int(f["tp"] + f["fn"]),
                 "n_pred": int(f["tp"] + f["fp"]),
+                "tp": int(f["tp"]),
+                "inter": float(inter),
+                "union": float(union),
             }
         )
     if not rows:
@@ -171,8 +175,37 @@ def evaluate_nuclei(
     dq = tp / (tp + 0.5 * fp + 0.5 * fn) if (tp + fp + fn) else 1.0
     out["pq_aggregate"] = dq * (iou_sum / tp if tp else 0.0)
     out["f1_aggregate"] = dq
+    by_image = _by_source_image(rows)
+    if by_image is not None:
+        out["by_image"] = by_image
     out["per_tile"] = rows
     return out
+
+
+def _by_source_image(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """F1 and AJI pooled over the tiles of each source image (tiles named ``IMAGE_INDEX``, e.g. ``train_16_003``),
+    then averaged over images: the protocol of figures published for whole images (HoVer-Net's CoNSeP results are
+    means over 1000 px test images). None unless every name has that form and some image has several tiles."""
+    import re
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        m = re.fullmatch(r"(.+)_\d+", r["name"])
+        if m is None:
+            return None
+        groups.setdefault(m.group(1), []).append(r)
+    if len(groups) == len(rows):
+        return None
+    images = []
+    for image, rs in groups.items():
+        tp = sum(r["tp"] for r in rs)
+        n_true, n_pred = sum(r["n_true"] for r in rs), sum(r["n_pred"] for r in rs)
+        union = sum(r["union"] for r in rs)
+        images.append({"image": image, "tiles": len(rs), "n_true": n_true,
+                       "f1": 2 * tp / (n_true + n_pred) if n_true + n_pred else 1.0,
+                       "aji": sum(r["inter"] for r in rs) / union if union else 1.0})
+    return {"n_images": len(images), "f1": float(np.mean([i["f1"] for i in images])),
+            "aji": float(np.mean([i["aji"] for i in images])), "images": images}
 
 
 def ihc_ground_truth(gt_rgb: np.ndarray, min_area_px: int = 10) -> tuple[np.ndarray, np.ndarray]:
