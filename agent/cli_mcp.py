@@ -39,18 +39,22 @@ def mcp_command(
 ) -> None:
     """Serve the pathology tools and similar-case search over MCP (stdio or streamable HTTP on 127.0.0.1)."""
     from pathasst.agent.cases import CaseError
-    from pathasst.agent.mcp_server import build_server, serve
+    from pathasst.agent.mcp_server import build_server, mcp_token, serve
     from pathasst.agent.settings import Settings
 
+    settings = Settings()
     try:
-        server = build_server(Settings(), root)
+        server = build_server(settings, root)
     except CaseError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    token = mcp_token(settings)
     where = "stdio" if transport == "stdio" else f"http://{host}:{port}/mcp"
+    if transport == "http":
+        where += " (bearer token required)" if token else " (no authentication: PATHASST_MCP_TOKEN is not set)"
     console.print(f"PathAsst MCP server on {where}; Ctrl+C stops it", highlight=False)
     try:
-        serve(server, transport, host, port)
+        serve(server, transport, host, port, token)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 

@@ -37,12 +37,14 @@ from pathasst.tools.registry import ToolRegistry, default_registry
 
 __all__ = [
     "DEFAULT_PORT",
+    "BearerTokenAuth",
     "ModelInfo",
     "RootImageResolver",
     "ToolCallResult",
     "Transport",
     "build_server",
     "is_loopback",
+    "mcp_token",
     "resolve_root",
     "run",
     "serve",
@@ -269,18 +271,49 @@ def build_server(settings: Any, root: Path | None = None, registry: ToolRegistry
 
 
 # --- serving ---------------------------------------------------------------------------------------------------
-def serve(server: MCPServer, transport: Transport = "stdio", host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve on stdio (stdout carries only the protocol) or streamable HTTP at ``http://HOST:PORT/mcp``."""
+class BearerTokenAuth:
+    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer TOKEN`` (compared in constant time),
+    else 401 with a ``WWW-Authenticate`` header and a JSON body that names the setting; lifespan events pass."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        if not token:
+            raise ValueError("the MCP bearer token must not be empty")
+        self.app = app
+        self._expected = b"Bearer " + token.encode("utf-8")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        import hmac
+
+        if scope["type"] in ("http", "websocket"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                from starlette.responses import JSONResponse
+
+                body = {"error": "unauthorized",
+                        "detail": "this MCP server needs 'Authorization: Bearer <token>' (PATHASST_MCP_TOKEN)"}
+                await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="pathasst"'})(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def serve(server: MCPServer, transport: Transport = "stdio", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+          token: str | None = None) -> None:
+    """Serve on stdio (stdout carries only the protocol) or streamable HTTP at ``http://HOST:PORT/mcp``; with
+    ``token`` (``PATHASST_MCP_TOKEN``) every HTTP request must carry it as a bearer token."""
     if transport == "stdio":
         server.run("stdio")
         return
-    if not is_loopback(host):
+    if not is_loopback(host) and not token:
         log.warning(
             "binding to %s: the tools and every image under the root are reachable from other machines, "
-            "without authentication",
+            "without authentication (set PATHASST_MCP_TOKEN to require a bearer token)",
             host,
         )
-    server.run("streamable-http", host=host, port=port)
+    import uvicorn
+
+    app = server.streamable_http_app(host=host)
+    uvicorn.run(BearerTokenAuth(app, token) if token else app, host=host, port=port, log_level="warning")
 
 
 def run(
@@ -296,4 +329,11 @@ def run(
         from pathasst.agent.settings import get_settings
 
         settings = get_settings()
-    serve(build_server(settings, root), transport, host, port)
+    serve(build_server(settings, root), transport, host, port, mcp_token(settings))
+
+
+def mcp_token(settings: Any) -> str | None:
+    """The bearer token HTTP clients must send (``PATHASST_MCP_TOKEN``), or None."""
+    secret = getattr(settings, "mcp_token", None)
+    value = secret.get_secret_value() if secret is not None else ""
+    return value or None

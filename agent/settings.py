@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     )
     chroma_host: str | None = Field(None, description="Chroma server host; set to use the client/server mode.")
     chroma_port: int = Field(8000, description="Chroma server port.")
+    mcp_token: SecretStr | None = Field(
+        None,
+        description="Bearer token that `pathasst mcp --transport http` requires of every request (empty = none; "
+        "set it before binding anything but loopback).",
+    )
     similar_k: int = Field(3, ge=0, le=50, description="Similar cases retrieved per case by the graph (0 = off).")
     conversations_path: Path | None = Field(
         None, description="SQLite file of review conversations (empty = <cache_dir>/conversations.sqlite)."

@@ -340,6 +340,63 @@ def test_streamable_http_on_loopback(image_root, tmp_path):
     assert code == 0, stderr
 
 
+def test_streamable_http_with_a_token_refuses_requests_without_it(image_root, tmp_path):
+    """PATHASST_MCP_TOKEN: a request without the bearer token, or with another, gets 401 naming the setting and
+    reaches no tool; the MCP client that sends it lists and calls the tools."""
+    import httpx2
+    from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PATHASST_")} | _server_env(tmp_path)
+    env["PATHASST_MCP_TOKEN"] = "s3cret-token"
+    cmd = [sys.executable, "-m", "pathasst.agent.cli_mcp", "--transport", "http", "--port", str(port)]
+    cmd += ["--root", str(image_root)]
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    with open(tmp_path / "stderr.txt", "w+", encoding="utf-8") as errlog:
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=errlog)
+        try:
+            _wait_for_port(proc, port)
+            refused = [httpx2.post(url, json=hello, headers=h, timeout=10) for h in
+                       ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"})]
+
+            async def go(token):
+                client_http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+                async with Client(streamable_http_client(url, http_client=client_http)) as client:
+                    tools = (await client.list_tools()).tools
+                    return tools, await client.call_tool("tissue_qc", {"image": IHC})
+
+            tools, result = _run(lambda: go("s3cret-token"))
+            with pytest.raises(Exception):  # noqa: B017 - the client surfaces the 401 as its own error type
+                _run(lambda: go("wrong"))
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=20)
+        errlog.seek(0)
+        stderr = errlog.read()
+    for r in refused:
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        assert "PATHASST_MCP_TOKEN" in r.json()["detail"]
+    assert {t.name for t in tools} == TOOL_NAMES
+    assert not result.is_error and 0.9 < result.structured_content["output"]["tissue_fraction"] <= 1.0
+    assert "(bearer token required)" in stderr and "s3cret-token" not in stderr
+    assert code == 0, stderr
+
+
+def test_bearer_token_middleware_refuses_an_empty_token_and_passes_lifespan():
+    from pathasst.agent.mcp_server import BearerTokenAuth
+
+    with pytest.raises(ValueError, match="must not be empty"):
+        BearerTokenAuth(object(), "")
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["type"])
+
+    _run(lambda: BearerTokenAuth(app, "t")({"type": "lifespan"}, None, None))
+    assert seen == ["lifespan"]
+
+
 # --- shared data -------------------------------------------------------------------------------------------------
 @pytest.mark.data
 def test_held_out_consep_tile_and_slide_over_mcp(settings, shared_data):
