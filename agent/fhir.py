@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pathasst.agent.report import Report
+from pathasst.agent.report import PERCENT_FIELDS, Report
 from pathasst.tools.base import ToolCallRecord
 
 __all__ = [
@@ -70,7 +70,7 @@ UNITS: dict[str, Unit] = {
          "cell_counts", "type_counts", "n_tiles", "library_images"),
         _COUNT,
     ),
-    **dict.fromkeys(("positivity_index", "tps"), _PCT),
+    **dict.fromkeys(PERCENT_FIELDS, _PCT),
     **dict.fromkeys(
         ("tissue_fraction", "pen_fraction", "nuclear_area_fraction", "tumor_stroma_ratio", "probability",
          "top_probability", "area_fractions", "class_probabilities", "probabilities", "mean_eccentricity",

@@ -113,12 +113,18 @@ def _label(name: str) -> str:
     return " ".join(_WORDS.get(w, w) for w in name.split("_"))
 
 
-def _fmt(v: Any) -> str:
+#: output fields given in percent (the other units are in the field names: ``_mm2``, ``_um``, ``per_10_hpf``)
+PERCENT_FIELDS = frozenset({"positivity_index", "tps"})
+
+
+def _fmt(v: Any, name: str = "") -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, list):
         return ", ".join(map(str, v))
-    return fmt_number(v) if isinstance(v, (int, float)) else str(v)
+    if isinstance(v, (int, float)):
+        return fmt_number(v) + ("%" if name in PERCENT_FIELDS else "")
+    return str(v)
 
 
 def _title(tool: str) -> str:
@@ -133,7 +139,7 @@ def compose_answer(question: str, trace: list[ToolCallRecord], headline: dict[st
     for r in ok:
         out = r.output or {}
         fields = headline.get(r.tool) or tuple(k for k, _ in _scalars(out)[:4])
-        parts = [f"{_label(f)} {_fmt(out[f])}" for f in fields if out.get(f) not in (None, [])]
+        parts = [f"{_label(f)} {_fmt(out[f], f)}" for f in fields if out.get(f) not in (None, [])]
         where = f" on {r.image}" if r.image else ""
         lines.append(f"{_title(r.tool)}{where}: {'; '.join(parts) or 'completed'} [{r.id}].")
     for r in trace:
@@ -169,7 +175,7 @@ def build_report(
             scal = _scalars(r.output)
             for k, v in scal:
                 measurements.append(Measurement(name=k, value=v, tool=r.tool, image=r.image, source=r.id))
-            body = "; ".join(f"{_label(k)} {_fmt(v)}" for k, v in scal) or "completed"
+            body = "; ".join(f"{_label(k)} {_fmt(v, k)}" for k, v in scal) or "completed"
             findings.append(Finding(text=f"{r.tool} ({r.image}): {body}", kind="measurement", sources=[r.id]))
         elif r.status == "not_configured":
             msg = (r.output or {}).get("message") or "not configured"

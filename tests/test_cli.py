@@ -87,8 +87,9 @@ def test_ask_on_a_real_ihc_image(tmp_path, shared_data):
     rep = Report.model_validate_json(p.stdout)
     assert [r.tool for r in rep.trace] == ["ihc_quantification"] and rep.trace[0].status == "ok"
     idx = rep.trace[0].output["positivity_index"]
-    assert f"positivity index {idx:g}" in rep.answer or f"positivity index {idx}" in rep.answer
+    assert f"positivity index {idx:g}%" in rep.answer or f"positivity index {idx}%" in rep.answer  # a percentage
     md = (tmp_path / "o" / "22_2_ihc" / "report.md").read_text()
+    assert f"positivity index {idx:g}%;" in md or f"positivity index {idx}%;" in md  # findings too
     assert ungrounded_numbers(md, rep.allowed_numbers()) == []
 
 
