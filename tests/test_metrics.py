@@ -168,3 +168,28 @@ def test_nuclei_evaluation_pools_tiles_per_source_image(tmp_path: Path) -> None:
     assert by["images"][0]["aji"] == pytest.approx(3 / 4) and by["aji"] == pytest.approx((3 / 4 + 1 / 2) / 2)
     single = evaluate_nuclei(lambda rgb: np.zeros((32, 32), np.int32), tmp_path, names=["a_1_000", "a_2_000"])
     assert "by_image" not in single  # one tile per image: nothing to pool
+
+
+def test_nuclei_evaluation_reads_grey_rgba_and_tiff_images_as_rgb(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pathasst.tools.evaluate import evaluate_nuclei
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "instances").mkdir()
+    lab = np.zeros((32, 48), np.uint16)
+    lab[4:12, 4:12] = 7
+    for name, img, ext in (("grey", Image.new("L", (48, 32), 120), ".png"),
+                           ("rgba", Image.new("RGBA", (48, 32), (200, 100, 150, 255)), ".png"),
+                           ("tiled", Image.new("RGB", (48, 32), (10, 20, 30)), ".tiff")):
+        img.save(tmp_path / "images" / f"{name}{ext}")
+        Image.fromarray(lab).save(tmp_path / "instances" / f"{name}.png")
+    shapes = []
+
+    def predict(rgb: np.ndarray) -> np.ndarray:
+        shapes.append((rgb.shape, rgb.dtype))
+        return lab.astype(np.int32)
+
+    res = evaluate_nuclei(predict, tmp_path)
+    assert res["n_tiles"] == 3 and res["f1"] == 1.0
+    assert shapes == [((32, 48, 3), np.dtype(np.uint8))] * 3

@@ -46,6 +46,14 @@ def _read(path: Path) -> np.ndarray:
         return np.array(im)
 
 
+def _read_rgb(path: Path) -> np.ndarray:
+    """An image as uint8 RGB (grey, palette and RGBA files too; ``[..., :3]`` would cut a grey image's columns)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.array(im if im.mode == "RGB" else im.convert("RGB"))
+
+
 def baseline_nuclei(rgb: np.ndarray, min_distance: int = 6, min_area_px: int = 30) -> np.ndarray:
     """The README's naive baseline: haematoxylin by colour deconvolution (``rgb2hed``), Otsu threshold, objects
     below ``min_area_px`` removed, distance-transform watershed seeded by ``peak_local_max(min_distance)``.
@@ -93,7 +101,7 @@ def nuclei_tiles(data_dir: Path | str, limit: int | None = None, names: Iterable
 
 
 def _image_path(folder: Path, name: str) -> Path:
-    for ext in (".png", ".jpg", ".jpeg", ".tif"):
+    for ext in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
         p = folder / f"{name}{ext}"
         if p.is_file():
             return p
@@ -138,7 +146,7 @@ def evaluate_nuclei(
     inter_sum = union_sum = iou_sum = 0.0
     tp = fp = fn = 0
     for name in nuclei_tiles(data_dir, limit, names):
-        rgb = _read(_image_path(data_dir / "images", name))[..., :3]
+        rgb = _read_rgb(_image_path(data_dir / "images", name))
         true = _read(data_dir / "instances" / f"{name}.png")
         pred = np.asarray(predict(rgb))
         f = object_f1(true, pred)
@@ -275,7 +283,7 @@ def evaluate_ihc(
         if not gt_path.is_file():
             continue
         true_xy, true_pos = ihc_ground_truth(_read(gt_path))
-        pred_xy, pred_pos = predict(_read(ihc_path)[..., :3])
+        pred_xy, pred_pos = predict(_read_rgb(ihc_path))
         per_class = match_points_by_class(true_xy, true_pos, pred_xy, pred_pos, match_radius_px)
         det = match_points(true_xy, pred_xy, match_radius_px)
         true_index = 100.0 * float(true_pos.mean()) if len(true_pos) else 0.0
