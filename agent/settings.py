@@ -109,8 +109,14 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="Threads for torch-based tools (empty = default).")
     nuclei_precision: Literal["float32", "bfloat16"] = Field(
         "float32",
-        description="Arithmetic of the shipped/own nuclei network: bfloat16 made the tool 1.7x faster on an AVX512-BF16 "
-        "CPU (CPUs without native bfloat16 emulate it: may be slower, not measured); same held-out accuracy (tools/weights/NUCLEI_MODEL_CARD.md).",
+        description="Arithmetic of the shipped/own nuclei network (torch runtime): bfloat16 made the tool 1.7x faster on an "
+        "AVX512-BF16 CPU but 6x slower on an AVX2-only CPU, which emulates it; same held-out accuracy (tools/weights/NUCLEI_MODEL_CARD.md).",
+    )
+    nuclei_runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="What runs the shipped/own nuclei network on the CPU: onnxruntime (exported to ONNX in memory at "
+        "load, float32: the same maps as torch to 1e-5, the tool 1.3-1.4x faster on a 2-core AVX2 CPU), torch, or auto (onnxruntime unless "
+        "nuclei_precision is bfloat16, which is torch's). On a GPU torch always runs it.",
     )
 
     # --- weights, one per deep tool (empty = embedded backend or 'not configured') ---------------

@@ -652,6 +652,7 @@ def evaluate_held_out(ckpt: Path, data_dir: Path, every: int = 2) -> dict[str, A
     with mock.patch.object(ns, "SHIPPED_NET_IS_DEFAULT", False):
         out["classical"] = summary(evaluate_nuclei(ns.NucleiSegmentationTool(settings), data_dir, names=names))
     net = NucleiNet.load(Path(ckpt), "nuclei_weights", settings)
+    out["runtime"] = net.runtime
     pairs: list = []
     for s in load_samples(data_dir, names):
         pred = net.segment_array(s.rgb)

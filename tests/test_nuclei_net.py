@@ -41,6 +41,14 @@ def _tiny(tmp_path: Path, name: str = "tiny.pt", seed: int = 0, **cfg: Any) -> P
     return save_checkpoint(tmp_path / name, model, config)
 
 
+def _tiny_ensemble(tmp_path: Path) -> Path:
+    from pathasst.finetune.nuclei_net import combine_checkpoints
+
+    out = tmp_path / "tiny_ensemble.pt"
+    combine_checkpoints([_tiny(tmp_path, "m1.pt", seed=1), _tiny(tmp_path, "m2.pt", seed=2)], out)
+    return out
+
+
 def _he_image(h: int, w: int, mpp: float | None = 0.25, seed: int = 0) -> ImageData:
     from skimage import data
 
@@ -272,6 +280,47 @@ def test_bfloat16_inference_follows_the_setting_and_matches_float32(settings: An
         settings.__class__(_env_file=None, nuclei_precision="float16")
     with pytest.raises(ValueError, match="precision must be one of"):
         NucleiNet(fp32.model, fp32.config, fp32.device, precision="half")
+
+
+def test_onnxruntime_runs_the_network_with_torchs_maps_and_follows_the_setting(settings: Any, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """nuclei_runtime: 'auto' (the default) and 'onnxruntime' export the network to ONNX once and run it there
+    (torch's module is not called), with torch's maps to 1e-4 on a tiled image, for a single network and an
+    ensemble; bfloat16 stays torch's; missing packages and bad values are clear errors."""
+    import sys
+
+    from pydantic import ValidationError
+
+    from pathasst.tools.backends import nuclei_net as nn_mod
+    from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
+
+    one = settings.model_copy(update={"torch_threads": 1})
+    rgb = _he_image(100, 120).pixels
+    for path in (_tiny(tmp_path), _tiny_ensemble(tmp_path)):
+        ref = load_nuclei_backend(path, one.model_copy(update={"nuclei_runtime": "torch"}))
+        ort = load_nuclei_backend(path, one)  # auto
+        assert ref.runtime == "torch" and ort.runtime == "onnxruntime" and ort.describe().endswith(", onnxruntime)")
+        expected = ref.maps(rgb)
+        session = ort.onnx_session()
+        monkeypatch.setattr(ort.model, "forward", lambda *a: (_ for _ in ()).throw(AssertionError("torch ran")))
+        got = ort.maps(rgb)
+        assert ort.onnx_session() is session  # exported once
+        assert got.shape == expected.shape and got.dtype == np.float32
+        assert np.abs(got - expected).max() < 1e-4
+    bf16 = load_nuclei_backend(_tiny(tmp_path), one.model_copy(update={"nuclei_precision": "bfloat16"}))
+    assert bf16.runtime == "torch"  # auto: bfloat16 is torch arithmetic
+    with pytest.raises(ValueError, match="bfloat16 is a torch arithmetic"):
+        NucleiNet(ref.model, ref.config, ref.device, precision="bfloat16", runtime="onnxruntime")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        NucleiNet(ref.model, ref.config, ref.device, runtime="tensorrt")
+    with pytest.raises(ValidationError, match="nuclei_runtime"):
+        settings.__class__(_env_file=None, nuclei_runtime="tensorrt")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    monkeypatch.setattr(nn_mod, "_onnx_available", lambda: False)
+    assert load_nuclei_backend(_tiny(tmp_path), one).runtime == "torch"
+    missing = load_nuclei_backend(_tiny(tmp_path), one.model_copy(update={"nuclei_runtime": "onnxruntime"}))
+    with pytest.raises(RuntimeError, match="PATHASST_NUCLEI_RUNTIME=torch"):
+        missing.maps(rgb)
 
 
 def test_shipped_network_in_bfloat16_scores_like_float32_on_held_out_tiles(shared_data: Path, settings: Any) -> None:
