@@ -366,8 +366,10 @@ def training_device(name: str = "auto") -> Any:
     ``cuda:N`` or ``cpu`` explicitly (a CUDA device torch cannot see is an error, never a silent CPU run)."""
     import torch
 
+    from pathasst.tools.backends.runtime import torch_device
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch_device()
     try:
         dev = torch.device(name)
     except RuntimeError as exc:

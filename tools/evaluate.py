@@ -47,11 +47,12 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    """An image as uint8 RGB (grey, palette and RGBA files too; ``[..., :3]`` would cut a grey image's columns)."""
-    from PIL import Image
+    """An image decoded as the product decodes case images (``read_patch``: uint8 RGB from grey, palette, RGBA or
+    TIFF files, the pixel limit of the default settings); ``[..., :3]`` would cut a grey image's columns."""
+    from pathasst.agent.readers import read_patch
+    from pathasst.agent.settings import Settings
 
-    with Image.open(path) as im:
-        return np.array(im if im.mode == "RGB" else im.convert("RGB"))
+    return read_patch(path, Settings.model_fields["max_image_pixels"].default).pixels
 
 
 def baseline_nuclei(rgb: np.ndarray, min_distance: int = 6, min_area_px: int = 30) -> np.ndarray:
