@@ -646,6 +646,8 @@ def evaluate_held_out(ckpt: Path, data_dir: Path, every: int = 2) -> dict[str, A
         if "by_image" in scores:  # pooled per source image, then the mean over the images
             b = scores["by_image"]
             out["by_image"] = {"images": b["n_images"], "f1": round(b["f1"], 4), "aji": round(b["aji"], 4)}
+        ci = scores["ci95"]  # bootstrap over source images: how far the 48-tile means can move by sampling alone
+        out["ci95"] = {"resampled": ci["resampled"], **{k: [round(v, 4) for v in ci[k]] for k in ("f1", "aji")}}
         return out
 
     out: dict[str, Any] = {"held_out_tiles": len(names), "checkpoint": str(ckpt), "precision": settings.nuclei_precision}

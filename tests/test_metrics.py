@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,27 @@ def test_nuclei_evaluation_pools_tiles_per_source_image(tmp_path: Path) -> None:
         Image.fromarray(lab).save(tmp_path / "instances" / f"{name}.png")
         Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "images" / f"{name}.png")
     found = {"a_1_000": 0, "a_1_001": 3, "a_2_000": 1}  # predict the first k nuclei of each tile exactly
+    res = evaluate_nuclei(first_nuclei(truth, found), tmp_path)
+    assert res["f1"] == pytest.approx((0.0 + 1.0 + 2 / 3) / 3)  # per tile: 0, 1, 2*1/(2+1)
+    by = res["by_image"]
+    assert by["n_images"] == 2 and [i["image"] for i in by["images"]] == ["a_1", "a_2"]
+    assert by["images"][0]["f1"] == pytest.approx(2 * 3 / (4 + 3)) and by["images"][1]["f1"] == pytest.approx(2 / 3)
+    assert by["f1"] == pytest.approx((6 / 7 + 2 / 3) / 2)
+    assert by["images"][0]["aji"] == pytest.approx(3 / 4) and by["aji"] == pytest.approx((3 / 4 + 1 / 2) / 2)
+    # bootstrap over source images: a draw is {a_1, a_1} (tile mean 0.5, p = 1/4), {a_1, a_2} (5/9) or {a_2, a_2}
+    # (2/3, p = 1/4), so the 2.5 / 97.5 percentiles are the extremes; resampling the 3 tiles instead reaches 0 and 1
+    ci = res["ci95"]
+    assert ci["resampled"] == "source images" and ci["units"] == 2
+    assert ci["f1"] == pytest.approx([0.5, 2 / 3])
+    assert ci["aji"][0] <= res["aji"] <= ci["aji"][1]
+    assert evaluate_nuclei(first_nuclei(truth, found), tmp_path)["ci95"] == ci  # seeded: the same interval again
+    single = evaluate_nuclei(lambda rgb: np.zeros((32, 32), np.int32), tmp_path, names=["a_1_000", "a_2_000"])
+    assert "by_image" not in single  # one tile per image: nothing to pool
+    assert single["ci95"]["resampled"] == "tiles" and single["ci95"]["f1"] == [0.0, 0.0]
+
+
+def first_nuclei(truth: dict[str, np.ndarray], found: dict[str, int]) -> Callable[[np.ndarray], np.ndarray]:
+    """A predictor for the tiles of ``truth`` in name order: exactly the first ``found[name]`` nuclei of each."""
     seen = iter(sorted(truth))
 
     def predict(rgb: np.ndarray) -> np.ndarray:
@@ -159,15 +181,19 @@ def test_nuclei_evaluation_pools_tiles_per_source_image(tmp_path: Path) -> None:
         lab = truth[name].astype(np.int32)
         return np.where(np.isin(lab, [10 * (i + 1) for i in range(found[name])]), lab, 0)
 
-    res = evaluate_nuclei(predict, tmp_path)
-    assert res["f1"] == pytest.approx((0.0 + 1.0 + 2 / 3) / 3)  # per tile: 0, 1, 2*1/(2+1)
-    by = res["by_image"]
-    assert by["n_images"] == 2 and [i["image"] for i in by["images"]] == ["a_1", "a_2"]
-    assert by["images"][0]["f1"] == pytest.approx(2 * 3 / (4 + 3)) and by["images"][1]["f1"] == pytest.approx(2 / 3)
-    assert by["f1"] == pytest.approx((6 / 7 + 2 / 3) / 2)
-    assert by["images"][0]["aji"] == pytest.approx(3 / 4) and by["aji"] == pytest.approx((3 / 4 + 1 / 2) / 2)
-    single = evaluate_nuclei(lambda rgb: np.zeros((32, 32), np.int32), tmp_path, names=["a_1_000", "a_2_000"])
-    assert "by_image" not in single  # one tile per image: nothing to pool
+    return predict
+
+
+def test_bootstrap_interval_over_tiles_narrows_with_more_tiles() -> None:
+    from pathasst.tools.evaluate import bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    few = [{"name": f"t{i}", "f1": v} for i, v in enumerate(rng.uniform(0.4, 1.0, 12))]
+    many = [{"name": f"t{i}", "f1": v} for i, v in enumerate(rng.uniform(0.4, 1.0, 480))]
+    a, b = bootstrap_ci(few, ["f1"])["f1"], bootstrap_ci(many, ["f1"])["f1"]
+    assert a[0] < np.mean([r["f1"] for r in few]) < a[1]
+    assert b[0] < np.mean([r["f1"] for r in many]) < b[1]
+    assert (b[1] - b[0]) < 0.4 * (a[1] - a[0])  # width ~ 1/sqrt(n): 480 tiles vs 12 -> about 0.16x
 
 
 def test_nuclei_evaluation_reads_grey_rgba_and_tiff_images_as_rgb(tmp_path: Path) -> None:
