@@ -2,7 +2,11 @@
 the default (float32 network run by ONNX Runtime), float32 run by torch (``PATHASST_NUCLEI_RUNTIME=torch``) and
 bfloat16 run by torch (``PATHASST_NUCLEI_PRECISION=bfloat16``), all in one process.
 
-Run: ``.venv/bin/python bench/bench_nuclei.py [--size 2048]``
+The bfloat16 variant runs only on a CPU with native bfloat16 (AVX512-BF16 / AMX / Arm BF16 in /proc/cpuinfo) or
+with ``--bfloat16 always``: elsewhere torch emulates it (6x slower than float32 on an AVX2 CPU, where the 2048 px
+run then takes most of an hour).
+
+Run: ``.venv/bin/python bench/bench_nuclei.py [--size 2048] [--bfloat16 auto|always|never]``
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import he_region, measure, rss_mib  # noqa: E402
 
 from pathasst.agent.settings import Settings  # noqa: E402
+from pathasst.tools.backends.runtime import cpu_native_bf16  # noqa: E402
 from pathasst.tools.base import ToolInput  # noqa: E402
 from pathasst.tools.evaluate import baseline_nuclei  # noqa: E402
 from pathasst.tools.imaging import ImageData  # noqa: E402
@@ -27,7 +32,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=2048, help="side of the square region in pixels")
-    rgb, mpp, where = he_region(parser.parse_args().size)
+    parser.add_argument("--bfloat16", choices=("auto", "always", "never"), default="auto",
+                        help="the bfloat16 variant: auto = only where the CPU computes bfloat16 natively")
+    opts = parser.parse_args()
+    native = cpu_native_bf16()
+    with_bf16 = opts.bfloat16 == "always" or (opts.bfloat16 == "auto" and bool(native))
+    rgb, mpp, where = he_region(opts.size)
     reg = default_registry(Settings(_env_file=None))
     tool = reg.get("nuclei_segmentation")
     img = ImageData(pixels=rgb, name="region.png", mpp=mpp)
@@ -35,8 +45,10 @@ def main() -> None:
     assert isinstance(args, ToolInput)
     mp = rgb.shape[0] * rgb.shape[1] / 1e6
     res: dict = {}
-    variants = {"nuclei_segmentation": {}, "nuclei_segmentation_torch": {"nuclei_runtime": "torch"},
-                "nuclei_segmentation_bfloat16": {"nuclei_precision": "bfloat16"}}
+    variants: dict[str, dict] = {"nuclei_segmentation": {}, "nuclei_segmentation_torch": {"nuclei_runtime": "torch"}}
+    if with_bf16:
+        variants["nuclei_segmentation_bfloat16"] = {"nuclei_precision": "bfloat16"}
+    res["cpu_native_bfloat16"] = native
     for key, update in variants.items():
         variant = default_registry(Settings(_env_file=None, **update)).get("nuclei_segmentation")
         out = variant.analyze(img, args).output  # loads (and exports to ONNX where it applies): not timed
@@ -44,7 +56,10 @@ def main() -> None:
         res[key] = {**r, "mpix_per_s": mp / r["best_s"], "count": out.count, "model": variant.model_info().get("model")}
     torch_s = res["nuclei_segmentation_torch"]["best_s"]
     res["speedup_onnxruntime_vs_torch_float32"] = torch_s / res["nuclei_segmentation"]["best_s"]
-    res["speedup_bfloat16_vs_torch_float32"] = torch_s / res["nuclei_segmentation_bfloat16"]["best_s"]
+    if with_bf16:
+        res["speedup_bfloat16_vs_torch_float32"] = torch_s / res["nuclei_segmentation_bfloat16"]["best_s"]
+    else:
+        res["bfloat16_skipped"] = "no native bfloat16 on this CPU (torch would emulate it); --bfloat16 always runs it"
     b = measure(lambda: baseline_nuclei(rgb), repeat=2)
     res["naive_baseline"] = {**b, "mpix_per_s": mp / b["best_s"]}
     res["ratio_tool_vs_baseline_time"] = res["nuclei_segmentation"]["best_s"] / b["best_s"]

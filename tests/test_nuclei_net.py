@@ -282,6 +282,33 @@ def test_bfloat16_inference_follows_the_setting_and_matches_float32(settings: An
         NucleiNet(fp32.model, fp32.config, fp32.device, precision="half")
 
 
+def test_bfloat16_on_a_cpu_that_emulates_it_is_warned_about(settings: Any, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The CPU's bfloat16 support is read from /proc/cpuinfo's flags; choosing bfloat16 where torch would emulate it
+    logs a warning that names the setting (float32 and a native-bfloat16 CPU stay quiet)."""
+    import logging
+    from unittest import mock
+
+    import pathasst.tools.backends.nuclei_net as nn_mod
+    from pathasst.tools.backends.runtime import cpu_native_bf16
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    spr = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+    assert cpu_native_bf16(avx2) is False
+    assert cpu_native_bf16(spr) is True and cpu_native_bf16(arm) is True
+    assert cpu_native_bf16("model name : something\n") is None  # no flags line: unknown
+    assert cpu_native_bf16() in (True, False)  # this Linux machine's own /proc/cpuinfo is readable
+
+    ref = NucleiNet.load(_tiny(tmp_path), "nuclei_weights", settings)
+    for native, precision, warned in ((False, "bfloat16", True), (True, "bfloat16", False), (False, "float32", False)):
+        caplog.clear()
+        with mock.patch.object(nn_mod, "cpu_native_bf16", return_value=native), caplog.at_level(logging.WARNING):
+            NucleiNet(ref.model, ref.config, ref.device, precision=precision, runtime="torch")
+        text = " ".join(r.getMessage() for r in caplog.records if r.name == nn_mod.__name__)
+        assert ("PATHASST_NUCLEI_PRECISION=bfloat16" in text and "emulates" in text) is warned, (native, precision)
+
+
 def test_onnxruntime_runs_the_network_with_torchs_maps_and_follows_the_setting(settings: Any, tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """nuclei_runtime: 'auto' (the default) and 'onnxruntime' export the network to ONNX once and run it there

@@ -34,6 +34,7 @@ used and run by ONNX Runtime in float32 (torch's maps to 1e-5; the tool about 1.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ import numpy as np
 from pathasst.tools.backends.runtime import (
     Checkpoint,
     configure_threads,
+    cpu_native_bf16,
     load_state,
     predict_padded,
     read_checkpoint,
@@ -53,6 +55,8 @@ from pathasst.tools.backends.runtime import (
 from pathasst.tools.backends.tiling import dense_tiled
 from pathasst.tools.errors import WeightsError
 from pathasst.tools.imaging import ImageData
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHITECTURE",
@@ -422,6 +426,10 @@ class NucleiNet:
             import torch
 
             self.model = model.to(memory_format=torch.channels_last)
+            if getattr(device, "type", "cpu") == "cpu" and cpu_native_bf16() is False:
+                log.warning("PATHASST_NUCLEI_PRECISION=bfloat16 on a CPU without native bfloat16 (no AVX512-BF16 / "
+                            "AMX in /proc/cpuinfo): torch emulates it, expect the nuclei network to run several times "
+                            "slower than with float32")
         #: 'onnxruntime': the network exported to ONNX once and run by ONNX Runtime (float32) on the CPU
         if runtime == "auto":
             runtime = "onnxruntime" if precision == "float32" and _onnx_available() else "torch"

@@ -49,6 +49,26 @@ def torch_device() -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+#: /proc/cpuinfo flags of CPUs that compute bfloat16 natively (x86 AVX512-BF16 / AMX, Arm's BF16 extension)
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU does bfloat16 arithmetic natively (from the flags of ``/proc/cpuinfo``, or of ``cpuinfo``):
+    True / False, None when that cannot be read (not Linux). Without it torch emulates bfloat16, several times
+    slower than float32 (measured 6x for the nuclei network on an AVX2-only CPU)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return None
+    flags = {f for line in cpuinfo.splitlines() if line.split(":")[0].strip() in ("flags", "Features")
+             for f in line.partition(":")[2].split()}
+    if not flags:
+        return None
+    return bool(flags & NATIVE_BF16_FLAGS)
+
+
 def configure_threads(settings: Any) -> None:
     """Apply ``Settings.torch_threads`` (None = torch's default) to torch's intra-op pool."""
     threads = getattr(settings, "torch_threads", None)
