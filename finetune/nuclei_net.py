@@ -160,9 +160,17 @@ def colour_jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, 0, 1).astype(np.float32)
 
 
-def augment(s: Sample, crop: int, rng: np.random.Generator, lowres: float = 0.0) -> tuple[np.ndarray, ...]:
+#: where the HV targets of a training crop come from: ``crop`` = computed on the crop's own instance map, so a nucleus
+#: the crop cuts points at the centre of its visible part, as at inference (HoVer-Net's order: crop, then targets);
+#: ``tile`` = cut out of the whole tile's targets (releases up to 0.6.0 trained so)
+HV_TARGETS = ("crop", "tile")
+
+
+def augment(s: Sample, crop: int, rng: np.random.Generator, lowres: float = 0.0,
+            hv_targets: str = "crop") -> tuple[np.ndarray, ...]:
     """(rgb float (3, c, c) in [0, 1], np (c, c), hv (2, c, c), tp (c, c)) of a random augmented crop; with
-    probability ``lowres`` the image is also scanned down by 1.5-2.2x and brought back (20x-like detail)."""
+    probability ``lowres`` the image is also scanned down by 1.5-2.2x and brought back (20x-like detail).
+    ``hv_targets``: see :data:`HV_TARGETS`."""
     import torch
     from torch.nn import functional as F
 
@@ -171,7 +179,10 @@ def augment(s: Sample, crop: int, rng: np.random.Generator, lowres: float = 0.0)
     src = min(int(round(crop / scale)), H, W)
     y0, x0 = rng.integers(0, H - src + 1), rng.integers(0, W - src + 1)
     sl = (slice(y0, y0 + src), slice(x0, x0 + src))
-    rgb, hv, lab, tp = _dihedral(s.rgb[sl], s.hv[:, sl[0], sl[1]], s.labels[sl], s.types[sl], rng)
+    if hv_targets not in HV_TARGETS:
+        raise ValueError(f"hv_targets must be one of {HV_TARGETS}, not {hv_targets!r}")
+    hv_src = hv_map(s.labels[sl]) if hv_targets == "crop" else s.hv[:, sl[0], sl[1]]
+    rgb, hv, lab, tp = _dihedral(s.rgb[sl], hv_src, s.labels[sl], s.types[sl], rng)
     rgb = colour_jitter(np.ascontiguousarray(rgb), rng).transpose(2, 0, 1)
     fg = (lab > 0).astype(np.float32)
     if src != crop:
@@ -390,8 +401,10 @@ class CropStream(IterableDataset):
     ``torch.utils.data.DataLoader`` with ``num_workers`` > 0 (``batch_size=None``): each worker draws its own tiles
     and augmentations from ``seed`` and its worker id, so no two workers repeat each other's batches."""
 
-    def __init__(self, samples: list[Sample], crop: int, batch: int, seed: int, lowres: float = 0.0) -> None:
+    def __init__(self, samples: list[Sample], crop: int, batch: int, seed: int, lowres: float = 0.0,
+                 hv_targets: str = "crop") -> None:
         self.samples, self.crop, self.batch, self.seed, self.lowres = samples, crop, batch, seed, lowres
+        self.hv_targets = hv_targets
 
     def __iter__(self) -> Any:
         import torch
@@ -399,16 +412,17 @@ class CropStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, 0 if info is None else info.id + 1])
         while True:
-            items = [augment(self.samples[i], self.crop, rng, self.lowres)
+            items = [augment(self.samples[i], self.crop, rng, self.lowres, self.hv_targets)
                      for i in rng.integers(0, len(self.samples), self.batch)]
             yield tuple(np.stack([it[k] for it in items]) for k in range(4))
 
 
 def _batch_loader(samples: list[Sample], crop: int, batch: int, seed: int, lowres: float, workers: int,
-                  pin: bool) -> Any:
+                  pin: bool, hv_targets: str = "crop") -> Any:
     import torch
 
-    return iter(torch.utils.data.DataLoader(CropStream(samples, crop, batch, seed, lowres), batch_size=None,
+    stream = CropStream(samples, crop, batch, seed, lowres, hv_targets)
+    return iter(torch.utils.data.DataLoader(stream, batch_size=None,
                                             num_workers=workers, pin_memory=pin, prefetch_factor=4,
                                             persistent_workers=False))
 
@@ -437,6 +451,7 @@ def train(
     bf16: bool = False,
     device: str = "auto",
     workers: int = 0,
+    hv_targets: str = "crop",
 ) -> dict[str, Any]:
     """Train; returns a summary (losses, validation history, best scores, paths). ``init``: start from the weights
     (and widths) of an existing checkpoint instead of from scratch (a fresh optimiser and schedule). ``ema`` > 0:
@@ -460,6 +475,8 @@ def train(
     if start_from is not None and start_from.config.members:
         raise ValueError(f"--init {init} is an ensemble; train its members separately and combine them with --ensemble")
     dev = training_device(device)
+    if hv_targets not in HV_TARGETS:
+        raise ValueError(f"hv_targets must be one of {HV_TARGETS}, not {hv_targets!r}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     old_threads = torch.get_num_threads()
@@ -508,6 +525,7 @@ def train(
     if bf16:
         meta["precision"] = "bfloat16 autocast, channels-last"
     meta["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    meta["hv_targets"] = hv_targets
     if workers:
         meta["loader_workers"] = workers
     averaged = None
@@ -526,7 +544,8 @@ def train(
         model.train()
         return s
 
-    batches = _batch_loader(train_s, crop, batch, seed, lowres, workers, dev.type == "cuda") if workers else None
+    batches = (_batch_loader(train_s, crop, batch, seed, lowres, workers, dev.type == "cuda", hv_targets)
+               if workers else None)
     model.train()
     while True:
         elapsed = time.perf_counter() - start
@@ -537,7 +556,7 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
         if batches is None:
-            items = [augment(train_s[i], crop, rng, lowres) for i in rng.integers(0, len(train_s), batch)]
+            items = [augment(train_s[i], crop, rng, lowres, hv_targets) for i in rng.integers(0, len(train_s), batch)]
             arrays = [torch.from_numpy(np.stack([it[k] for it in items])) for k in range(4)]
         else:
             arrays = [torch.as_tensor(a) for a in next(batches)]
@@ -695,6 +714,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=0,
                         help="DataLoader worker processes that augment batches (0 = in the training loop); a GPU "
                              "needs several to be kept busy")
+    parser.add_argument("--hv-targets", choices=HV_TARGETS, default="crop",
+                        help="HV targets of a training crop: computed on the crop (a cut nucleus points at the centre "
+                             "of its visible part, as at inference) or cut out of the whole tile's (0.6.0 and before)")
     parser.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="CKPT",
                         help="combine these checkpoints into one ensemble checkpoint written to --out (a file)")
     parser.add_argument("--init", type=Path, default=None, metavar="CKPT",
@@ -728,7 +750,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = train(args.data, args.out, args.minutes, tuple(args.val_sources), tuple(args.widths), args.crop,
                     args.batch, args.lr, args.seed, args.threads, args.val_every, args.max_steps, args.limit,
                     args.val_limit, not args.no_tune, init=args.init, tune_train_every=args.tune_train_every, lowres=args.lowres,
-                    ema=args.ema, bf16=args.bf16, device=args.device, workers=args.workers)
+                    ema=args.ema, bf16=args.bf16, device=args.device, workers=args.workers, hv_targets=args.hv_targets)
     print(json.dumps({k: v for k, v in res.items() if k != "step_losses"}, indent=1, default=str))
     return res
 

@@ -480,6 +480,8 @@ def test_a_short_real_training_run_lowers_the_loss_and_reloads(shared_data: Path
     assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10]), losses
     net = load_nuclei_backend(tmp_path / "run" / "nuclei_net.pt", settings)
     assert isinstance(net, NucleiNet) and net.config.widths == [8, 16, 32]
+    ck = torch.load(str(tmp_path / "run" / "nuclei_net.pt"), map_location="cpu", weights_only=True)
+    assert ck["config"]["hv_targets"] == "crop"  # the default, recorded with the weights
     assert net.segment(_he_image(64, 80)).labels.shape == (64, 80)
     with pytest.raises(ValueError, match="held-out"):
         from pathasst.finetune.nuclei_pixel import sample_pixels  # the shared guard of the training split
@@ -608,6 +610,31 @@ def test_device_training_script_trains_from_a_checkout_that_is_not_installed(sha
     assert bad.returncode == 2 and "no CoNSeP tiles at" in bad.stderr
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_hv_targets_of_a_crop_point_at_the_centre_of_the_visible_part() -> None:
+    """A nucleus that a training crop cuts: with ``hv_targets="crop"`` (the default) its HV targets are computed on
+    the crop, so both maps run from -1 to +1 over the visible part (as the network sees it at inference); cut out of
+    the whole tile's targets (``"tile"``), a crop on one side of the centre gets one-sided maps."""
+    from pathasst.finetune.nuclei_net import HV_TARGETS, Sample, augment, hv_map
+
+    yy, xx = np.mgrid[:128, :128]
+    labels = ((yy - 64) ** 2 + (xx - 64) ** 2 <= 60**2).astype(np.int32)  # one large nucleus filling the tile
+    rgb = np.where(labels[..., None] > 0, 90, 230).astype(np.uint8).repeat(3, axis=2)
+    sample = Sample("disc", rgb, labels, hv_map(labels), labels.astype(np.int64) * 3)
+
+    def one_sided(hv: np.ndarray, fg: np.ndarray) -> bool:
+        inside = hv[:, fg > 0]
+        return bool(((inside.max(axis=1) < 0.5) | (inside.min(axis=1) > -0.5)).any())
+
+    counts = {}
+    for mode in HV_TARGETS:
+        crops = [augment(sample, 32, np.random.default_rng(seed), hv_targets=mode) for seed in range(40)]
+        assert all(c[1].sum() > 100 for c in crops)  # the nucleus is in every crop
+        counts[mode] = sum(one_sided(c[2], c[1]) for c in crops)
+    assert counts["crop"] == 0 and counts["tile"] >= 5, counts
+    with pytest.raises(ValueError, match="hv_targets must be one of"):
+        augment(sample, 32, np.random.default_rng(0), hv_targets="image")
 
 
 @pytest.mark.data
