@@ -201,7 +201,7 @@ def _source_image(name: str) -> str:
 def bootstrap_ci(
     rows: list[dict[str, Any]],
     keys: Iterable[str],
-    cluster: Any = None,
+    cluster: Callable[[str], str] | None = None,
     resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
