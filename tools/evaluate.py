@@ -188,14 +188,15 @@ def evaluate_nuclei(
     by_image = _by_source_image(rows)
     if by_image is not None:
         out["by_image"] = by_image
-    out["ci95"] = bootstrap_ci(rows, ("f1", "aji"), _source_image if by_image is not None else None)
+    out["ci95"] = bootstrap_ci(rows, ("f1", "aji"), (lambda n: str(_source_image(n))) if by_image is not None else None)
     out["per_tile"] = rows
     return out
 
 
-def _source_image(name: str) -> str:
-    """``train_16_003`` -> ``train_16`` (the source image a tile was cut from)."""
-    return name.rsplit("_", 1)[0]
+def _source_image(name: str) -> str | None:
+    """``train_16_003`` -> ``train_16`` (the source image a tile was cut from); None for a name without that form."""
+    stem, _, index = name.rpartition("_")
+    return stem if stem and index.isdigit() else None
 
 
 def bootstrap_ci(
@@ -234,14 +235,12 @@ def _by_source_image(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """F1 and AJI pooled over the tiles of each source image (tiles named ``IMAGE_INDEX``, e.g. ``train_16_003``),
     then averaged over images: the protocol of figures published for whole images (HoVer-Net's CoNSeP results are
     means over 1000 px test images). None unless every name has that form and some image has several tiles."""
-    import re
-
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        m = re.fullmatch(r"(.+)_\d+", r["name"])
-        if m is None:
+        image = _source_image(r["name"])
+        if image is None:
             return None
-        groups.setdefault(m.group(1), []).append(r)
+        groups.setdefault(image, []).append(r)
     if len(groups) == len(rows):
         return None
     images = []
