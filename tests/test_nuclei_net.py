@@ -371,9 +371,19 @@ def test_shipped_network_in_bfloat16_scores_like_float32_on_held_out_tiles(share
         assert abs(a[k] - b[k]) < 0.01, (k, a, b)
 
 
+@pytest.fixture
+def shipped_tool(settings: Any) -> Any:
+    """The nuclei tool in ``auto`` with the shipped network as its default (skipped when the weights are absent)."""
+    from pathasst.tools.nuclei_segmentation import SHIPPED_NET_WEIGHTS, NucleiSegmentationTool
+
+    if not SHIPPED_NET_WEIGHTS.is_file():
+        pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
+    return NucleiSegmentationTool(settings.model_copy(update={"torch_threads": 2}))
+
+
 @pytest.mark.data
 def test_domain_guard_falls_back_on_a_stain_without_eosin_but_not_on_a_near_empty_tile(shared_data: Path,
-                                                                                       settings: Any) -> None:
+                                                                                       shipped_tool: Any) -> None:
     """``auto`` with the shipped network: an IHC image (DAB + haematoxylin, no eosin, many nuclei) goes to
     deconvolution, and so does a 96 px crop of it (few nuclei, but densely); a near-empty H&E tile (CoNSeP
     train_2_001: no annotated nucleus, pale, little eosin) keeps the network's answer, where deconvolution would
@@ -384,16 +394,12 @@ def test_domain_guard_falls_back_on_a_stain_without_eosin_but_not_on_a_near_empt
     from pathasst.tools.nuclei_segmentation import (
         AUTO_MIN_DENSITY_MM2,
         AUTO_MIN_NUCLEI,
-        SHIPPED_NET_WEIGHTS,
         NucleiSegmentationInput,
-        NucleiSegmentationTool,
         _looks_like_he,
         segment_nuclei,
     )
 
-    if not SHIPPED_NET_WEIGHTS.is_file():
-        pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
-    tool = NucleiSegmentationTool(settings.model_copy(update={"torch_threads": 2}))
+    tool = shipped_tool
     ihc = ImageData(np.asarray(data.immunohistochemistry()), name="ihc", mpp=0.25)
     out = tool.analyze(ihc, NucleiSegmentationInput(image="ihc")).output
     assert out.method == "deconvolution" and out.count >= AUTO_MIN_NUCLEI, (out.method, out.count)
@@ -412,7 +418,7 @@ def test_domain_guard_falls_back_on_a_stain_without_eosin_but_not_on_a_near_empt
 
 @pytest.mark.data
 def test_domain_guard_keeps_the_network_on_a_sparse_tile_with_pigment_but_not_on_a_blind_20x_region(
-        shared_data: Path, settings: Any) -> None:
+        shared_data: Path, shipped_tool: Any) -> None:
     """The agreement rule (deconvolution finds many, the network under AUTO_AGREEMENT of them) needs large counts:
     on CoNSeP train_4_001 (5 annotated nuclei among brown pigment) deconvolution finds 45 objects and the network 2,
     and falling back there scored object F1 0 (11 of the 336 training tiles did so before the count floor). On a
@@ -422,18 +428,10 @@ def test_domain_guard_keeps_the_network_on_a_sparse_tile_with_pigment_but_not_on
 
     from pathasst.finetune.nuclei_pixel import _load_tile
     from pathasst.tools.metrics import object_f1
-    from pathasst.tools.nuclei_segmentation import (
-        AUTO_AGREEMENT,
-        AUTO_NET_MIN_NUCLEI,
-        SHIPPED_NET_WEIGHTS,
-        NucleiSegmentationInput,
-        NucleiSegmentationTool,
-        segment_nuclei,
-    )
+    from pathasst.tools.nuclei_segmentation import (AUTO_AGREEMENT, AUTO_NET_MIN_NUCLEI, NucleiSegmentationInput,
+                                                    segment_nuclei)
 
-    if not SHIPPED_NET_WEIGHTS.is_file():
-        pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
-    tool = NucleiSegmentationTool(settings.model_copy(update={"torch_threads": 2}))
+    tool = shipped_tool
     rgb, truth = _load_tile(shared_data / "consep_train", "train_4_001")
     rgb = np.ascontiguousarray(rgb[..., :3])
     dec, _ = segment_nuclei(rgb, 0.25, "deconvolution")
