@@ -431,7 +431,7 @@ def _domain_fallback(
     there, deconvolution's few objects are mostly stain noise (two such tiles among the 70 post-processing tuning
     tiles; falling back on them had cost the tool's mean object F1 there 0.014), while a small IHC crop is dense in
     nuclei. So does a sparse H&E tile with pigment or dye (the count floor AUTO_NET_MIN_NUCLEI: 11 of the 336 CoNSeP
-    training tiles fell back without it, at object F1 0; the tool's mean F1 on them rose from 0.682 to 0.698).
+    training tiles fell back without it, at object F1 0; the tool's mean F1 on all 336 rose from 0.682 to 0.698).
     ``work``: ``rgb`` already resampled to MODEL_MPP (the network's input), so that it is not resampled twice."""
     fallback, _, work = _segment_nuclei(rgb, mpp, "deconvolution", min_area_px, seed_h, work=work)
     n_net, n_dec = _n_objects(labels), _n_objects(fallback)
