@@ -1,6 +1,7 @@
 """Nuclei segmentation throughput (megapixels/s) and peak memory on a 2048x2048 region, vs the naive baseline:
 the default (float32 network run by ONNX Runtime), float32 run by torch (``PATHASST_NUCLEI_RUNTIME=torch``) and
-bfloat16 run by torch (``PATHASST_NUCLEI_PRECISION=bfloat16``), all in one process.
+bfloat16 run by torch (``PATHASST_NUCLEI_PRECISION=bfloat16``), all in one process; and the default without the
+ensemble members' vote (``post.member_vote = 0``: one watershed on the averaged maps, the post-processing of 0.6.0).
 
 The bfloat16 variant runs only on a CPU with native bfloat16 (AVX512-BF16 / AMX / Arm BF16 in /proc/cpuinfo) or
 with ``--bfloat16 always``: elsewhere torch emulates it (6x slower than float32 on an AVX2 CPU, where the 2048 px
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,13 +51,22 @@ def main() -> None:
     if with_bf16:
         variants["nuclei_segmentation_bfloat16"] = {"nuclei_precision": "bfloat16"}
     res["cpu_native_bfloat16"] = native
+    variants["nuclei_segmentation_no_vote"] = {}
     for key, update in variants.items():
         variant = default_registry(Settings(_env_file=None, **update)).get("nuclei_segmentation")
+        if key.endswith("_no_vote"):
+            variant.load()
+            deep = variant._deep
+            deep.config.post = replace(deep.config.post, member_vote=0)
+            if deep.config.members:
+                deep.keep_member_maps(False)
         out = variant.analyze(img, args).output  # loads (and exports to ONNX where it applies): not timed
         r = measure(lambda variant=variant: variant.analyze(img, args), repeat=1)
         res[key] = {**r, "mpix_per_s": mp / r["best_s"], "count": out.count, "model": variant.model_info().get("model")}
     torch_s = res["nuclei_segmentation_torch"]["best_s"]
     res["speedup_onnxruntime_vs_torch_float32"] = torch_s / res["nuclei_segmentation"]["best_s"]
+    res["ratio_time_vote_vs_no_vote"] = (res["nuclei_segmentation"]["best_s"]
+                                         / res["nuclei_segmentation_no_vote"]["best_s"])
     if with_bf16:
         res["speedup_bfloat16_vs_torch_float32"] = torch_s / res["nuclei_segmentation_bfloat16"]["best_s"]
     else:

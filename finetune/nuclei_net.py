@@ -25,7 +25,7 @@ AVX512-BF16 or AMX). ``--device auto|cpu|cuda`` picks where to train (auto: a CU
 ``--workers N`` augments batches in N DataLoader processes (a GPU needs them; ``scripts/device_train_nuclei.sh``
 runs a whole GPU training on a bare machine). ``--ensemble A.pt B.pt ... --out E.pt`` combines trained checkpoints into one ensemble
 checkpoint (the shipped file: two networks of different widths). ``--tune-only CKPT`` re-runs only the tuning step on
-an existing checkpoint; ``--evaluate CKPT`` scores a checkpoint on the held-out tiles (source images 16-26) next to
+an existing checkpoint (for an ensemble it also tries the members' vote, ``post.member_vote``); ``--evaluate CKPT`` scores a checkpoint on the held-out tiles (source images 16-26) next to
 the classical method (the model card's figures).
 """
 
@@ -272,17 +272,18 @@ def type_f1(pairs: list, classes: list[str]) -> dict[str, float | None]:
 
 def score_maps(maps: list[np.ndarray], samples: list[Sample], post: Any, classes: list[str]) -> dict[str, Any]:
     """Mean-over-tiles F1, AJI, PQ, Dice, and type F1 of stitched maps ``(3 + 1 + T, H, W)`` against the samples."""
-    from pathasst.tools.backends.nuclei_net import hover_instances, instance_types
+    from pathasst.tools.backends.nuclei_net import instance_types, instances_from_maps
     from pathasst.tools.metrics import aji_counts, dice, object_f1, panoptic_quality
 
     rows, pairs = [], []
+    n_tp = 1 + len(classes)
     for mp, s in zip(maps, samples, strict=True):
-        pred = hover_instances(mp[0], mp[1:3], post)
+        pred = instances_from_maps(mp, post, n_tp)
         inter, union = aji_counts(s.labels, pred)
         rows.append((object_f1(s.labels, pred)["f1"], inter / union if union else 1.0,
                      panoptic_quality(s.labels, pred)["pq"], dice(s.labels, pred)))
         tt = s.true_types()
-        pairs += type_pairs(s.labels, pred, tt, instance_types(pred, mp[3:]))
+        pairs += type_pairs(s.labels, pred, tt, instance_types(pred, mp[3 : 3 + n_tp]))
     r = np.array(rows)
     return {"f1": float(r[:, 0].mean()), "aji": float(r[:, 1].mean()), "pq": float(r[:, 2].mean()),
             "dice": float(r[:, 3].mean()), "type_f1": type_f1(pairs, classes)}
@@ -301,11 +302,23 @@ TUNE_GRID: dict[str, dict[str, tuple]] = {
 def tune_post(maps: list[np.ndarray], samples: list[Sample], base: Any, classes: list[str], log: Any = None) -> tuple:
     """Search the post-processing on tuning maps; returns (best PostParams, its scores). For each edge mode, a
     coordinate-wise search (one parameter at a time, the others at their best so far, starting from the first value
-    of each grid entry) maximising mean F1 + mean AJI; the base parameters compete too."""
+    of each grid entry) maximising mean F1 + mean AJI; the base parameters compete too. Maps with an ensemble's
+    member maps (:meth:`NucleiNet.keep_member_maps`) also try the members' vote, last in each search and on the base
+    parameters: ``member_vote`` 0 (off) to n + 1 for n members."""
     from dataclasses import replace
 
+    n_members = (maps[0].shape[0] - 3 - 1 - len(classes)) // 3 if maps else 0
+    vote = {"member_vote": tuple(range(n_members + 2))} if n_members else {}
     best, best_s = base, score_maps(maps, samples, base, classes)
+    for k in vote.get("member_vote", ()):
+        if k != base.member_vote:
+            s = score_maps(maps, samples, replace(base, member_vote=k), classes)
+            if s["f1"] + s["aji"] > best_s["f1"] + best_s["aji"]:
+                best, best_s = replace(base, member_vote=k), s
+    if log is not None and vote:
+        print(f"tune base + vote: {best} -> f1 {best_s['f1']:.4f} aji {best_s['aji']:.4f}", file=log, flush=True)
     for mode, grid in TUNE_GRID.items():
+        grid = grid | vote
         cur = replace(base, edge_mode=mode, **{k: v[0] for k, v in grid.items()})
         cur_s = score_maps(maps, samples, cur, classes)
         for key, values in grid.items():
@@ -634,6 +647,8 @@ def tune_checkpoint(path: Path, data_dir: Path, val_sources: tuple[int, ...] = D
     names = tuning_tiles(data_dir, val_sources, val_limit, train_every)
     samples = load_samples(data_dir, names)
     net = NucleiNet.load(path, "nuclei_weights")
+    if net.config.members:
+        net.keep_member_maps()  # so that the search can try the members' vote
     maps = _val_maps(net, samples)
     post, scores = tune_post(maps, samples, net.config.post, net.config.type_classes, log)
     raw = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -4,6 +4,7 @@ training run, and (with ../shared/data and the shipped weights) held-out accurac
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,124 @@ def test_wrong_or_corrupt_files_fail_naming_the_setting(settings: Any, tmp_path:
         tool = NucleiSegmentationTool(settings.model_copy(update={"nuclei_weights": path}))
         record, _ = call_tool(tool, {"image": "img.png"}, make_resolver({"img.png": _he_image(64, 64)}))
         assert record.status == "failed" and "PATHASST_NUCLEI_WEIGHTS" in record.error, record.error
+
+
+def _vote_case() -> tuple[list[np.ndarray], dict[str, tuple[slice, slice]]]:
+    """Three label maps of one 40 x 60 image: the first (an ensemble's average) merges the touching nuclei A and B
+    into one object and finds D; the second splits A and B and alone finds C; the third splits A (one column wider)
+    and B and finds D."""
+    boxes = {"A": (slice(5, 15), slice(5, 15)), "B": (slice(5, 15), slice(15, 25)), "AB": (slice(4, 16), slice(5, 25)),
+             "C": (slice(25, 32), slice(40, 48)), "D": (slice(25, 33), slice(5, 13))}
+    avg, one, two = (np.zeros((40, 60), np.int32) for _ in range(3))
+    avg[boxes["AB"]], avg[boxes["D"]] = 7, 3
+    one[boxes["A"]], one[boxes["B"]], one[boxes["C"]] = 1, 2, 5
+    two[5:15, 6:16], two[5:15, 16:25], two[boxes["D"]] = 4, 9, 2
+    return [avg, one, two], boxes
+
+
+def test_member_vote_keeps_the_nuclei_most_predictions_agree_on_and_splits_what_the_average_merged() -> None:
+    """vote_instances by hand: with 2 of 3, A and B (split by two maps, merged by the average: IoU 0.42 with each)
+    come out split, the average's merged object and C (one map) go, D (two maps) stays; a pixel two kept nuclei
+    claim equally (column 15: B in the second map, A in the third) goes to the earlier map's; with 1 of 3 the merged
+    object wins its pixels (it has all its votes there); with 3 of 3 nothing is left."""
+    from pathasst.tools.backends.nuclei_net import vote_instances
+
+    maps, boxes = _vote_case()
+    out = vote_instances(maps, 2)
+    assert out.dtype == np.int32 and sorted(np.unique(out)) == [0, 1, 2, 3]
+
+    def mask(name: str) -> np.ndarray:
+        m = np.zeros(out.shape, bool)
+        m[boxes[name]] = True
+        return m
+
+    for name in ("A", "B", "D"):
+        ids = np.unique(out[mask(name)])
+        assert len(ids) == 1 and ids[0] > 0 and np.array_equal(out == ids[0], mask(name)), name
+    assert not out[mask("C")].any() and not out[4].any() and not out[15].any()  # C and the merged rows gone
+    loose = vote_instances(maps, 1)
+    assert len(np.unique(loose)) - 1 == 3  # AB (merged), C, D
+    assert len(np.unique(loose[mask("AB")])) == 1 and (loose[mask("AB")] > 0).all()
+    assert vote_instances(maps, 3).max() == 0
+    assert vote_instances(maps, 2, min_area_px=65).max() == 2  # D (64 px) dropped
+    assert sorted(np.unique(vote_instances([maps[1]], 1))) == [0, 1, 2, 3]  # one map: itself, relabelled 1..N
+    assert vote_instances([np.zeros((5, 5), np.int32)] * 3, 2).shape == (5, 5)
+    with pytest.raises(ValueError, match="differ in shape"):
+        vote_instances([maps[0], maps[1][:, :50]], 2)
+    with pytest.raises(ValueError, match="at least one label map"):
+        vote_instances([], 2)
+
+
+def test_an_ensemble_voting_on_its_members_returns_their_maps_in_both_runtimes_and_the_search_tries_it(
+        settings: Any, tmp_path: Path) -> None:
+    """post.member_vote on an ensemble: maps gain each member's own P(nucleus), H, V (equal to the member's maps
+    loaded alone), in torch and in ONNX Runtime, and segment() post-processes all of them; without the members'
+    maps the vote is a clear error; an impossible member_vote is refused naming the setting; tune_post tries the
+    vote on ensemble maps and picks it where the average merges touching nuclei that the members split."""
+    from dataclasses import replace
+
+    from pathasst.finetune.nuclei_net import Sample, hv_map, score_maps, tune_post
+    from pathasst.tools.backends.nuclei_net import PostParams, instances_from_maps
+    from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
+
+    ens = _tiny_ensemble(tmp_path)
+    raw = torch.load(ens, weights_only=True)
+    post = {"np_threshold": 0.45, "min_area_px": 4, "min_marker_px": 2, "member_vote": 2}
+    raw["config"]["post"] = post
+    voting = tmp_path / "voting.pt"
+    torch.save(raw, voting)
+    one = settings.model_copy(update={"torch_threads": 1})
+    rgb = _he_image(100, 120).pixels
+    nets = {rt: load_nuclei_backend(voting, one.model_copy(update={"nuclei_runtime": rt}))
+            for rt in ("torch", "onnxruntime")}
+    members = [load_nuclei_backend(tmp_path / f"m{k}.pt", one.model_copy(update={"nuclei_runtime": "torch"}))
+               for k in (1, 2)]
+    own = [m.maps(rgb)[:3] for m in members]
+    for rt, net in nets.items():
+        assert net.runtime == rt and net.n_member_maps == 2
+        mp = net.maps(rgb)
+        assert mp.shape == (8 + 6, 100, 120), mp.shape
+        np.testing.assert_allclose(mp[:3], np.mean(own, 0), atol=1e-4)
+        np.testing.assert_allclose(mp[8:11], own[0], atol=1e-4)
+        np.testing.assert_allclose(mp[11:14], own[1], atol=1e-4)
+        assert np.abs(own[0] - own[1]).max() > 1e-2  # the members really differ
+        assert np.array_equal(net.segment_array(rgb).labels, instances_from_maps(mp, net.config.post, 5))
+    net = nets["torch"]
+    net.keep_member_maps(False)
+    assert net.maps(rgb).shape[0] == 8
+    with pytest.raises(ValueError, match="needs the members' own maps"):
+        net.segment_array(rgb)
+    assert net.segment_array(rgb, replace(net.config.post, member_vote=0)).labels.shape == (100, 120)
+    with pytest.raises(ValueError, match="need an ensemble"):
+        members[0].keep_member_maps()
+    raw["config"]["post"] = {**post, "member_vote": 4}
+    torch.save(raw, tmp_path / "bad_vote.pt")
+    with pytest.raises(WeightsError, match=r"PATHASST_NUCLEI_WEIGHTS.*" + re.escape("'member_vote' 4 is impossible "
+                                                                                   "for an ensemble of 2 (1..3)")):
+        load_nuclei_backend(tmp_path / "bad_vote.pt", settings)
+    single = torch.load(tmp_path / "m1.pt", weights_only=True)
+    single["config"]["post"] = {"member_vote": 2}
+    torch.save(single, tmp_path / "single_vote.pt")
+    with pytest.raises(WeightsError, match="impossible for a single network; 0 turns the vote off"):
+        load_nuclei_backend(tmp_path / "single_vote.pt", settings)
+
+    # the search: two touching nuclei the average merges (flat HV) and both members split (true HV)
+    true = np.zeros((64, 96), np.int32)
+    yy, xx = np.mgrid[:64, :96]
+    true[(yy - 32) ** 2 + (xx - 30) ** 2 < 14**2] = 1
+    true[(yy - 32) ** 2 + (xx - 55) ** 2 < 13**2] = 2
+    fg = (true > 0).astype(np.float32)[None]
+    types = np.zeros((5, 64, 96), np.float32)
+    member = np.concatenate([fg, hv_map(true)])
+    maps = [np.concatenate([fg, np.zeros((2, 64, 96), np.float32), types, member, member])]
+    samples = [Sample("t", np.zeros((64, 96, 3), np.uint8), true, hv_map(true), np.zeros((64, 96), np.int64))]
+    classes = ["Other", "Inflammatory", "Epithelial", "Spindle"]
+    base = PostParams(edge_mode="absolute", grad_threshold=0.1, hv_sigma=1.0)
+    assert instances_from_maps(maps[0], base, 5).max() == 1  # the average alone: merged
+    assert instances_from_maps(maps[0], replace(base, member_vote=2), 5).max() == 2  # voted apart
+    best, scores = tune_post(maps, samples, base, classes)
+    assert best.member_vote in (1, 2) and scores["f1"] == 1.0, (best, scores)  # 1 can tie with 2 here
+    assert score_maps(maps, samples, replace(best, member_vote=0), classes)["f1"] < 1.0
 
 
 def test_an_ensemble_checkpoint_averages_its_members_and_refuses_bad_input(settings: Any, tmp_path: Path) -> None:

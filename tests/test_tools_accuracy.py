@@ -49,19 +49,19 @@ def nuclei_scores(shared_data: Path) -> dict[str, dict]:
 
 
 def test_nuclei_absolute_accuracy(nuclei_scores: dict[str, dict]) -> None:
-    # measured (tool 0.6.0, shipped ensemble of the 1.3 M network and a 3.2 M network trained 110 min with bf16,
-    # probabilities and HV maps averaged; 'absolute' edge mode, marker-less components kept from 20 px): mean over
-    # tiles F1 0.696, precision 0.787, recall 0.633, PQ 0.554, AJI 0.563, Dice 0.826 (domain guard's density rule);
-    # all tiles pooled F1 0.738, PQ 0.592, AJI 0.572 (tool 0.5.0, the 1.3 M network alone: F1 0.686, AJI 0.554;
-    # the classical pixel classifier, the default before the network: F1 0.448, AJI 0.378)
+    # measured (tool 0.7.0, shipped ensemble of the 1.3 M network and a 3.2 M network trained 110 min with bf16; the
+    # nuclei that 2 of member 1, member 2 and their averaged maps agree on): mean over tiles F1 0.712, precision
+    # 0.810, recall 0.645, PQ 0.565, AJI 0.564, Dice 0.827; all tiles pooled F1 0.744, PQ 0.598, AJI 0.570. The issue's
+    # target is F1 >= 0.70 and AJI >= 0.55. Without the vote (0.6.0, same weights): F1 0.696, precision 0.787, PQ
+    # 0.554; the 1.3 M network alone (0.5.0): F1 0.686, AJI 0.554; the classical pixel classifier: F1 0.448, AJI 0.378
     s = nuclei_scores["tool"]
     assert s["n_tiles"] == 48
-    assert s["f1"] > 0.67, s
-    assert s["pq"] > 0.53, s
-    assert s["aji"] > 0.54, s
-    assert s["dice"] > 0.80, s
-    assert s["precision"] > 0.76 and s["recall"] > 0.61, s
-    assert s["f1_aggregate"] > 0.71 and s["pq_aggregate"] > 0.56 and s["aji_aggregate"] > 0.55, s
+    assert s["f1"] > 0.705, s
+    assert s["pq"] > 0.56, s
+    assert s["aji"] > 0.555, s
+    assert s["dice"] > 0.82, s
+    assert s["precision"] > 0.80 and s["recall"] > 0.64, s
+    assert s["f1_aggregate"] > 0.735 and s["pq_aggregate"] > 0.59 and s["aji_aggregate"] > 0.56, s
 
 
 def test_nuclei_clearly_beats_naive_baseline(nuclei_scores: dict[str, dict]) -> None:
@@ -214,7 +214,7 @@ def test_auto_nuclei_generalise_to_another_scanner(shared_data):
 )
 def test_default_nuclei_on_he_from_other_sources_keep_the_network(shared_data, settings, name, mpp, at_least):
     """H&E from other sources and scanners than CoNSeP (no ground truth here): the default keeps the network's
-    answer (no fallback), finds about as many nuclei as the unsupervised deconvolution (measured 513 vs 471 and 345
+    answer (no fallback), finds about as many nuclei as the unsupervised deconvolution (measured 473 vs 471 and 338
     vs 307; by eye the outlines follow the nuclei) with a nucleus-like mean area, and types them."""
     from pathasst.tools.nuclei_segmentation import segment_nuclei
 

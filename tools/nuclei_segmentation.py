@@ -608,7 +608,7 @@ class NucleiSegmentationTool(PathologyTool):
         "epithelial, spindle) when the network runs, area statistics (um^2), eccentricity and solidity, with an "
         "outline overlay and one polygon per nucleus."
     )
-    version = "0.6.0"
+    version = "0.7.0"
     input_model = NucleiSegmentationInput
     output_model = NucleiSegmentationOutput
     headline_fields = ("count", "density_per_mm2", "mean_area_um2", "mean_eccentricity")

@@ -11,7 +11,8 @@ key                 required  meaning
 ``mpp``             yes       microns per pixel the network was trained at (images are resampled to it)
 ``widths``          no        channels per level, full resolution first (default ``[16, 32, 64, 128, 192]``)
 ``members``         no        an ensemble: one ``widths`` list per member network (state dict keys
-                              ``members.I.*``); their probabilities and HV maps are averaged (``widths`` unused)
+                              ``members.I.*``); their probabilities and HV maps are averaged (``widths`` unused),
+                              and with ``post.member_vote`` its nuclei are voted on (:func:`vote_instances`)
 ``type_classes``    no        names of the type head's channels after background (default CoNSeP's four)
 ``mean``, ``std``   no        per-channel normalisation of RGB in [0, 1] (default 0.5 / 0.5)
 ``tile_size``       no (256)  tile side for inference at ``mpp`` (a multiple of 16)
@@ -25,7 +26,9 @@ Post-processing (:func:`hover_instances`): nucleus mask = P(nucleus) > ``np_thre
 (smoothed) HV maps are large between touching nuclei, so markers = mask minus high-gradient pixels (opened, small ones
 dropped); marker-controlled watershed of the gradient inside the mask. The gradient is either min-max normalised per
 image (HoVer-Net's ``"minmax"``) or used as it is (``"absolute"``), see :class:`PostParams`. Each nucleus's type is the
-majority vote of the type head's argmax over its pixels (background excluded).
+majority vote of the type head's argmax over its pixels (background excluded). An ensemble with
+``post.member_vote = k`` also segments each member's own maps and keeps the nuclei that at least k of these
+predictions and the averaged one agree on (:func:`vote_instances`).
 
 Inference on the CPU (``PATHASST_NUCLEI_RUNTIME``): by default the network is exported to ONNX in memory when first
 used and run by ONNX Runtime in float32 (torch's maps to 1e-5; the tool about 1.4x faster on the 2-core machine);
@@ -72,8 +75,10 @@ __all__ = [
     "build_nuclei_net",
     "hover_instances",
     "instance_types",
+    "instances_from_maps",
     "is_nuclei_net_checkpoint",
     "to_image_labels",
+    "vote_instances",
 ]
 
 ARCHITECTURE = "pathasst-nuclei-net"
@@ -157,7 +162,8 @@ def build_nuclei_net(widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, n_typ
 def build_nuclei_ensemble(members: list[list[int]], n_types: int = 5) -> Any:
     """Several networks as one module: NP and TP probabilities averaged over the members (returned as log
     probabilities, so a softmax gives the averages back exactly) and HV maps averaged; same output layout as
-    :func:`build_nuclei_net`. Members of different widths and depths decorrelate best."""
+    :func:`build_nuclei_net`, followed by each member's own NP logits and HV maps when ``with_members`` is set.
+    Members of different widths and depths decorrelate best."""
     import torch
     from torch import nn
 
@@ -166,12 +172,16 @@ def build_nuclei_ensemble(members: list[list[int]], n_types: int = 5) -> Any:
             super().__init__()
             self.members = nn.ModuleList([build_nuclei_net(w, n_types) for w in members])
 
+            #: also return each member's NP logits and HV maps (4 channels per member, after the averaged output)
+            self.with_members = False
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             outs = [m(x).float() for m in self.members]
             np_p = torch.stack([torch.softmax(o[:, :2], 1) for o in outs]).mean(0)
             tp_p = torch.stack([torch.softmax(o[:, 4:], 1) for o in outs]).mean(0)
             hv = torch.stack([o[:, 2:4] for o in outs]).mean(0)
-            return torch.cat([torch.log(np_p.clamp_min(1e-12)), hv, torch.log(tp_p.clamp_min(1e-12))], dim=1)
+            own = [o[:, :4] for o in outs] if self.with_members else []
+            return torch.cat([torch.log(np_p.clamp_min(1e-12)), hv, torch.log(tp_p.clamp_min(1e-12)), *own], dim=1)
 
     return Ensemble()
 
@@ -194,6 +204,11 @@ class PostParams:
     ``unmarked_min_px``: a foreground component in which no marker survives (a small, pale or cut-off nucleus whose
     HV maps are flat) is dropped by the marker watershed; with ``unmarked_min_px`` > 0 such a component of at least
     that many pixels is kept as one nucleus instead (0 = drop them, HoVer-Net's behaviour).
+
+    ``member_vote`` (ensembles only): 0 = the nuclei of the members' averaged maps; k >= 1 = each member's own maps
+    are segmented as well (same parameters) and the nuclei kept are those that at least k of these n + 1
+    predictions agree on (:func:`vote_instances`). Averaging the maps alone flattens the HV gradients between
+    touching nuclei (a boundary one member sees sharply is half as sharp in the average); the vote keeps it.
     """
 
     np_threshold: float = 0.5
@@ -203,6 +218,7 @@ class PostParams:
     min_area_px: int = 20
     edge_mode: str = "minmax"
     unmarked_min_px: int = 0
+    member_vote: int = 0
 
 
 @dataclass
@@ -293,6 +309,11 @@ class NucleiNetConfig:
             negative = [k for k in ("min_marker_px", "min_area_px", "unmarked_min_px") if getattr(cfg.post, k) < 0]
             if negative:
                 raise WeightsError(f"nuclei net {ckpt.where()}: post {negative} must be >= 0 pixels")
+            if cfg.post.member_vote and not 1 <= cfg.post.member_vote <= len(cfg.members) + 1:
+                n = len(cfg.members)
+                where = f"an ensemble of {n} (1..{n + 1})" if n else "a single network"
+                raise WeightsError(f"nuclei net {ckpt.where()}: post 'member_vote' {cfg.post.member_vote} is "
+                                   f"impossible for {where}; 0 turns the vote off")
             if cfg.post.edge_mode not in EDGE_MODES:
                 raise WeightsError(
                     f"nuclei net {ckpt.where()}: post 'edge_mode' must be one of {list(EDGE_MODES)}, "
@@ -379,6 +400,91 @@ def hover_instances(fg_prob: np.ndarray, hv: np.ndarray, post: PostParams | None
     return labels.astype(np.int32)
 
 
+def vote_instances(label_maps: list[np.ndarray], min_support: int, min_area_px: int = 0,
+                   iou: float = 0.5) -> np.ndarray:
+    """Instance-level majority vote of several instance label maps of one image (e.g. an ensemble's members and
+    their average): nuclei of different maps overlapping at IoU > ``iou`` are the same nucleus (connected
+    components of that relation); a nucleus found by at least ``min_support`` of the maps is kept, and made of the
+    pixels that at least half of the maps that found it cover. A pixel claimed by two kept nuclei goes to the one
+    more of its maps cover there (as a share of its support; ties to the earlier map). Nuclei under ``min_area_px``
+    pixels are dropped. Returns int32 labels 1..N (0 = background)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not label_maps:
+        raise ValueError("vote_instances needs at least one label map")
+    shape = label_maps[0].shape
+    if any(m.shape != shape for m in label_maps):
+        raise ValueError(f"label maps differ in shape: {[m.shape for m in label_maps]}")
+    n = len(label_maps)
+    g = np.zeros((n, *shape), np.int32)  # ids made global: map i's nucleus j -> offset_i + j
+    owner = [0]
+    offset = 0
+    for i, m in enumerate(label_maps):
+        m = np.asarray(m)
+        top = int(m.max(initial=0))
+        g[i] = np.where(m > 0, m.astype(np.int64) + offset, 0)
+        owner += [i] * top
+        offset += top
+    if offset == 0:
+        return np.zeros(shape, np.int32)
+    owner_of = np.array(owner, np.int64)
+    area = np.bincount(g.ravel(), minlength=offset + 1)
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            both = (g[i] > 0) & (g[j] > 0)
+            pair, inter = np.unique(g[i][both].astype(np.int64) * (offset + 1) + g[j][both], return_counts=True)
+            a, b = pair // (offset + 1), pair % (offset + 1)
+            same = inter / (area[a] + area[b] - inter) > iou
+            rows.append(a[same])
+            cols.append(b[same])
+    r, c = np.concatenate(rows or [np.zeros(0, np.int64)]), np.concatenate(cols or [np.zeros(0, np.int64)])
+    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(offset + 1, offset + 1))
+    _, comp = connected_components(graph, directed=False)
+    present = area > 0
+    present[0] = False
+    ids = np.flatnonzero(present)
+    clusters, cluster_of_present = np.unique(comp[ids], return_inverse=True)
+    cluster = np.full(offset + 1, -1, np.int32)
+    cluster[ids] = cluster_of_present
+    support = np.bincount(np.unique(cluster[ids].astype(np.int64) * n + owner_of[ids]) // n, minlength=len(clusters))
+    cl = cluster[g]  # (n, H, W): the cluster each map's nucleus belongs to (-1: background)
+    del g
+    best = np.zeros(shape, np.float32)  # the winning share of votes so far, per pixel
+    out = np.zeros(shape, np.int32)
+    for i in range(n):  # map by map, so that memory stays at the n cluster maps plus a few images
+        ci = cl[i]
+        votes = np.zeros(shape, np.int16)
+        for j in range(n):
+            votes += cl[j] == ci
+        sup = support[np.maximum(ci, 0)]
+        share = np.where((ci >= 0) & (sup >= min_support) & (2 * votes >= sup), votes / np.maximum(sup, 1), 0.0)
+        win = share > best  # ties stay with the earlier map
+        out[win] = ci[win] + 1
+        best[win] = share[win]
+    if min_area_px > 0:
+        out = _drop_small(out, min_area_px)
+    kept = np.unique(out[out > 0])
+    return np.where(out > 0, np.searchsorted(kept, out) + 1, 0).astype(np.int32)
+
+
+def instances_from_maps(maps: np.ndarray, post: PostParams, n_type_channels: int) -> np.ndarray:
+    """Instance labels of stitched maps: ``(3 + n_type_channels [+ 3 per member], H, W)`` = P(nucleus), H, V, the
+    type probabilities, then (an ensemble loaded with ``post.member_vote``) each member's own P(nucleus), H, V."""
+    base = 3 + n_type_channels
+    averaged = hover_instances(maps[0], maps[1:3], post)
+    if not post.member_vote:
+        return averaged
+    extra = maps.shape[0] - base
+    if extra <= 0 or extra % 3:
+        raise ValueError(f"post.member_vote = {post.member_vote} needs the members' own maps (an ensemble loaded "
+                         f"with member_vote set); these maps have {maps.shape[0]} channels, {base} without members")
+    own = [hover_instances(maps[base + k], maps[base + k + 1 : base + k + 3], post) for k in range(0, extra, 3)]
+    return vote_instances([averaged, *own], post.member_vote, post.min_area_px)
+
+
 def instance_types(labels: np.ndarray, tp_logits: np.ndarray) -> dict[int, int]:
     """Majority type (1..T, the type head's argmax over non-background channels) of every instance."""
     if labels.max() == 0:
@@ -419,6 +525,10 @@ class NucleiNet:
         self.model = model
         self.config = config
         self.device = device
+        #: an ensemble voting on its members' nuclei returns their own maps too (before any ONNX export)
+        self.n_member_maps = len(config.members) if config.members and config.post.member_vote else 0
+        if hasattr(model, "with_members"):
+            model.with_members = bool(self.n_member_maps)
         self.source = source
         #: 'bfloat16': autocast + channels-last tensors (Settings.nuclei_precision); weights stay float32
         self.precision = precision
@@ -458,6 +568,17 @@ class NucleiNet:
         import torch
 
         return cls(model.eval(), config, torch.device(device or "cpu"))
+
+    def keep_member_maps(self, on: bool = True) -> None:
+        """Have :meth:`maps` append (or stop appending) each ensemble member's own maps, whatever ``post.member_vote``
+        says (the post-processing search tries the vote on them)."""
+        if on and not self.config.members:
+            raise ValueError("member maps need an ensemble checkpoint (config 'members')")
+        with self._session_lock:
+            self.n_member_maps = len(self.config.members) if on else 0
+            if hasattr(self.model, "with_members"):
+                self.model.with_members = on
+            self._session = None  # an exported graph has the old outputs
 
     def describe(self) -> str:
         c = self.config
@@ -511,22 +632,28 @@ class NucleiNet:
                 out = out.float()
             else:
                 out = self.model(x).float()
-            return torch.cat([torch.softmax(out[:, :2], 1)[:, 1:2], out[:, 2:4], torch.softmax(out[:, 4:], 1)], 1)
+            base = 4 + 1 + len(self.config.type_classes)
+            own = [t for k in range(base, out.shape[1], 4)
+                   for t in (torch.softmax(out[:, k : k + 2], 1)[:, 1:2], out[:, k + 2 : k + 4])]
+            return torch.cat([torch.softmax(out[:, :2], 1)[:, 1:2], out[:, 2:4], torch.softmax(out[:, 4:base], 1),
+                              *own], 1)
 
         c = self.config
         return predict_padded(tiles, forward, c.multiple, c.mean, c.std, self.device)
 
     def maps(self, rgb: np.ndarray, tile: int | None = None, overlap: int | None = None, batch: int = 4) -> np.ndarray:
-        """Stitched ``(3 + 1 + T, H, W)``: P(nucleus), H, V, then type probabilities (background first)."""
+        """Stitched ``(3 + 1 + T, H, W)``: P(nucleus), H, V, then type probabilities (background first); an ensemble
+        voting on its members' nuclei (``post.member_vote``) appends each member's own P(nucleus), H, V."""
         c = self.config
-        channels = 3 + 1 + len(c.type_classes)
+        channels = 3 + 1 + len(c.type_classes) + 3 * self.n_member_maps
         return dense_tiled(rgb, self._predict, channels, tile or c.tile_size, c.overlap if overlap is None else overlap, batch)
 
     def segment_array(self, rgb: np.ndarray, post: PostParams | None = None) -> NucleiPrediction:
         """Instances and types of an RGB array already at the model's mpp."""
         mp = self.maps(np.asarray(rgb)[..., :3])
-        labels = hover_instances(mp[0], mp[1:3], post or self.config.post)
-        return NucleiPrediction(labels, instance_types(labels, mp[3:]), list(self.config.type_classes))
+        n_tp = 1 + len(self.config.type_classes)
+        labels = instances_from_maps(mp, post or self.config.post, n_tp)
+        return NucleiPrediction(labels, instance_types(labels, mp[3 : 3 + n_tp]), list(self.config.type_classes))
 
     def segment(self, image: ImageData, post: PostParams | None = None) -> NucleiPrediction:
         """Instances (uint32 labels 1..N with the shape of ``image``) and their types; resampled via the model mpp."""
