@@ -540,14 +540,15 @@ def test_domain_guard_keeps_the_network_on_a_sparse_tile_with_pigment_but_not_on
         shared_data: Path, shipped_tool: Any) -> None:
     """The agreement rule (deconvolution finds many, the network under AUTO_AGREEMENT of them) needs large counts:
     on CoNSeP train_4_001 (5 annotated nuclei among brown pigment) deconvolution finds 45 objects and the network 2,
-    and falling back there scored object F1 0 (11 of the 336 training tiles did so before the count floor). On a
+    and falling back there scored object F1 0 (11 of the 336 training tiles did so before the count floor); the
+    classical ``auto`` (pixel classifier, same floor) keeps its own answer there too (3 objects, F1 0.25). On a
     20x Aperio skin region where the network misses most of the dense basal-layer nuclei (99 against deconvolution's
     352) the guard still falls back."""
     import openslide
 
     from pathasst.finetune.nuclei_pixel import _load_tile
     from pathasst.tools.metrics import object_f1
-    from pathasst.tools.nuclei_segmentation import (AUTO_AGREEMENT, AUTO_NET_MIN_NUCLEI, NucleiSegmentationInput,
+    from pathasst.tools.nuclei_segmentation import (AUTO_AGREEMENT, AUTO_MIN_NUCLEI, NucleiSegmentationInput,
                                                     segment_nuclei)
 
     tool = shipped_tool
@@ -555,10 +556,12 @@ def test_domain_guard_keeps_the_network_on_a_sparse_tile_with_pigment_but_not_on
     rgb = np.ascontiguousarray(rgb[..., :3])
     dec, _ = segment_nuclei(rgb, 0.25, "deconvolution")
     n_dec = len(np.unique(dec)) - 1
-    assert 20 <= n_dec < AUTO_NET_MIN_NUCLEI and object_f1(truth, dec)["f1"] == 0.0, n_dec
+    assert 20 <= n_dec < AUTO_MIN_NUCLEI and object_f1(truth, dec)["f1"] == 0.0, n_dec
     res = tool.analyze(ImageData(rgb, name="t", mpp=0.25), NucleiSegmentationInput(image="t"))
     assert res.output.method == "nuclei_net" and res.output.count < AUTO_AGREEMENT * n_dec, res.output
     assert object_f1(truth, res.labels)["f1"] >= 0.25
+    classical, used = segment_nuclei(rgb, 0.25, "auto")  # the classical guard, the same count floor
+    assert used == "pixel_classifier" and object_f1(truth, classical)["f1"] >= 0.25, used
 
     with openslide.OpenSlide(str(shared_data / "slides" / "cmu-1-small-region.svs")) as slide:
         region = np.asarray(slide.read_region((800, 1200), 0, (512, 512)).convert("RGB"))

@@ -93,15 +93,15 @@ _MARGIN = 64
 
 Method = Literal["pixel_classifier", "deconvolution"]
 MethodChoice = Literal["auto", "pixel_classifier", "deconvolution"]
-#: ``auto`` falls back to deconvolution when the classifier finds fewer than this share of its nuclei ...
+#: ``auto`` falls back to deconvolution when the classifier (or the shipped network) finds fewer than this share of
+#: its nuclei ...
 AUTO_AGREEMENT = 0.35
-#: ... and deconvolution finds at least this many (so near-empty images keep the classifier's answer)
-AUTO_MIN_NUCLEI = 20
-#: the shipped network's guard applies that agreement rule only when deconvolution finds at least this many objects:
-#: on a sparse CoNSeP tile, deconvolution alone finds up to 45 objects in pigment, mucin dye and fibres (training
-#: tiles with <= 20 annotated nuclei: median 2-9, max 45 per 256 px tile) where the network rightly finds few, and a
-#: ratio of two such small counts says nothing about the network being out of its domain
-AUTO_NET_MIN_NUCLEI = 50
+#: ... and deconvolution finds at least this many objects. On a sparse CoNSeP tile, deconvolution alone finds up to
+#: 45 objects in pigment, mucin dye and fibres (training tiles with <= 20 annotated nuclei: median 2-9, max 45 per
+#: 256 px tile) where the network or the classifier rightly finds few, and a ratio of two such small counts says
+#: nothing about the image being out of their domain (with 20 instead, the network's guard fell back on 11 of the 336
+#: training tiles and the classifier's on 20, at deconvolution F1 0-0.18)
+AUTO_MIN_NUCLEI = 50
 #: the shipped network's guard falls back on an image without eosin only when deconvolution finds at least this many
 #: nuclei per mm^2 (near-empty CoNSeP tiles without eosin: <= 977; IHC crops of 64-128 px: median 9,000-14,000)
 AUTO_MIN_DENSITY_MM2 = 2000.0
@@ -426,11 +426,11 @@ def _domain_fallback(
 ) -> np.ndarray | None:
     """The shipped network's domain guard: the deconvolution labels when the image has no eosin (IHC, other stains)
     and deconvolution finds at least AUTO_MIN_DENSITY_MM2 nuclei per mm^2, or when deconvolution finds at least
-    AUTO_NET_MIN_NUCLEI and the network under AUTO_AGREEMENT of them (out of its domain); None when the network's
+    AUTO_MIN_NUCLEI and the network under AUTO_AGREEMENT of them (out of its domain); None when the network's
     answer stands. A near-empty field without eosin (lumen, fat, a pale edge of tissue) keeps the network's answer:
     there, deconvolution's few objects are mostly stain noise (two such tiles among the 70 post-processing tuning
     tiles; falling back on them had cost the tool's mean object F1 there 0.014), while a small IHC crop is dense in
-    nuclei. So does a sparse H&E tile with pigment or dye (the count floor AUTO_NET_MIN_NUCLEI: 11 of the 336 CoNSeP
+    nuclei. So does a sparse H&E tile with pigment or dye (the count floor AUTO_MIN_NUCLEI: 11 of the 336 CoNSeP
     training tiles fell back without it, at object F1 0; the tool's mean F1 on all 336 rose from 0.682 to 0.698).
     ``work``: ``rgb`` already resampled to MODEL_MPP (the network's input), so that it is not resampled twice."""
     fallback, _, work = _segment_nuclei(rgb, mpp, "deconvolution", min_area_px, seed_h, work=work)
@@ -438,7 +438,7 @@ def _domain_fallback(
     if not _looks_like_he(work):
         area_mm2 = rgb.shape[0] * rgb.shape[1] * mpp * mpp / 1e6
         return fallback if n_dec > 0 and n_dec >= AUTO_MIN_DENSITY_MM2 * area_mm2 else None
-    return fallback if n_dec >= AUTO_NET_MIN_NUCLEI and n_net < AUTO_AGREEMENT * n_dec else None
+    return fallback if n_dec >= AUTO_MIN_NUCLEI and n_net < AUTO_AGREEMENT * n_dec else None
 
 
 def resample_to_model(rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, float]:
