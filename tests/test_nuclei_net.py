@@ -284,7 +284,8 @@ def test_an_ensemble_voting_on_its_members_returns_their_maps_in_both_runtimes_a
                for k in (1, 2)]
     own = [m.maps(rgb)[:3] for m in members]
     for rt, net in nets.items():
-        assert net.runtime == rt and net.n_member_maps == 2
+        assert net.runtime == rt and net.n_member_maps == 2 and "ensemble of 2" in net.describe()
+        assert ", nuclei voted 2 of 3" in net.describe()  # reports name the post-processing
         mp = net.maps(rgb)
         assert mp.shape == (8 + 6, 100, 120), mp.shape
         np.testing.assert_allclose(mp[:3], np.mean(own, 0), atol=1e-4)

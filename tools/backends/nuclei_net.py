@@ -584,6 +584,8 @@ class NucleiNet:
         c = self.config
         n = sum(int(p.numel()) for p in self.model.parameters())
         shape = f"ensemble of {len(c.members)}, widths {c.members}" if c.members else f"widths {c.widths}"
+        if c.members and c.post.member_vote:
+            shape += f", nuclei voted {c.post.member_vote} of {len(c.members) + 1}"
         bf16 = ", bfloat16" if self.precision == "bfloat16" else ""
         ort = ", onnxruntime" if self.runtime == "onnxruntime" else ""
         return f"{ARCHITECTURE} ({n / 1e6:.2f} M params, {shape}, {len(c.type_classes)} types, {c.mpp} um/px{bf16}{ort})"
