@@ -251,6 +251,8 @@ def test_member_vote_keeps_the_nuclei_most_predictions_agree_on_and_splits_what_
     assert vote_instances(maps, 3).max() == 0
     assert vote_instances(maps, 2, min_area_px=65).max() == 2  # D (64 px) dropped
     assert sorted(np.unique(vote_instances([maps[1]], 1))) == [0, 1, 2, 3]  # one map: itself, relabelled 1..N
+    gappy = [np.where(m > 0, m.astype(np.int64) * 1_000_003 + 2**40, 0) for m in maps]  # ids need not be contiguous
+    assert np.array_equal(vote_instances(gappy, 2), out)
     assert vote_instances([np.zeros((5, 5), np.int32)] * 3, 2).shape == (5, 5)
     with pytest.raises(ValueError, match="differ in shape"):
         vote_instances([maps[0], maps[1][:, :50]], 2)

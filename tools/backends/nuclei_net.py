@@ -407,7 +407,7 @@ def vote_instances(label_maps: list[np.ndarray], min_support: int, min_area_px: 
     components of that relation); a nucleus found by at least ``min_support`` of the maps is kept, and made of the
     pixels that at least half of the maps that found it cover. A pixel claimed by two kept nuclei goes to the one
     more of its maps cover there (as a share of its support; ties to the earlier map). Nuclei under ``min_area_px``
-    pixels are dropped. Returns int32 labels 1..N (0 = background)."""
+    pixels are dropped. The maps' ids need not be contiguous. Returns int32 labels 1..N (0 = background)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -423,6 +423,11 @@ def vote_instances(label_maps: list[np.ndarray], min_support: int, min_area_px: 
     for i, m in enumerate(label_maps):
         m = np.asarray(m)
         top = int(m.max(initial=0))
+        if top > np.count_nonzero(m):  # ids with gaps (any label map): 1..N, so that global ids stay small
+            from skimage.segmentation import relabel_sequential
+
+            m = relabel_sequential(m)[0]
+            top = int(m.max(initial=0))
         g[i] = np.where(m > 0, m.astype(np.int64) + offset, 0)
         owner += [i] * top
         offset += top
