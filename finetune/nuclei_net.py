@@ -25,8 +25,9 @@ AVX512-BF16 or AMX). ``--device auto|cpu|cuda`` picks where to train (auto: a CU
 ``--workers N`` augments batches in N DataLoader processes (a GPU needs them; ``scripts/device_train_nuclei.sh``
 runs a whole GPU training on a bare machine). ``--ensemble A.pt B.pt ... --out E.pt`` combines trained checkpoints into one ensemble
 checkpoint (the shipped file: two networks of different widths). ``--tune-only CKPT`` re-runs only the tuning step on
-an existing checkpoint (for an ensemble it also tries the members' vote, ``post.member_vote``); ``--evaluate CKPT`` scores a checkpoint on the held-out tiles (source images 16-26) next to
-the classical method (the model card's figures).
+an existing checkpoint (for an ensemble it also tries the members' vote, ``post.member_vote``); ``--evaluate CKPT``
+scores a checkpoint on the held-out tiles (source images 16-26) next to the classical method (the model card's
+figures).
 """
 
 from __future__ import annotations
@@ -271,7 +272,8 @@ def type_f1(pairs: list, classes: list[str]) -> dict[str, float | None]:
 
 
 def score_maps(maps: list[np.ndarray], samples: list[Sample], post: Any, classes: list[str]) -> dict[str, Any]:
-    """Mean-over-tiles F1, AJI, PQ, Dice, and type F1 of stitched maps ``(3 + 1 + T, H, W)`` against the samples."""
+    """Mean-over-tiles F1, AJI, PQ, Dice, and type F1 of stitched maps ``(3 + 1 + T [+ 3 per member], H, W)``
+    against the samples (:func:`~pathasst.tools.backends.nuclei_net.instances_from_maps`)."""
     from pathasst.tools.backends.nuclei_net import instance_types, instances_from_maps
     from pathasst.tools.metrics import aji_counts, dice, object_f1, panoptic_quality
 
