@@ -437,6 +437,8 @@ def vote_instances(label_maps: list[np.ndarray], min_support: int, min_area_px: 
     area = np.bincount(g.ravel(), minlength=offset + 1)
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
+    # overlapping pairs only (metrics.pairwise_overlap's dense N x M table would be ~200 MB per pair of maps on a
+    # large region with thousands of nuclei)
     for i in range(n):
         for j in range(i + 1, n):
             both = (g[i] > 0) & (g[j] > 0)
