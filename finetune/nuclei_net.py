@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset
 
+from pathasst.finetune.augment import colour_jitter
+
 __all__ = ["CropStream", "Sample", "evaluate_held_out", "hv_map", "load_samples", "main", "save_checkpoint", "score_maps", "train",
            "training_device", "tune_checkpoint", "tune_post", "tuning_tiles"]
 
@@ -124,41 +126,6 @@ def _dihedral(rgb: np.ndarray, hv: np.ndarray, lab: np.ndarray, tp: np.ndarray, 
     if rng.random() < 0.5:  # flip y
         rgb, lab, tp, h, v = rgb[::-1], lab[::-1], tp[::-1], h[::-1], -v[::-1]
     return rgb, np.stack([h, v]), lab, tp
-
-
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
-_RGB_FROM_HED[2] = np.cross(_RGB_FROM_HED[0], _RGB_FROM_HED[1])
-_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
-_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
-
-
-def colour_jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """HED stain jitter, brightness / contrast / saturation / hue jitter, sometimes blur and noise; float [0, 1]."""
-    from scipy import ndimage as ndi
-
-    x = rgb.astype(np.float32) / 255.0
-    if rng.random() < 0.9:
-        od = -np.log(np.clip(x, 1 / 255, 1.0))
-        c = od.reshape(-1, 3) @ _HED_FROM_RGB
-        c = c * rng.uniform(0.7, 1.3, 3).astype(np.float32) + rng.uniform(-0.08, 0.08, 3).astype(np.float32) * c.std(0)
-        x = np.exp(-(c @ _RGB_FROM_HED)).reshape(x.shape)
-    if rng.random() < 0.8:
-        x = x + rng.uniform(-0.1, 0.1)
-        m = x.mean()
-        x = (x - m) * rng.uniform(0.75, 1.25) + m
-        g = x.mean(-1, keepdims=True)
-        x = g + (x - g) * rng.uniform(0.6, 1.4)
-    if rng.random() < 0.5:  # hue: rotate chroma around the grey axis
-        a = rng.uniform(-0.25, 0.25)
-        k = np.ones(3, np.float32) / np.sqrt(3)
-        kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], np.float32)
-        rot = np.eye(3, dtype=np.float32) + np.sin(a) * kx + (1 - np.cos(a)) * kx @ kx
-        x = x @ rot.T
-    if rng.random() < 0.2:
-        x = ndi.gaussian_filter(x, (rng.uniform(0.3, 1.2),) * 2 + (0,))
-    if rng.random() < 0.2:
-        x = x + rng.normal(0, rng.uniform(0.005, 0.03), x.shape).astype(np.float32)
-    return np.clip(x, 0, 1).astype(np.float32)
 
 
 #: where the HV targets of a training crop come from: ``crop`` = computed on the crop's own instance map, so a nucleus
