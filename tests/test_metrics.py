@@ -219,3 +219,47 @@ def test_nuclei_evaluation_reads_grey_rgba_and_tiff_images_as_rgb(tmp_path: Path
     res = evaluate_nuclei(predict, tmp_path)
     assert res["n_tiles"] == 3 and res["f1"] == 1.0
     assert shapes == [((32, 48, 3), np.dtype(np.uint8))] * 3
+
+
+# ---- classification, ROC AUC, mask IoU ------------------------------------------------------------------------------
+def test_classification_scores_against_hand_computed_values() -> None:
+    from pathasst.tools.metrics import classification_scores
+
+    # a: 3 items (2 right), b: 2 items (1 right), c: 1 item (wrong, called a); d never occurs
+    true = ["a", "a", "a", "b", "b", "c"]
+    pred = ["a", "a", "b", "b", "a", "a"]
+    s = classification_scores(true, pred, ["a", "b", "c", "d"])
+    assert s["n"] == 6 and s["accuracy"] == pytest.approx(3 / 6)
+    assert s["confusion"] == [[2, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    # recalls a 2/3, b 1/2, c 0 -> balanced accuracy over the 3 classes present
+    assert s["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    # precision a 2/4, b 1/2; F1 a = 2*(.5*.667)/(1.167) = 0.5714, b = 0.5, c = 0; d absent everywhere -> not averaged
+    assert s["per_class"]["a"]["f1"] == pytest.approx(4 / 7)
+    assert s["macro_f1"] == pytest.approx((4 / 7 + 0.5 + 0.0) / 3)
+    with pytest.raises(ValueError, match="not among"):
+        classification_scores(["a"], ["z"], ["a", "b"])
+    with pytest.raises(ValueError, match="1 true labels but 2"):
+        classification_scores(["a"], ["a", "a"], ["a"])
+
+
+def test_binary_auc_is_the_mann_whitney_statistic() -> None:
+    from pathasst.tools.metrics import binary_auc
+
+    assert binary_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert binary_auc([1, 2, 3], [False, True, True]) == 1.0
+    assert binary_auc([0.5, 0.5], [False, True]) == 0.5  # a tie counts one half
+    with pytest.raises(ValueError, match="both positive and negative"):
+        binary_auc([0.2, 0.3], [True, True])
+
+
+def test_mask_iou() -> None:
+    from pathasst.tools.metrics import mask_iou
+
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[:2, :2] = True  # 4 px
+    b[:2, 1:3] = True  # 4 px, 2 shared
+    assert mask_iou(a, b) == pytest.approx(2 / 6) and dice(a, b) == pytest.approx(0.5)
+    assert mask_iou(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        mask_iou(a, b[:2])

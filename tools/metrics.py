@@ -27,7 +27,10 @@ import numpy as np
 __all__ = [
     "aji",
     "aji_counts",
+    "binary_auc",
+    "classification_scores",
     "dice",
+    "mask_iou",
     "match_points",
     "match_points_by_class",
     "object_f1",
@@ -152,6 +155,61 @@ def dice(true_mask: np.ndarray, pred_mask: np.ndarray) -> float:
     if total == 0:
         return 1.0
     return 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def mask_iou(true_mask: np.ndarray, pred_mask: np.ndarray) -> float:
+    """Pixel IoU ``|A & B| / |A | B|`` of two foreground masks (id > 0); 1.0 when both are empty."""
+    a = np.asarray(true_mask) > 0
+    b = np.asarray(pred_mask) > 0
+    if a.shape != b.shape:
+        raise ValueError(f"masks differ in shape: {a.shape} vs {b.shape}")
+    union = int(np.logical_or(a, b).sum())
+    return 1.0 if union == 0 else int(np.logical_and(a, b).sum()) / union
+
+
+def classification_scores(true: list[str], pred: list[str], labels: list[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy (mean recall over the classes present in ``true``), macro F1 (over the classes
+    present in ``true`` or ``pred``), per-class recall / precision / F1 and the confusion matrix
+    (``confusion[i][j]`` = items of class ``labels[i]`` predicted as ``labels[j]``)."""
+    if len(true) != len(pred):
+        raise ValueError(f"{len(true)} true labels but {len(pred)} predictions")
+    index = {lab: i for i, lab in enumerate(labels)}
+    unknown = sorted({x for x in (*true, *pred) if x not in index})
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among {labels}")
+    k = len(labels)
+    cm = np.zeros((k, k), dtype=np.int64)
+    for t, p in zip(true, pred):
+        cm[index[t], index[p]] += 1
+    support, predicted, tp = cm.sum(1), cm.sum(0), np.diag(cm)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+    present = support > 0
+    either = present | (predicted > 0)
+    return {
+        "n": int(cm.sum()),
+        "accuracy": float(tp.sum() / cm.sum()) if cm.sum() else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[either].mean()) if either.any() else 0.0,
+        "per_class": {lab: {"support": int(support[i]), "recall": float(recall[i]), "precision": float(precision[i]),
+                            "f1": float(f1[i])} for i, lab in enumerate(labels)},
+        "labels": list(labels),
+        "confusion": cm.tolist(),
+    }
+
+
+def binary_auc(scores: Any, positive: Any) -> float:
+    """ROC AUC of ``scores`` for the boolean ``positive`` (Mann-Whitney U; ties count one half)."""
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(positive, dtype=bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        raise ValueError("ROC AUC needs both positive and negative items")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def match_points(true_xy: Any, pred_xy: Any, max_dist: float) -> dict[str, Any]:
