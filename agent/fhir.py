@@ -154,7 +154,7 @@ class _Builder:
         version = model.get("version") or rec.tool_version
         if version is None:
             return None
-        sha = model.get("weights_sha256")
+        sha = model.get("weights_sha256") or model.get("shipped_weights_sha256")
         key = (rec.tool, version, sha)
         if key not in self.devices:
             versions = [{"type": {"text": "tool version"}, "value": str(version)}]

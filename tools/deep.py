@@ -2,8 +2,10 @@
 
 A deep tool reads its weights path from one settings field (``weights_setting``). Three cases:
 
-* the setting is empty: ``analyze`` returns the tool's output with ``status="not_configured"``, a message naming the
-  environment variable to set, and every measurement ``None``/empty (never an invented number);
+* the setting is empty: a tool with an embedded backend (shipped weights the project trained, see
+  :meth:`DeepTool.shipped_weights`) answers with it (``_analyze_embedded``); one without returns its output with
+  ``status="not_configured"``, a message naming the environment variable to set, and every measurement
+  ``None``/empty (never an invented number);
 * the setting names a file that is missing, empty, unreadable or not of the expected format: ``_load`` raises
   :class:`WeightsError` naming the setting and its environment variable;
 * the file is valid: ``_load_backend`` builds the model (the backends live in :mod:`pathasst.tools.backends`;
@@ -143,7 +145,13 @@ class DeepTool(PathologyTool):
 
     def model_info(self) -> dict[str, Any]:
         """Base info (tool, version, weights, sha256) plus, once loaded, a description of the model."""
+        from pathasst.tools.base import file_sha256
+
         info = super().model_info()
+        shipped = self.shipped_weights() if self.configured_weights() is None else None
+        if shipped is not None:  # 'weights' stays the user's setting (None)
+            info["shipped_weights"] = f"pathasst/tools/weights/{shipped.name}"
+            info["shipped_weights_sha256"] = file_sha256(shipped)
         if self.model_description:
             info["model"] = self.model_description
         return info
@@ -152,8 +160,18 @@ class DeepTool(PathologyTool):
         """The typed output for an unconfigured tool: status, message, and no measurements."""
         return self.output_model(status="not_configured", message=self.not_configured_message(), backend="none")
 
+    # ---- the embedded backend (answers when the weights setting is empty) ---------------------------------------
+    def shipped_weights(self) -> Path | None:
+        """The embedded backend's weights file shipped with the package, or None when the tool has none."""
+        return None
+
+    def _analyze_embedded(self, image: ImageData, args: ToolInput) -> ToolResult:
+        raise ToolExecutionError(f"{self.name} has no embedded backend")
+
     def analyze(self, image: ImageData, args: ToolInput) -> ToolResult:
         if self.configured_weights() is None:
+            if self.shipped_weights() is not None:
+                return self._analyze_embedded(image, args)
             return ToolResult(output=self.not_configured_output(image, args))
         self.load()
         return self._analyze_deep(image, args)

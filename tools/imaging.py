@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageData", "as_rgb_uint8"]
+__all__ = ["ImageData", "as_rgb_uint8", "looks_like_he", "tissue_mask"]
 
 
 @dataclass
@@ -85,3 +85,18 @@ def tissue_mask(rgb: np.ndarray, min_size: int = 64) -> np.ndarray:
     mask = morphology.remove_small_objects(mask, max_size=min_size)
     mask = morphology.remove_small_holes(mask, max_size=min_size * 4)
     return mask
+
+
+def looks_like_he(rgb: np.ndarray) -> bool:
+    """True unless the image has stained tissue but (almost) no eosin: fewer than 5 % of the pixels with optical
+    density > 0.3 have an eosin OD (rgb2hed) above 0.005 (an IHC or other non-H&E stain, or a grey image). Blank
+    images count as H&E."""
+    from skimage.color import rgb2hed
+
+    rgb = as_rgb_uint8(rgb)
+    rgb = rgb[:: max(1, rgb.shape[0] // 512), :: max(1, rgb.shape[1] // 512)]
+    tissue = -np.log(np.maximum(rgb.astype(np.float32), 1.0) / 255.0).sum(-1) > 0.3
+    if int(tissue.sum()) < 100:
+        return True
+    eosin = rgb2hed(np.clip(rgb, 1, 255).astype(np.uint8))[..., 1]
+    return float((eosin[tissue] > 0.005).mean()) >= 0.05

@@ -402,16 +402,10 @@ def _n_objects(labels: np.ndarray) -> int:
 
 
 def _looks_like_he(rgb: np.ndarray) -> bool:
-    """True unless the image has stained tissue but (almost) no eosin: fewer than 5 % of the pixels with optical
-    density > 0.3 have an eosin OD (rgb2hed) above 0.005 (an IHC or other non-H&E stain). Blank images count as H&E."""
-    from skimage.color import rgb2hed
+    """See :func:`pathasst.tools.imaging.looks_like_he`."""
+    from pathasst.tools.imaging import looks_like_he
 
-    rgb = rgb[:: max(1, rgb.shape[0] // 512), :: max(1, rgb.shape[1] // 512)]
-    tissue = -np.log(np.maximum(rgb.astype(np.float32), 1.0) / 255.0).sum(-1) > 0.3
-    if int(tissue.sum()) < 100:
-        return True
-    eosin = rgb2hed(np.clip(rgb, 1, 255).astype(np.uint8))[..., 1]
-    return float((eosin[tissue] > 0.005).mean()) >= 0.05
+    return looks_like_he(rgb)
 
 
 def _with_mpp(image: ImageData, mpp: float) -> ImageData:
