@@ -51,7 +51,7 @@ def test_nuclei_eval_held_out_scores_only_held_out_sources(runner: CliRunner, sh
     names = [r.get("name") or r.get("tile") for r in rows]
     assert all(int(n.split("_")[1]) in {16, 18, 20, 22, 24, 26} for n in names), names
     res = runner.invoke(app, ["tools", "eval", "ihc_quantification", str(shared_data / "deepliif_ki67"), "--held-out"])
-    assert res.exit_code == 2 and "--held-out applies to nuclei_segmentation" in res.output
+    assert res.exit_code == 2 and "--held-out does not apply to ihc_quantification" in res.output
 
 
 @pytest.mark.data

@@ -5,7 +5,18 @@ Layouts (those of ``shared/data``, see :mod:`pathasst.tools.evaluate`):
 * ``nuclei_segmentation`` on a consep_train-layout folder (``images/``, ``instances/``): object F1 / precision /
   recall at IoU > 0.5, PQ (DQ, SQ), AJI, pixel Dice, mean over tiles and aggregated;
 * ``ihc_quantification`` on a deepliif_ki67-layout folder (``NAME_ihc.png`` + ``NAME_groundtruth.png``): positivity
-  index error, detection F1 and per-class (positive / negative) point F1.
+  index error, detection F1 and per-class (positive / negative) point F1;
+* ``tissue_classification`` and ``tumor_segmentation`` on an ebhi_seg-layout folder (``labels.csv``, ``images/``,
+  ``masks/``): balanced accuracy, macro F1 and the confusion matrix; mean lesion Dice and IoU
+  (:mod:`pathasst.tools.evaluate_tissue`);
+* ``mitosis_detection`` on a mitosis_amibr-layout folder (``AMI-BR.csv``, ``atypical/``, ``normal/``): recall of the
+  centred figure, false detections per crop, atypical balanced accuracy (:mod:`pathasst.tools.evaluate_mitosis`);
+* ``slide_classification`` on a bisque_breast-layout folder (``labels.csv``, ``images/``): accuracy and ROC AUC
+  (:mod:`pathasst.tools.evaluate_slide`).
+
+Each of the last four reports a trivial baseline from the same run and 95 % intervals by case, slide or group.
+
+``--held-out`` scores only the items the project never trained or tuned on (its fixed splits).
 
 The tool runs with the current settings, so its deep backend is evaluated when its weights are configured; the JSON
 names the tool, its version, backend, weights and their sha256 next to the metrics.
@@ -24,17 +35,24 @@ import typer
 __all__ = ["EVALUATIONS", "run_evaluation", "tools_eval"]
 
 
-def _nuclei(tool: Any, data_dir: Path, limit: int | None, mpp: float | None, names: list[str] | None = None) -> dict[str, Any]:
-    from pathasst.tools.evaluate import CONSEP_MPP, evaluate_nuclei
+def _nuclei(tool: Any, data_dir: Path, settings: Any, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
+    from pathasst.tools.evaluate import CONSEP_MPP, consep_held_out_tiles, evaluate_nuclei
 
     if not (data_dir / "instances").is_dir() or not (data_dir / "images").is_dir():
         raise FileNotFoundError(f"{data_dir} is not in the consep_train layout (needs images/ and instances/)")
+    names = None
+    if held_out:
+        names = consep_held_out_tiles(data_dir)
+        if not names:
+            raise FileNotFoundError(f"no held-out CoNSeP tiles (sources 16-26) in {data_dir}")
     return evaluate_nuclei(tool, data_dir, limit=limit, mpp=mpp or CONSEP_MPP, names=names)
 
 
-def _ihc(tool: Any, data_dir: Path, limit: int | None, mpp: float | None, names: list[str] | None = None) -> dict[str, Any]:
+def _ihc(tool: Any, data_dir: Path, settings: Any, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
     from pathasst.tools.evaluate import DEEPLIIF_MPP, evaluate_ihc
 
+    if held_out:
+        raise KeyError("--held-out does not apply to ihc_quantification (every DeepLIIF image is scored)")
     if not any(data_dir.glob("*_ihc.png")):
         raise FileNotFoundError(f"{data_dir} is not in the deepliif_ki67 layout (no NAME_ihc.png files)")
     if limit is not None:
@@ -42,10 +60,33 @@ def _ihc(tool: Any, data_dir: Path, limit: int | None, mpp: float | None, names:
     return evaluate_ihc(tool, data_dir, mpp=mpp or DEEPLIIF_MPP)
 
 
-#: tool name -> (ground-truth layout, evaluator)
+def _layout(module: str, evaluator: str, needs: tuple[str, ...], layout: str) -> Callable[..., dict[str, Any]]:
+    """An evaluator of ``pathasst.tools.MODULE`` for folders holding every path in ``needs``."""
+
+    def run(tool: Any, data_dir: Path, settings: Any, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
+        from importlib import import_module
+
+        missing = [n for n in needs if not (data_dir / n).exists()]
+        if missing:
+            raise FileNotFoundError(f"{data_dir} is not in the {layout} layout (needs {' and '.join(needs)})")
+        fn = getattr(import_module(f"pathasst.tools.{module}"), evaluator)
+        return fn(tool, data_dir, settings, held_out=held_out, limit=limit, mpp=mpp)
+
+    return run
+
+
+#: tool name -> (ground-truth layout, evaluator ``(tool, data_dir, settings, limit, mpp, held_out) -> metrics``)
 EVALUATIONS: dict[str, tuple[str, Callable[..., dict[str, Any]]]] = {
     "nuclei_segmentation": ("consep_train", _nuclei),
     "ihc_quantification": ("deepliif_ki67", _ihc),
+    "tissue_classification": ("ebhi_seg", _layout("evaluate_tissue", "evaluate_tissue_classification",
+                                                  ("labels.csv", "images"), "ebhi_seg")),
+    "tumor_segmentation": ("ebhi_seg", _layout("evaluate_tissue", "evaluate_tumor_segmentation",
+                                               ("labels.csv", "images", "masks"), "ebhi_seg")),
+    "mitosis_detection": ("mitosis_amibr", _layout("evaluate_mitosis", "evaluate_mitosis", ("AMI-BR.csv",),
+                                                   "mitosis_amibr")),
+    "slide_classification": ("bisque_breast", _layout("evaluate_slide", "evaluate_slide_classification",
+                                                      ("labels.csv", "images"), "bisque_breast")),
 }
 
 
@@ -67,17 +108,8 @@ def run_evaluation(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
-    names = None
-    if held_out:
-        if tool_name != "nuclei_segmentation":
-            raise KeyError("--held-out applies to nuclei_segmentation on CoNSeP (the IHC images are all scored)")
-        from pathasst.tools.evaluate import consep_held_out_tiles
-
-        names = consep_held_out_tiles(data_dir)
-        if not names:
-            raise FileNotFoundError(f"no held-out CoNSeP tiles (sources 16-26) in {data_dir}")
     t0 = time.perf_counter()
-    metrics = fn(tool, data_dir, limit, mpp, names)
+    metrics = fn(tool, data_dir, settings, limit, mpp, held_out)
     seconds = time.perf_counter() - t0
     if not per_item:
         metrics = {k: v for k, v in metrics.items() if k not in ("per_tile", "per_image")}
@@ -89,6 +121,7 @@ def run_evaluation(
         "model": info,
         "data_dir": str(data_dir.resolve()),
         "layout": layout,
+        "held_out": held_out,
         "seconds": round(seconds, 3),
         "metrics": metrics,
     }
@@ -98,10 +131,13 @@ def tools_eval(
     tool: Annotated[str, typer.Argument(help=f"Tool to evaluate: {' | '.join(sorted(EVALUATIONS))}.")],
     data_dir: Annotated[Path, typer.Argument(help="Ground-truth folder (consep_train or deepliif_ki67 layout).")],
     limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N tiles (nuclei).")] = None,
-    mpp: Annotated[float | None, typer.Option(help="Microns per pixel of the images (default: the dataset's, 0.25).")] = None,
+    mpp: Annotated[float | None, typer.Option(help="Microns per pixel of the images (default: CoNSeP and DeepLIIF 0.25; "
+                                                   "EBHI-Seg none given, as `tools predict` without --mpp).")] = None,
     per_item: Annotated[bool, typer.Option("--per-item", help="Include per-tile / per-image rows.")] = False,
     held_out: Annotated[
-        bool, typer.Option("--held-out", help="Nuclei: only the 48 held-out CoNSeP tiles (sources 16-26, every 2nd).")
+        bool,
+        typer.Option("--held-out", help="Only the project's held-out items: nuclei, the 48 CoNSeP tiles of sources "
+                     "16-26 (every 2nd); EBHI-Seg, the held-out cases of tools/data/ebhi_seg_split.json."),
     ] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the JSON to this file.")] = None,
 ) -> None:

@@ -1,6 +1,18 @@
-"""Tissue region segmentation (U-Net): tumour / stroma / necrosis / lymphocytes map, area fractions, heatmap.
+"""Tumour / lesion segmentation: the project's own lesion map (shipped), or a configured U-Net's region classes.
 
-Weights (``PATHASST_TUMOR_SEG_WEIGHTS``): a U-Net state dict with a config naming its output classes (``background``
+Embedded backend (``PATHASST_TUMOR_SEG_WEIGHTS`` unset): the segmentation head of the shipped tissue network
+(:mod:`pathasst.tools.backends.tissue_net`, model card ``tools/weights/TISSUE_MODEL_CARD.md``), trained on the
+EBHI-Seg lesion masks, gives P(lesion) at 1.25 um/px (images of known mpp are resampled to it; of unknown mpp,
+analysed as they are) in tiles of 448 px overlapping by 64 px and blended linearly across the overlap, brought back to
+the image's pixels; lesion = P > the checkpoint's ``seg_threshold`` (0.5), fragments under 100 um^2 dropped and holes
+under 100 um^2 filled, and only inside the tissue (``tissue_qc``'s mask with its enclosed holes, such as gland
+lumina, filled: glass is never lesion). What the masks mark: the glandular lesion the EBHI-Seg pathologists outlined (adenocarcinoma,
+intraepithelial neoplasia, polyp, serrated adenoma); in normal mucosa, the normal glands, so read the lesion area
+together with ``tissue_classification``. The label map (``tools predict``: ``STEM.png``) numbers the connected lesion
+regions 1..N (0 = background). The same domain check as ``tissue_classification`` flags images that are not H&E or
+unlike the training images.
+
+U-Net weights (``PATHASST_TUMOR_SEG_WEIGHTS``): a U-Net state dict with a config naming its output classes (``background``
 and any of the region classes) and its input resolution; format in :mod:`pathasst.tools.backends.unet`. The image is
 resampled to the network's ``input_mpp`` (when its own mpp is known), segmented in overlapping tiles whose softmax
 probabilities are blended, and the class map is brought back to the analysed image's pixels. Area fractions are of
@@ -28,7 +40,7 @@ __all__ = [
     "TumorSegmentationTool",
 ]
 
-TumorSegClass = Literal["tumor", "stroma", "necrosis", "lymphocytes", "other"]
+TumorSegClass = Literal["tumor", "stroma", "necrosis", "lymphocytes", "other", "lesion"]
 #: the region classes, in the order of the U-Net's output channels (background is excluded from the fractions)
 TUMOR_SEG_CLASSES: tuple[TumorSegClass, ...] = ("tumor", "stroma", "necrosis", "lymphocytes", "other")
 #: class names a U-Net checkpoint may use for its output channels
@@ -40,8 +52,14 @@ _COLORS: dict[str, tuple[int, int, int]] = {
     "necrosis": (50, 50, 50),
     "lymphocytes": (0, 60, 220),
     "other": (255, 200, 0),
+    "lesion": (230, 0, 90),
 }
-_GEOJSON_NAMES = {"tumor": "Tumor", "stroma": "Stroma", "necrosis": "Necrosis", "lymphocytes": "Immune cells", "other": "Other"}
+_GEOJSON_NAMES = {"tumor": "Tumor", "stroma": "Stroma", "necrosis": "Necrosis", "lymphocytes": "Immune cells", "other": "Other",
+                 "lesion": "Lesion"}
+#: smallest lesion region kept and largest hole filled (um^2) by the embedded backend
+LESION_MIN_UM2 = 100.0
+#: tissue tiles (spread evenly) the embedded backend's domain check looks at
+DOMAIN_CHECK_TILES = 64
 
 
 class TumorSegmentationInput(ToolInput):
@@ -68,26 +86,104 @@ class TumorSegmentationOutput(ToolOutput):
     heatmap_class: TumorSegClass | None = Field(
         None, description="Class whose probability the heatmap overlay shows (the requested one if the model has it)."
     )
+    lesion_fraction: float | None = Field(
+        None, ge=0, le=1, description="Embedded lesion map: lesion area / tissue area (tissue = stained tissue or lesion)."
+    )
+    lesion_area_mm2: float | None = Field(None, ge=0, description="Embedded lesion map: lesion area in mm^2 (mpp known).")
+    n_lesion_regions: int | None = Field(None, ge=0, description="Embedded lesion map: connected lesion regions.")
+    in_domain: bool | None = Field(
+        None, description="Embedded lesion map: False when the image is not H&E or unlike the training images."
+    )
+    domain_warning: str | None = Field(None, description="Why the image is out of the network's domain, in plain words.")
 
 
 class TumorSegmentationTool(DeepTool):
     name: ClassVar[str] = "tumor_segmentation"
     description: ClassVar[str] = (
-        "Segments an H&E image or slide region into tumour, stroma, necrosis, lymphocyte-rich and other tissue with "
-        "a U-Net, and reports the area fraction of each class, the tumour-stroma ratio and the tumour area "
-        "(a class map and heatmap overlay go to the case view). Use for 'how much tumour / necrosis / stroma?', "
-        "tumour cellularity or tumour-stroma ratio questions, or to find the tumour area before other "
-        "measurements. Works at about 1 um/px; requires U-Net weights (PATHASST_TUMOR_SEG_WEIGHTS), otherwise it "
-        "answers 'not configured'."
+        "Finds and measures the tumour / lesion area of an H&E image or slide region: by default the project's own "
+        "lesion map trained on colorectal biopsies (the glandular lesion pathologists outline: adenocarcinoma, "
+        "neoplasia, polyp), reporting the lesion area fraction, its area in mm^2 and the number of lesion regions, "
+        "with a probability heatmap and outlines. A configured U-Net (PATHASST_TUMOR_SEG_WEIGHTS) segments tumour, "
+        "stroma, necrosis and lymphocytes instead, with the tumour-stroma ratio. Use for 'where is the tumour?', "
+        "'how much of the tissue is lesion / tumour?', or to outline the tumour before other measurements."
     )
-    version: ClassVar[str] = "0.2.0"
+    version: ClassVar[str] = "0.3.0"
     input_model: ClassVar[type[ToolInput]] = TumorSegmentationInput
+    headline_fields: ClassVar[tuple[str, ...]] = (
+        "lesion_fraction", "lesion_area_mm2", "n_lesion_regions", "tumor_stroma_ratio", "tumor_area_mm2", "domain_warning"
+    )
     output_model: ClassVar[type[ToolOutput]] = TumorSegmentationOutput
     working_mpp: ClassVar[float | None] = 1.0
     weights_setting: ClassVar[str] = "tumor_seg_weights"
     weights_suffixes: ClassVar[tuple[str, ...]] = (".pt", ".pth", ".safetensors")
     weights_kind: ClassVar[str] = "a U-Net state dict (.pt, .pth or .safetensors)"
     backend_name: ClassVar[str] = "unet"
+    segmentation: ClassVar[bool] = True
+
+    def shipped_weights(self) -> Path | None:
+        from pathasst.tools.backends.tissue_tiles import SHIPPED_TISSUE_WEIGHTS
+
+        return SHIPPED_TISSUE_WEIGHTS if SHIPPED_TISSUE_WEIGHTS.is_file() else None
+
+    def _analyze_embedded(self, image: ImageData, args: ToolInput) -> ToolResult:
+        from scipy import ndimage as ndi
+        from skimage.morphology import remove_small_holes, remove_small_objects
+        from skimage.transform import resize
+
+        from pathasst.tools.backends.render import caption, class_map_overlay, heatmap_overlay
+        from pathasst.tools.backends.runtime import working_image
+        from pathasst.tools.backends.tissue_tiles import MIN_SIDE_PX, domain_check, shipped_tissue_net, tissue_tiles
+        from pathasst.tools.errors import ToolExecutionError
+        from pathasst.tools.geojson import mask_to_features
+        from pathasst.tools.tissue_qc import tissue_mask
+
+        assert isinstance(args, TumorSegmentationInput)
+        net = shipped_tissue_net(self.settings)
+        self.model_description = net.describe()
+        if image.mpp is None:
+            image.notes.append(f"tumor_segmentation: mpp unknown, image analysed as if at the network's "
+                               f"{net.config.mpp} um/px (EBHI-Seg's scale)")
+        work = working_image(image, net.config.mpp)
+        if min(work.shape) < MIN_SIDE_PX:
+            raise ToolExecutionError(f"image is {work.shape[1]}x{work.shape[0]} px at the network's "
+                                     f"{net.config.mpp} um/px; it needs at least {MIN_SIDE_PX} px on each side")
+        prob = net.lesion_probability(work.pixels)
+        grid = tissue_tiles(work.pixels, net.config.tile_size, net.config.mpp, max_tiles=DOMAIN_CHECK_TILES)
+        ood = net.classify(grid.crops(work.pixels)).ood_distance if grid.rects else np.zeros(0)
+        check = domain_check(net, work.pixels, ood, "colorectal mucosa biopsies (EBHI-Seg)")
+        if work.shape != image.shape:
+            prob = resize(prob, image.shape, order=1, preserve_range=True, anti_aliasing=False)
+        mpp = image.mpp if image.mpp is not None else net.config.mpp
+        min_px = max(1, int(round(LESION_MIN_UM2 / (mpp * mpp))))
+        tissue = ndi.binary_fill_holes(tissue_mask(image.pixels, mpp))  # glass inside tissue (lumina) counts
+        lesion = (prob > net.config.seg_threshold) & tissue
+        lesion = remove_small_holes(remove_small_objects(lesion, max_size=min_px - 1), max_size=min_px)
+        labels, n_regions = ndi.label(lesion)
+        tissue |= lesion
+        tissue_px, lesion_px = int(tissue.sum()), int(lesion.sum())
+        frac = lesion_px / tissue_px if tissue_px else 0.0
+        px_mm2 = (image.mpp / 1000.0) ** 2 if image.mpp is not None else None
+        out = TumorSegmentationOutput(
+            backend="tissue_net",
+            message=check.warning,
+            area_fractions={"lesion": round(frac, 6), "other": round(1 - frac, 6)} if tissue_px else {},
+            tissue_area_mm2=round(tissue_px * px_mm2, 6) if px_mm2 is not None else None,
+            heatmap_class="lesion",
+            lesion_fraction=round(frac, 6),
+            lesion_area_mm2=round(lesion_px * px_mm2, 6) if px_mm2 is not None else None,
+            n_lesion_regions=int(n_regions),
+            in_domain=check.in_domain,
+            domain_warning=check.warning,
+        )
+        overlay = heatmap_overlay(image.pixels, prob, mask=tissue)
+        overlay = class_map_overlay(overlay, lesion.astype(np.uint8), {1: _COLORS["lesion"]}, alpha=0.0)
+        if not tissue_px:
+            out.message = "no tissue found"
+        lines = [f"lesion {frac:.0%} of tissue, {n_regions} region(s)"] + (["OUT OF DOMAIN"] if check.warning else [])
+        min_area = max(16, int(image.shape[0] * image.shape[1] * 1e-4))
+        features = mask_to_features(lesion, image, "Lesion", "annotation", min_area_px=min_area, tolerance=1.5)
+        return ToolResult(output=out, labels=labels.astype(np.int32), mask=lesion.astype(np.uint8),
+                          overlay=caption(overlay, lines), features=features)
 
     def _load_backend(self, path: Path, fmt: WeightsFormat) -> None:
         from pathasst.tools.backends.unet import UNetSegmenter
@@ -143,13 +239,22 @@ class TumorSegmentationTool(DeepTool):
             features += mask_to_features(
                 class_map == i, image, _GEOJSON_NAMES[classes[i]], "annotation", min_area_px=min_area, tolerance=1.5
             )
-        return ToolResult(output=out, mask=class_map, overlay=overlay, features=features)
+        lut = np.zeros(len(classes), np.int32)
+        lut[regions] = np.arange(1, len(regions) + 1)  # label map: 0 = background, 1.. = the region classes in order
+        return ToolResult(output=out, labels=lut[class_map], mask=class_map, overlay=overlay, features=features)
 
     def summarize(self, output: ToolOutput) -> str:
         if output.status != "ok" or not isinstance(output, TumorSegmentationOutput) or output.area_fractions is None:
             return super().summarize(output)
         if not output.area_fractions:
             return f"{self.name}: no tissue found"
+        if output.lesion_fraction is not None:
+            text = f"{self.name}: lesion {output.lesion_fraction:.1%} of the tissue in {output.n_lesion_regions} region(s)"
+            if output.lesion_area_mm2 is not None:
+                text += f", {output.lesion_area_mm2:.4g} mm^2"
+            if output.domain_warning:
+                text += f"; WARNING {output.domain_warning}"
+            return text
         parts = [f"{k} {v:.1%}" for k, v in sorted(output.area_fractions.items(), key=lambda kv: -kv[1])]
         text = f"{self.name}: area fractions " + ", ".join(parts)
         if output.tumor_stroma_ratio is not None:
