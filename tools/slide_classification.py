@@ -1,7 +1,11 @@
-"""Whole-slide classification: attention MIL (ABMIL) over PathCLIP tile embeddings, with an attention heatmap.
+"""Whole-slide classification: attention MIL (ABMIL) over tile embeddings, with an attention heatmap.
 
-Weights: the ABMIL head in ``PATHASST_SLIDE_MIL_WEIGHTS`` (format and config in :mod:`pathasst.tools.backends.abmil`)
-and PathCLIP in ``PATHASST_PATHCLIP_WEIGHTS`` (tile embeddings). Tiles: ``tile_size`` px squares at the head's
+Embedded backend (``PATHASST_SLIDE_MIL_WEIGHTS`` unset): the shipped head ``tools/weights/slide_abmil.pt`` (model card
+``tools/weights/SLIDE_MODEL_CARD.md``), trained on the UCSB breast TMA set (benign / malignant) over the weight-free
+``hed-texture-v1`` descriptor of each tile (stain, texture, nuclear size and shape; it beat the tissue network's
+features in the cross-validation, see the model card). Configured: the ABMIL head in ``PATHASST_SLIDE_MIL_WEIGHTS``
+(format and config in :mod:`pathasst.tools.backends.abmil`) over the embedder it names: PathCLIP
+(``PATHASST_PATHCLIP_WEIGHTS``, else 'not configured'), the tissue network or hed-texture. Tiles: ``tile_size`` px squares at the head's
 ``tile_mpp`` holding at least ``min_tissue`` tissue, at most ``MAX_TILES`` (spread evenly; a note says so).
 
 Where the tiles come from:
@@ -20,6 +24,7 @@ tile goes to the GeoJSON as a ``tile`` object with its attention as a measuremen
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,7 +36,8 @@ from pathasst.tools.deep import DeepTool, WeightsFormat, settings_env_var
 from pathasst.tools.errors import ToolExecutionError
 from pathasst.tools.imaging import ImageData
 
-__all__ = ["MAX_TILES", "SlideClassificationInput", "SlideClassificationOutput", "SlideClassificationTool"]
+__all__ = ["MAX_TILES", "SHIPPED_SLIDE_WEIGHTS", "SlideClassificationInput", "SlideClassificationOutput",
+           "SlideClassificationTool", "pixel_tiles"]
 
 #: most tiles one call embeds
 MAX_TILES = 2000
@@ -57,20 +63,26 @@ class SlideClassificationOutput(ToolOutput):
     top_tiles: list[Region] = Field(
         default_factory=list, description="Highest-attention tiles, level-0 rectangles, most attended first."
     )
+    in_domain: bool | None = Field(
+        None, description="Embedded head: False when the image is not H&E (the head was trained on H&E only)."
+    )
+    domain_warning: str | None = Field(None, description="Why the image is out of the head's domain, in plain words.")
 
 
 class SlideClassificationTool(DeepTool):
     name: ClassVar[str] = "slide_classification"
     description: ClassVar[str] = (
-        "Predicts a whole-slide label (e.g. tumour vs normal, subtype or grade, as trained) by attention-based "
-        "multi-instance learning (ABMIL) over PathCLIP embeddings of the slide's tissue tiles; returns the label, "
-        "its probability, the per-class probabilities and the most attended tiles (an attention heatmap goes to "
-        "the case view). Use for slide-level diagnosis questions on whole-slide images, and to pick regions for "
-        "closer measurement; not for single small patches (use tissue_classification). Requires the ABMIL head "
-        "(PATHASST_SLIDE_MIL_WEIGHTS) and PathCLIP weights, otherwise it answers 'not configured'."
+        "Predicts a whole-slide or whole-image label by attention-based multi-instance learning (ABMIL) over the "
+        "embeddings of its tissue tiles: by default benign vs malignant breast tissue (trained on breast tissue "
+        "microarray cores); a configured head (PATHASST_SLIDE_MIL_WEIGHTS) predicts its own labels. Returns the "
+        "label, its probability, the per-class probabilities and the most attended tiles (an attention heatmap "
+        "goes to the case view). Use for slide- or core-level diagnosis questions ('is this benign or "
+        "malignant?') and to pick regions for closer measurement; for the tissue type of a patch use "
+        "tissue_classification."
     )
-    version: ClassVar[str] = "0.2.0"
+    version: ClassVar[str] = "0.3.0"
     input_model: ClassVar[type[ToolInput]] = SlideClassificationInput
+    headline_fields: ClassVar[tuple[str, ...]] = ("label", "probability", "n_tiles", "domain_warning")
     output_model: ClassVar[type[ToolOutput]] = SlideClassificationOutput
     weights_setting: ClassVar[str] = "slide_mil_weights"
     weights_suffixes: ClassVar[tuple[str, ...]] = (".pt", ".pth", ".safetensors")
@@ -81,31 +93,73 @@ class SlideClassificationTool(DeepTool):
     def _pathclip_configured(self) -> bool:
         return bool(getattr(self.settings, "pathclip_weights", None))
 
+    def shipped_weights(self) -> Path | None:
+        return SHIPPED_SLIDE_WEIGHTS if SHIPPED_SLIDE_WEIGHTS.is_file() else None
+
     def analyze(self, image: ImageData, args: ToolInput) -> ToolResult:
-        if self.configured_weights() is not None and not self._pathclip_configured():
+        if self.configured_weights() is None:
+            return super().analyze(image, args)  # the embedded head, or 'not configured'
+        self.load()
+        if self._embedder is None:
             msg = (
                 f"not configured: set {settings_env_var('pathclip_weights')} to the PathCLIP checkpoint "
                 f"(the ABMIL head in {settings_env_var(self.weights_setting)} classifies PathCLIP tile embeddings)"
             )
             return ToolResult(output=SlideClassificationOutput(status="not_configured", message=msg, backend="none"))
-        return super().analyze(image, args)
+        return self._analyze_deep(image, args)
+
+    def _analyze_embedded(self, image: ImageData, args: ToolInput) -> ToolResult:
+        with _LOAD_LOCK:
+            if getattr(self, "_shipped_head", None) is None:
+                from pathasst.tools.backends.abmil import ABMILHead
+
+                head = ABMILHead.load(SHIPPED_SLIDE_WEIGHTS, "shipped slide head", "torch", self.settings)
+                self._shipped_head = (head, self._embedder_for(head))
+        from pathasst.tools.imaging import looks_like_he
+
+        self._head, self._embedder = self._shipped_head
+        self.model_description = self._head.describe()
+        result = self._analyze_deep(image, args)
+        out = result.output
+        assert isinstance(out, SlideClassificationOutput)
+        out.in_domain = looks_like_he(image.pixels)
+        if not out.in_domain:
+            out.domain_warning = ("out of domain: the image is not H&E (no eosin: IHC, another stain or greyscale); "
+                                  "the head was trained on H&E breast tissue only, so its answer here is not reliable")
+            out.message = out.domain_warning
+        return result
+
+    def _embedder_for(self, head: Any) -> Any:
+        """The tile embedder the head was trained on (None: PathCLIP, not configured)."""
+        from pathasst.tools.errors import WeightsError
+
+        if head.config.embedder == "tissue_net":
+            from pathasst.tools.backends.tissue_tiles import TissueNetEmbedder, shipped_tissue_net
+
+            embedder = TissueNetEmbedder(shipped_tissue_net(self.settings), head.config.tile_mpp, head.config.embed_mpp)
+        elif head.config.embedder == "hed_texture":
+            from pathasst.memory.descriptor import HEDTextureEmbedder
+
+            embedder = HEDTextureEmbedder()
+        elif not self._pathclip_configured():
+            return None
+        else:
+            from pathasst.tools.backends.pathclip import pathclip_embedder
+
+            embedder = pathclip_embedder(self.settings)
+        if embedder.dimension != head.config.in_dim:
+            raise WeightsError(
+                f"the ABMIL head in {settings_env_var(self.weights_setting)} takes {head.config.in_dim}-d tiles; "
+                f"its embedder ({head.config.embedder}) gives {embedder.dimension}-d"
+            )
+        return embedder
 
     def _load_backend(self, path: Path, fmt: WeightsFormat) -> None:
         from pathasst.tools.backends.abmil import ABMILHead
-        from pathasst.tools.backends.pathclip import pathclip_embedder
-        from pathasst.tools.errors import WeightsError
 
         head = ABMILHead.load(path, self.weights_setting, fmt, self.settings)
-        if not self._pathclip_configured():
-            return  # analyze answers 'not configured' (PathCLIP missing) before any embedding is needed
-        embedder = pathclip_embedder(self.settings)
-        if embedder.dimension != head.config.in_dim:
-            raise WeightsError(
-                f"the ABMIL head in {settings_env_var(self.weights_setting)} ({path}) takes {head.config.in_dim}-d "
-                f"tiles; PathCLIP gives {embedder.dimension}-d"
-            )
-        self._head, self._embedder = head, embedder
-        self.model_description = head.describe() + " over PathCLIP ViT-B-16"
+        self._head, self._embedder = head, self._embedder_for(head)
+        self.model_description = head.describe()
 
     # ---- tiles ----------------------------------------------------------------------------------------------
     def _tiles_from_slide(self, slide: Any, image: ImageData) -> tuple[list[tuple[float, float, float, float]], Any]:
@@ -133,38 +187,10 @@ class SlideClassificationTool(DeepTool):
         return rects, read
 
     def _tiles_from_pixels(self, image: ImageData) -> tuple[list[tuple[float, float, float, float]], Any]:
-        from pathasst.tools.backends.runtime import working_image
-        from pathasst.tools.imaging import tissue_mask
-
-        cfg = self._head.config
-        work = working_image(image, cfg.tile_mpp)
         if image.mpp is None:
             image.notes.append("slide_classification: mpp unknown, tiles cut at the image's own resolution")
-        t = cfg.tile_size
-        hh, ww = work.shape
-        if hh < t and ww < t:
-            boxes = [(0, 0, ww, hh)]
-        else:
-            mask = tissue_mask(work.pixels)
-            boxes = [
-                (x, y, min(x + t, ww), min(y + t, hh))
-                for y in range(0, hh, t)
-                for x in range(0, ww, t)
-                if (min(x + t, ww) - x) * (min(y + t, hh) - y) >= 0.5 * t * t
-                and mask[y : y + t, x : x + t].mean() >= cfg.min_tissue
-            ]
-        by_rect = {}
-        rects = []
-        for x0, y0, x1, y1 in boxes:
-            c = work.to_level0(np.array([[x0, y0], [x1, y1]], dtype=float))
-            r = (float(c[0, 0]), float(c[0, 1]), float(c[1, 0]), float(c[1, 1]))
-            rects.append(r)
-            by_rect[r] = (x0, y0, x1, y1)
-
-        def read(chunk: list[tuple[float, float, float, float]]) -> list[np.ndarray]:
-            return [work.pixels[by_rect[r][1] : by_rect[r][3], by_rect[r][0] : by_rect[r][2]] for r in chunk]
-
-        return rects, read
+        cfg = self._head.config
+        return pixel_tiles(image, cfg.tile_mpp, cfg.tile_size, cfg.min_tissue)
 
     def _analyze_deep(self, image: ImageData, args: ToolInput) -> ToolResult:
         from pathasst.tools.backends.render import heatmap_overlay, level0_to_array
@@ -202,7 +228,7 @@ class SlideClassificationTool(DeepTool):
             for i in order
         ]
         out = SlideClassificationOutput(
-            backend="abmil",
+            backend="abmil" if cfg.embedder == "pathclip" else "abmil_tissue_net",
             label=labels[best],
             probability=round(float(probs[best]), 6),
             class_probabilities={lab: round(float(p), 6) for lab, p in zip(labels, probs)},
@@ -232,4 +258,47 @@ class SlideClassificationTool(DeepTool):
         if output.status != "ok" or not isinstance(output, SlideClassificationOutput) or output.label is None:
             return super().summarize(output)
         probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted((output.class_probabilities or {}).items(), key=lambda kv: -kv[1]))
-        return f"{self.name}: {output.label} (p={output.probability:.2f}) from {output.n_tiles} tissue tiles; {probs}"
+        text = f"{self.name}: {output.label} (p={output.probability:.2f}) from {output.n_tiles} tissue tiles; {probs}"
+        return text + (f"; WARNING {output.domain_warning}" if output.domain_warning else "")
+
+
+def pixel_tiles(image: ImageData, tile_mpp: float, tile_size: int, min_tissue: float
+                ) -> tuple[list[tuple[float, float, float, float]], Any]:
+    """Tiles cut from an image's own pixels: ``tile_size`` px squares at ``tile_mpp`` (resampled when the image's mpp
+    is known; as they are otherwise) holding at least ``min_tissue`` tissue (``tissue_qc``'s mask; an image smaller than one tile is one
+    tile); returns their level-0 rectangles and a reader of their pixels. The trainer of the shipped head cuts its
+    tiles with this function."""
+    from pathasst.tools.backends.runtime import working_image
+    from pathasst.tools.tissue_qc import tissue_mask
+
+    work = working_image(image, tile_mpp)
+    t = tile_size
+    hh, ww = work.shape
+    if hh < t and ww < t:
+        boxes = [(0, 0, ww, hh)]
+    else:
+        mask = tissue_mask(work.pixels, work.mpp or tile_mpp)
+        boxes = [
+            (x, y, min(x + t, ww), min(y + t, hh))
+            for y in range(0, hh, t)
+            for x in range(0, ww, t)
+            if (min(x + t, ww) - x) * (min(y + t, hh) - y) >= 0.5 * t * t
+            and mask[y : y + t, x : x + t].mean() >= min_tissue
+        ]
+    by_rect = {}
+    rects = []
+    for x0, y0, x1, y1 in boxes:
+        c = work.to_level0(np.array([[x0, y0], [x1, y1]], dtype=float))
+        r = (float(c[0, 0]), float(c[0, 1]), float(c[1, 0]), float(c[1, 1]))
+        rects.append(r)
+        by_rect[r] = (x0, y0, x1, y1)
+
+    def read(chunk: list[tuple[float, float, float, float]]) -> list[np.ndarray]:
+        return [work.pixels[by_rect[r][1] : by_rect[r][3], by_rect[r][0] : by_rect[r][2]] for r in chunk]
+
+    return rects, read
+
+
+#: the shipped ABMIL head over the tissue network (model card tools/weights/SLIDE_MODEL_CARD.md)
+SHIPPED_SLIDE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "slide_abmil.pt"
+_LOAD_LOCK = threading.Lock()

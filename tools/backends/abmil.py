@@ -11,7 +11,12 @@ key              required  meaning
 ``tile_mpp``     no (0.5)  microns per pixel the tiles were embedded at
 ``tile_size``    no (224)  tile side in pixels at ``tile_mpp`` (PathCLIP's input size)
 ``min_tissue``   no (0.5)  smallest tissue fraction of a tile that is used
-``embedder``     no        ``"pathclip"`` (the only one): tiles are embedded with PathCLIP's image tower (512-d)
+``embedder``     no        ``"pathclip"`` (PathCLIP's image tower, 512-d), ``"tissue_net"`` (the shipped tissue
+                           network's pooled features, 256-d) or ``"hed_texture"`` (the weight-free ``hed-texture-v1``
+                           descriptor of stain, texture and nuclear shape, 171-d; :mod:`pathasst.memory.descriptor`)
+``embed_mpp``    no        tiles of known mpp are resampled to this before embedding (default: as cut)
+``feature_mean`` no        per-dimension mean and standard deviation the embeddings are standardised with
+``feature_std``            before the head (lists of ``in_dim`` numbers; default: none)
 ===============  ========  ==========================================================================================
 
 Layer sizes (input, hidden and attention widths, gated or not) are read from the state dict. The model:
@@ -31,7 +36,10 @@ from pathasst.tools.backends.runtime import Checkpoint, configure_threads, load_
 from pathasst.tools.deep import WeightsFormat
 from pathasst.tools.errors import WeightsError
 
-__all__ = ["ABMILConfig", "ABMILHead", "build_abmil"]
+__all__ = ["EMBEDDERS", "ABMILConfig", "ABMILHead", "build_abmil"]
+
+#: tile embedders an ABMIL head may have been trained on
+EMBEDDERS = ("pathclip", "tissue_net", "hed_texture")
 
 
 def build_abmil(in_dim: int, n_classes: int, hidden_dim: int = 256, attention_dim: int = 128, gated: bool = True) -> Any:
@@ -70,6 +78,9 @@ class ABMILConfig:
     tile_size: int = 224
     min_tissue: float = 0.5
     embedder: str = "pathclip"
+    embed_mpp: float | None = None
+    feature_mean: list[float] | None = None
+    feature_std: list[float] | None = None
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint) -> ABMILConfig:
@@ -98,8 +109,17 @@ class ABMILConfig:
             cfg.min_tissue = float(ckpt.require("min_tissue", (int, float)))
         if "embedder" in ckpt.config:
             cfg.embedder = str(ckpt.require("embedder", str))
-        if cfg.embedder != "pathclip":
-            raise WeightsError(f"ABMIL head {ckpt.where()}: embedder {cfg.embedder!r} is not supported (only 'pathclip')")
+        if cfg.embedder not in EMBEDDERS:
+            raise WeightsError(f"ABMIL head {ckpt.where()}: embedder {cfg.embedder!r} is not supported "
+                               f"(one of {', '.join(EMBEDDERS)})")
+        if ckpt.config.get("embed_mpp") is not None:
+            cfg.embed_mpp = float(ckpt.require("embed_mpp", (int, float)))
+        for key in ("feature_mean", "feature_std"):
+            if ckpt.config.get(key) is not None:
+                v = ckpt.require(key, list)
+                if len(v) != in_dim or not all(isinstance(x, (int, float)) for x in v):
+                    raise WeightsError(f"ABMIL head {ckpt.where()}: {key} must list {in_dim} numbers")
+                setattr(cfg, key, [float(x) for x in v])
         if not (0.05 <= cfg.tile_mpp <= 64 and 16 <= cfg.tile_size <= 4096 and 0.0 <= cfg.min_tissue <= 1.0):
             raise WeightsError(f"ABMIL head {ckpt.where()}: tile_mpp / tile_size / min_tissue out of range")
         return cfg
@@ -125,13 +145,17 @@ class ABMILHead:
 
     def describe(self) -> str:
         c = self.config
-        return f"ABMIL ({'gated ' if c.gated else ''}attention, {c.in_dim}-d PathCLIP tiles at {c.tile_mpp} um/px, labels {c.labels})"
+        what = {"pathclip": "PathCLIP", "tissue_net": "tissue-network", "hed_texture": "hed-texture"}[c.embedder]
+        return f"ABMIL ({'gated ' if c.gated else ''}attention, {c.in_dim}-d {what} tiles at {c.tile_mpp} um/px, labels {c.labels})"
 
     def predict(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities ``(C,)`` and attention weights ``(N,)`` (summing to 1) of one bag."""
         import torch
 
-        x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32), device=self.device)
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if self.config.feature_mean is not None and emb.ndim == 2 and emb.shape[1] == self.config.in_dim:
+            emb = (emb - np.asarray(self.config.feature_mean, np.float32)) / np.asarray(self.config.feature_std or 1.0, np.float32)
+        x = torch.as_tensor(emb, device=self.device)
         if x.ndim != 2 or x.shape[1] != self.config.in_dim or x.shape[0] == 0:
             raise ValueError(f"expected (N >= 1, {self.config.in_dim}) embeddings, got {tuple(x.shape)}")
         with torch.inference_mode():
