@@ -67,18 +67,18 @@ _MM2, _PER_MM2, _UM2, _UM = Unit("mm2", "mm2"), Unit("/mm2", "/mm2"), Unit("um2"
 UNITS: dict[str, Unit] = {
     **dict.fromkeys(
         ("positive_cells", "negative_cells", "total_cells", "weak_cells", "moderate_cells", "strong_cells", "count",
-         "cell_counts", "type_counts", "n_tiles", "library_images"),
+         "cell_counts", "type_counts", "n_tiles", "library_images", "n_atypical", "tile_counts", "n_lesion_regions"),
         _COUNT,
     ),
     **dict.fromkeys(PERCENT_FIELDS, _PCT),
     **dict.fromkeys(
         ("tissue_fraction", "pen_fraction", "nuclear_area_fraction", "tumor_stroma_ratio", "probability",
          "top_probability", "area_fractions", "class_probabilities", "probabilities", "mean_eccentricity",
-         "mean_solidity"),
+         "mean_solidity", "out_of_domain_fraction", "lesion_fraction"),
         _FRACTION,
     ),
     **dict.fromkeys(("density_per_mm2", "count_per_mm2"), _PER_MM2),
-    **dict.fromkeys(("tissue_area_mm2", "area_mm2", "analysed_area_mm2", "tumor_area_mm2"), _MM2),
+    **dict.fromkeys(("tissue_area_mm2", "area_mm2", "analysed_area_mm2", "tumor_area_mm2", "lesion_area_mm2"), _MM2),
     **dict.fromkeys(("mean_area_um2", "area_um2", "area_um2_p10", "area_um2_p50", "area_um2_p90"), _UM2),
     **dict.fromkeys(("perimeter_um", "equivalent_diameter_um"), _UM),
     **dict.fromkeys(("mean_area_px", "area_px"), Unit("px2")),
