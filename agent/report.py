@@ -57,9 +57,11 @@ class Report(BaseModel):
     status: Literal["complete"] = "complete"
 
     def allowed_numbers(self, case_inputs: Any = None) -> set[str]:
-        """Numbers that the text may contain: tool outputs and arguments, similar cases, and the case's inputs."""
+        """Numbers that the text may contain: tool outputs and arguments, the labels of output fields (``per 10
+        HPF``), similar cases, and the case's inputs."""
         return source_numbers(
             [r.output for r in self.trace if r.output],
+            [_label(k) for r in self.trace if r.output for k in r.output],
             [r.arguments for r in self.trace],
             [r.error for r in self.trace if r.error],
             self.similar_cases,

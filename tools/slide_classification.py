@@ -228,7 +228,7 @@ class SlideClassificationTool(DeepTool):
             for i in order
         ]
         out = SlideClassificationOutput(
-            backend="abmil" if cfg.embedder == "pathclip" else "abmil_tissue_net",
+            backend="abmil" if cfg.embedder == "pathclip" else f"abmil_{cfg.embedder}",
             label=labels[best],
             probability=round(float(probs[best]), 6),
             class_probabilities={lab: round(float(p), 6) for lab, p in zip(labels, probs)},

@@ -1,0 +1,116 @@
+"""The trainers of the tissue network, the mitosis network and the slide head run end to end on tiny real data and
+write checkpoints the tools load; their targets and scoring are checked on hand-made cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.data
+
+
+def test_tissue_trainer_writes_a_checkpoint_the_tools_load(shared_data: Path, tmp_path: Path) -> None:
+    from pathasst.finetune.tissue_net import main
+    from pathasst.tools.backends.tissue_net import EBHI_CLASSES, TissueNet
+
+    summary = main(["--data", str(shared_data / "ebhi_seg"), "--out", str(tmp_path), "--minutes", "5",
+                    "--max-steps", "6", "--limit", "24", "--batch", "4", "--crop", "96", "--val-every", "100",
+                    "--threads", "1"])
+    assert summary["steps"] == 6 and summary["history"][-1]["step"] == 6
+    net = TissueNet.load(tmp_path / "tissue_net.pt", "test")
+    assert net.config.classes == list(EBHI_CLASSES) and net.config.mpp == 1.25
+    assert net.config.ood_threshold is not None and net.config.ood_threshold > 0
+    assert net.config.extra["training"]["data"].startswith("EBHI-Seg training cases")
+    rgb = np.random.default_rng(0).integers(0, 255, (224, 300, 3), dtype=np.uint8)
+    pred = net.classify([rgb[:, :224], rgb[:, 76:]])
+    assert pred.probabilities.shape == (2, 6) and np.allclose(pred.probabilities.sum(1), 1)
+    assert np.all(np.isfinite(pred.ood_distance)) and pred.embeddings.shape == (2, 256)
+    assert net.lesion_probability(rgb).shape == (224, 300)
+    assert json.loads((tmp_path / "train_log.json").read_text())["checkpoint"].endswith("tissue_net.pt")
+
+
+def test_tissue_augmentation_keeps_image_and_mask_aligned() -> None:
+    from pathasst.finetune.tissue_net import EbhiSample, augment
+
+    rgb = np.full((224, 224, 3), 230, np.uint8)
+    mask = np.zeros((224, 224), bool)
+    mask[60:120, 100:180] = True
+    rgb[mask] = (90, 40, 140)  # the lesion is the dark purple block
+    rng = np.random.default_rng(3)
+    for _ in range(8):
+        x, target = augment(EbhiSample("s", "c", rgb, mask, 0), 96, rng)
+        assert x.shape == (3, 96, 96) and target.shape == (96, 96) and set(np.unique(target)) <= {0, 1}
+        dark = x.mean(0) < 0.6
+        assert (dark == (target == 1)).mean() > 0.95
+    _, none = augment(EbhiSample("s", "c", rgb, None, 0), 96, rng)
+    assert (none == -100).all()  # no mask: no segmentation loss
+
+
+def test_mitosis_trainer_writes_a_checkpoint_with_its_threshold(shared_data: Path, tmp_path: Path) -> None:
+    from pathasst.finetune.mitosis_net import main
+    from pathasst.tools.backends.mitosis_net import MitosisNet
+
+    summary = main(["--data", str(shared_data / "mitosis_amibr"), "--out", str(tmp_path), "--minutes", "5",
+                    "--max-steps", "5", "--limit", "16", "--batch", "4", "--val-every", "100", "--threads", "1"])
+    assert summary["steps"] == 5
+    net = MitosisNet.load(tmp_path / "mitosis_net.pt", "test")
+    assert net.config.mpp == 0.25 and 0 < net.config.threshold < 1 and net.config.min_distance == 8.0
+    maps = net.maps(np.random.default_rng(0).integers(0, 255, (200, 260, 3), dtype=np.uint8))
+    assert maps.shape == (2, 200, 260) and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_mitosis_targets_peak_at_each_figure() -> None:
+    from pathasst.finetune.mitosis_net import _targets
+
+    heat, aty, w = _targets(np.array([[50.0, 30.0], [10.0, 90.0]]), np.array([True, False]), 96, 8.0)
+    assert heat.shape == (24, 24) and heat.max() == 1.0
+    peaks = {tuple(int(v) for v in p) for p in np.argwhere(heat == 1.0)}
+    assert peaks == {(7, 12), (22, 2)}  # (row, col) = ((y - 2) / 4, (x - 2) / 4) rounded
+    assert aty[7, 12] == 1.0 and aty[22, 2] == 0.0 and w[7, 12] == w[22, 2] == 1.0 and w[0, 23] == 0.0
+
+
+def test_mitosis_scoring_counts_hits_misses_and_false_detections() -> None:
+    from pathasst.tools.evaluate_mitosis import match_crop, score_figures
+
+    figs = np.array([[64.0, 64.0], [10.0, 10.0]])  # the centred figure and another known one
+    assert match_crop(np.zeros((0, 2)), figs, 32) == (None, 0)
+    assert match_crop(np.array([[70.0, 60.0], [12.0, 8.0], [120.0, 120.0]]), figs, 32) == (0, 1)
+    assert match_crop(np.array([[100.0, 64.0]]), figs, 32) == (None, 1)  # 36 px away: a miss and a false one
+    dets = [(np.array([[64.0, 64.0]]), np.array([0.9])), (np.array([[64.0, 66.0]]), np.array([0.2])),
+            (np.zeros((0, 2)), np.zeros(0)), (np.array([[64.0, 64.0], [5.0, 120.0]]), np.array([0.1, 0.9]))]
+    s = score_figures(dets, [figs] * 4, [True, True, False, False], 32)
+    assert s["recall"] == 0.75 and s["fp_per_crop"] == 0.25
+    # found: atypical called atypical (1/2 of the atypical ones right), normal called normal (1/1)
+    assert s["atypical_balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_slide_head_trainer_cross_validates_by_group(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six images of three TMA groups, one view each, a few epochs: fold heads and the shipped head are written."""
+    import csv
+
+    import torch
+
+    from pathasst.finetune import slide_mil
+
+    src = shared_data / "bisque_breast"
+    rows = list(csv.DictReader(open(src / "labels.csv")))
+    groups = sorted({r["group"] for r in rows})[:3]
+    keep = [r for g in groups for r in [next(x for x in rows if x["group"] == g and x["label"] == lab)
+                                         for lab in ("benign", "malignant")]]
+    data = tmp_path / "bisque"
+    (data / "images").mkdir(parents=True)
+    from PIL import Image
+
+    for r in keep:  # smaller copies keep the test fast
+        with Image.open(next(src.glob(f"images/{r['image']}.*"))) as im:
+            im.convert("RGB").resize((448, 384)).save(data / "images" / f"{r['image']}.jpg")
+    (data / "labels.csv").write_text("image,label,group\n" + "".join(f"{r['image']},{r['label']},{r['group']}\n" for r in keep))
+    summary = slide_mil.train(data, tmp_path / "out", views=1, epochs=3, log=None)
+    cv = summary["cross_validation"]
+    assert cv["folds"] == 3 and 0.0 <= cv["auc"] <= 1.0 and cv["baseline_majority"]["auc"] == 0.5
+    folds = torch.load(tmp_path / "out" / "slide_abmil_cv.pt", weights_only=True)["folds"]
+    assert [f["group"] for f in folds] == groups and folds[0]["config"]["embedder"] == "hed_texture"
+    head = torch.load(tmp_path / "out" / "slide_abmil.pt", weights_only=True)
+    assert head["config"]["labels"] == ["benign", "malignant"] and len(head["config"]["feature_mean"]) == 171
