@@ -59,7 +59,7 @@ def test_ihc_eval_reports_index_error_and_cell_f1(runner: CliRunner, shared_data
     res = runner.invoke(app, ["tools", "eval", "ihc_quantification", str(shared_data / "deepliif_ki67"), "--per-item"])
     assert res.exit_code == 0, res.output
     m = _json(res.stdout)["metrics"]
-    assert m["n_images"] == 2 and len(m["per_image"]) == 2
+    assert m["n_images"] == 4 and len(m["per_image"]) == 4
     assert 0 <= m["mean_abs_error"] <= 100
     for key in ("mean_detection_f1", "mean_positive_f1", "mean_negative_f1"):
         assert 0.0 <= m[key] <= 1.0
@@ -68,7 +68,7 @@ def test_ihc_eval_reports_index_error_and_cell_f1(runner: CliRunner, shared_data
 @pytest.mark.parametrize(
     "tool,make,message",
     [
-        ("mitosis_detection", lambda p: p.mkdir(), "no ground-truth evaluation for 'mitosis_detection'"),
+        ("tissue_qc", lambda p: p.mkdir(), "no ground-truth evaluation for 'tissue_qc'"),
         ("no_such_tool", lambda p: p.mkdir(), "unknown tool 'no_such_tool'"),
         ("nuclei_segmentation", lambda p: p.mkdir(), "not in the consep_train layout"),
         ("ihc_quantification", lambda p: p.mkdir(), "not in the deepliif_ki67 layout"),

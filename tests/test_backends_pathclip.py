@@ -30,6 +30,8 @@ COLOURS = {"pink": (225, 150, 185), "purple": (110, 60, 150), "white": (242, 242
 def _tile(kind: str, seed: int, size: int = 224) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = np.array(COLOURS[kind], float)
+    if kind == "white":  # blank glass: faint sensor noise, no texture
+        return np.clip(base + rng.normal(0, 2, (size, size, 3)), 0, 255).astype(np.uint8)
     img = base + rng.normal(0, 10, (size, size, 3))
     yy, xx = np.mgrid[0:size, 0:size]
     for _ in range(6):  # a few darker blobs: nuclei-like texture

@@ -18,7 +18,12 @@ from pathasst.tools.mitosis_detection import MitosisDetectionTool
 from pathasst.tools.region_segmentation import RegionSegmentationTool
 from pathasst.tools.similar_cases import SimilarCasesInput, SimilarCasesTool
 from pathasst.tools.slide_classification import SlideClassificationTool
-from pathasst.tools.tissue_classification import CRC100K_LABELS, TissueClassificationInput, TissueClassificationTool
+from pathasst.tools.tissue_classification import (
+    CRC100K_LABELS,
+    EBHI_LABELS,
+    TissueClassificationInput,
+    TissueClassificationTool,
+)
 from pathasst.tools.tumor_segmentation import TumorSegmentationTool
 from tool_helpers import make_resolver
 
@@ -57,8 +62,26 @@ def test_env_var_names() -> None:
     assert settings_env_var("sam_weights") == "PATHASST_SAM_WEIGHTS"
 
 
+#: the backend each tool's embedded (shipped) weights answer with when its setting is empty
+EMBEDDED = {"mitosis_detection": "mitosis_net", "tissue_classification": "tissue_net",
+            "tumor_segmentation": "tissue_net", "slide_classification": "abmil_hed_texture"}
+
+
 @pytest.mark.parametrize("cls", DEEP, ids=lambda c: c.name)
-def test_unconfigured_tool_answers_not_configured_without_numbers(cls: Any, settings: Any, resolver) -> None:
+def test_unconfigured_tool_answers_with_its_shipped_weights(cls: Any, settings: Any, resolver) -> None:
+    tool = cls(settings)
+    assert tool.configured_weights() is None and tool.shipped_weights() is not None
+    record, result = call_tool(tool, {"image": "x.png"}, resolver)
+    assert record.status == "ok", record.error
+    assert result.output.backend == EMBEDDED[cls.name]
+    assert record.model["weights"] is None and record.model["shipped_weights"].startswith("pathasst/tools/weights/")
+
+
+@pytest.mark.parametrize("cls", DEEP, ids=lambda c: c.name)
+def test_without_shipped_weights_a_tool_answers_not_configured_without_numbers(
+    cls: Any, settings: Any, resolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cls, "shipped_weights", lambda self: None)
     record, result = call_tool(cls(settings), {"image": "x.png"}, resolver)
     assert record.status == "not_configured"
     out = result.output
@@ -72,11 +95,13 @@ def test_unconfigured_tool_answers_not_configured_without_numbers(cls: Any, sett
 def test_tissue_classification_label_sets(settings: Any, resolver) -> None:
     assert len(CRC100K_LABELS) == 9 and "colorectal adenocarcinoma epithelium" in CRC100K_LABELS
     _, result = call_tool(TissueClassificationTool(settings), {"image": "x.png"}, resolver)
-    assert result.output.labels == list(CRC100K_LABELS) and result.output.probabilities is None
+    assert result.output.labels == list(EBHI_LABELS) and result.output.head == "embedded"
     args = {"image": "x.png", "labels": [" tumour ", "stroma"]}
     _, result = call_tool(TissueClassificationTool(settings), args, resolver)
-    assert result.output.labels == ["tumour", "stroma"]
-    assert result.output.prompt_template == "An image of {}"
+    assert result.output.labels == list(EBHI_LABELS)  # free labels need PathCLIP: the six classes answer, and say so
+    assert "free labels need PathCLIP (PATHASST_PATHCLIP_WEIGHTS" in result.output.message
+    assert TissueClassificationInput.model_validate(args).label_set() == ["tumour", "stroma"]
+    assert TissueClassificationInput.model_validate({"image": "x", "preset": "ebhi"}).label_set() == list(EBHI_LABELS)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +111,7 @@ def test_tissue_classification_label_sets(settings: Any, resolver) -> None:
         ({"labels": ["tumour", "Tumour"]}, "distinct"),
         ({"labels": ["tumour", "  "]}, "non-empty"),
         ({"labels": ["tumour"]}, "at least 2"),
-        ({"preset": "kather"}, "crc100k"),
+        ({"preset": "kather"}, "'crc100k' or 'ebhi'"),
     ],
 )
 def test_tissue_classification_input_validation(args: dict[str, Any], message: str) -> None:

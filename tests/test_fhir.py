@@ -113,7 +113,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             ("nuclei", Engine(settings, planner="rules"), "ki67_patch", "Segment the nuclei: how large are they?"),
             ("qc", Engine(settings, planner="rules"), "qc_blurred", None),
             ("broken", Engine(settings, planner="rules"), "broken_inputs", None),
-            ("no_weights", Engine(settings, planner="rules"), "ki67_patch", "What is the tumour-stroma ratio?"),
+            # every sub-model has an embedded default now; a missing case library is what stays unconfigured
+            ("no_weights", Engine(settings, planner="rules"), "ki67_patch", "Find similar past cases."),
             ("unet", Engine(with_unet, planner="rules"), "ki67_patch", "What is the tumour-stroma ratio?"),
             ("crash", Engine(settings, planner=Scripted(["crashy", "ihc_quantification", "mitosis_detektor"]),
                              registry=crash_registry), "ki67_patch", "What is the Ki-67 index?"),
@@ -240,7 +241,8 @@ def test_the_fhir_report_matches_report_json(runs: dict[str, Path], name: str) -
             versions = {v["type"]["text"]: v["value"] for v in device["version"]}
             assert versions["tool version"] == rec["tool_version"] == (rec["model"] or {}).get("version",
                                                                                              rec["tool_version"])
-            assert versions.get("weights sha256") == (rec["model"] or {}).get("weights_sha256")
+            model = rec["model"] or {}
+            assert versions.get("weights sha256") == (model.get("weights_sha256") or model.get("shipped_weights_sha256"))
         if rec["status"] != "ok":
             o = by_ident[rec["id"]]
             expected.add(rec["id"])
@@ -327,7 +329,7 @@ def test_weights_sha256_and_area_fractions(runs: dict[str, Path]) -> None:
 
     fhir, rep = _load(runs["no_weights"])
     (o,) = _observations(fhir)
-    assert o["status"] == "cancelled" and "PATHASST_TUMOR_SEG_WEIGHTS" in o["note"][0]["text"]
+    assert o["status"] == "cancelled" and "pathasst library add" in o["note"][0]["text"]
     assert o["dataAbsentReason"]["coding"][0]["code"] == "not-performed"
 
 
