@@ -44,7 +44,7 @@ def test_tools_predict_ihc_on_deepliif(tmp_path, shared_data):
     out = tmp_path / "out"
     p = cli("tools", "predict", "ihc_quantification", str(src), "--out", str(out), "--mpp", str(DEEPLIIF_MPP))
     assert p.returncode == 0, p.stderr
-    assert "2 images done, 1 failed" in p.stderr and "broken.png" in p.stderr
+    assert "4 images done, 1 failed" in p.stderr and "broken.png" in p.stderr
     for stem in ("22_2_ihc", "34_3_ihc"):
         data = json.loads((out / f"{stem}.json").read_text())
         assert {"positive_cells", "negative_cells", "positivity_index", "cells"} <= set(data)
