@@ -297,6 +297,23 @@ def consep_split(out: Path, fold: int = 0, n_folds: int = 3) -> tuple[Path, Path
     return lib, qry, out / "labels.csv"
 
 
+def _tissue_net_vectors(ids: list[str], images: list[np.ndarray]) -> tuple[Any, dict[str, np.ndarray]]:
+    """Unit-normalised 256-d embeddings of the shipped tissue network (images as they are, 0.25 um/px), and a
+    stand-in Embedder carrying its name and dimension for the scoring."""
+    from pathasst.memory.embedders import Embedder
+    from pathasst.tools.backends.tissue_tiles import shipped_tissue_net
+
+    class TissueNetVectors(Embedder):
+        name, dimension, modalities = "tissue-net", 256, frozenset({"image"})
+
+        def _embed_image_batch(self, batch: Any) -> Any:
+            raise NotImplementedError
+
+    v = shipped_tissue_net().embed(images)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return TissueNetVectors(), dict(zip(ids, v, strict=True))
+
+
 def bench_consep(out: Path, folds: int, embedders: list[str], threads: int | None) -> None:
     from pathasst.agent.settings import Settings
     from pathasst.memory.embedders import image_embedder
@@ -325,10 +342,13 @@ def bench_consep(out: Path, folds: int, embedders: list[str], threads: int | Non
     ids = sorted(labels)
     images = [np.asarray(Image.open(SHARED / "consep_train" / "images" / f"{i}.jpg").convert("RGB")) for i in ids]
     for name in embedders:
-        s = settings.model_copy(update={"pathclip_weights": tmp / "vitb16-random.pt"}) if name == "pathclip-random" else settings
-        emb = image_embedder(s, "pathclip" if name == "pathclip-random" else name)
         t0 = time.perf_counter()
-        vecs = {i: v for i, v in zip(ids, image_vectors(emb, images)[0], strict=True)}
+        if name == "tissue-net":  # the tissue network's pooled embedding (issue 30: offered only if it beats hed-texture)
+            emb, vecs = _tissue_net_vectors(ids, images)
+        else:
+            s = settings.model_copy(update={"pathclip_weights": tmp / "vitb16-random.pt"}) if name == "pathclip-random" else settings
+            emb = image_embedder(s, "pathclip" if name == "pathclip-random" else name)
+            vecs = {i: v for i, v in zip(ids, image_vectors(emb, images)[0], strict=True)}
         per_image = (time.perf_counter() - t0) / len(ids)
         scores = []
         for fold, (lib, qry, _) in enumerate(splits):
@@ -359,7 +379,7 @@ def main() -> None:
                     help="Where the consep section writes its split folders and labels.csv.")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--embedders", nargs="+", default=["hed-texture", "pathclip-random"],
-                    help="consep section: hed-texture and/or pathclip-random (ViT-B/16 with random weights).")
+                    help="consep section: hed-texture, pathclip-random (ViT-B/16 with random weights), tissue-net.")
     args = ap.parse_args()
     measured = None
     if "embed" in args.sections:

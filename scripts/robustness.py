@@ -1,0 +1,144 @@
+"""Robustness of the embedded tools to perturbed inputs, on the held-out cases / slides (model-card figures).
+
+    .venv/bin/python scripts/robustness.py tissue  --data ../shared/data/ebhi_seg      [--every 2]
+    .venv/bin/python scripts/robustness.py mitosis --data ../shared/data/mitosis_amibr
+
+Each perturbation is applied to copies of the held-out images written in the dataset's layout to a temporary folder,
+and the same evaluator as ``pathasst tools eval`` scores them (mpp not given, as a user without it would run them;
+mitosis crops at 0.25 um/px). Perturbations: haematoxylin and eosin optical density scaled by 0.7 / 1.3 (colour
+deconvolution and back), Gaussian blur (sigma 1 px), JPEG quality 40, and a rescale by 0.8 / 1.25 that the tool is
+not told about (the masks follow). Prints one JSON line per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pathasst.agent.settings import Settings
+
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_RGB_FROM_HED[2] = np.cross(_RGB_FROM_HED[0], _RGB_FROM_HED[1])
+_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+
+
+def stain(rgb: np.ndarray, h: float = 1.0, e: float = 1.0) -> np.ndarray:
+    od = -np.log(np.clip(rgb.astype(float) / 255.0, 1 / 255, 1))
+    c = od.reshape(-1, 3) @ _HED_FROM_RGB
+    c[:, 0] *= h
+    c[:, 1] *= e
+    return np.clip(np.exp(-(c @ _RGB_FROM_HED)).reshape(rgb.shape) * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def blur(rgb: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return np.clip(ndi.gaussian_filter(rgb.astype(float), (sigma, sigma, 0)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def jpeg(rgb: np.ndarray, quality: int = 40) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def scale(rgb: np.ndarray, f: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return np.asarray(Image.fromarray(rgb).resize((round(w * f), round(h * f)), Image.BILINEAR))
+
+
+SETTINGS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
+    "none": (lambda x: x, 1.0),
+    "haematoxylin x0.7": (lambda x: stain(x, h=0.7), 1.0),
+    "haematoxylin x1.3": (lambda x: stain(x, h=1.3), 1.0),
+    "eosin x0.7": (lambda x: stain(x, e=0.7), 1.0),
+    "eosin x1.3": (lambda x: stain(x, e=1.3), 1.0),
+    "blur sigma 1 px": (blur, 1.0),
+    "JPEG q40": (jpeg, 1.0),
+    "rescaled x0.8, not told": (lambda x: scale(x, 0.8), 0.8),
+    "rescaled x1.25, not told": (lambda x: scale(x, 1.25), 1.25),
+}
+
+
+def _save(rgb: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path.with_suffix(".png"))
+
+
+def tissue(data: Path, every: int) -> None:
+    from pathasst.tools.datasets import ebhi_items
+    from pathasst.tools.evaluate_tissue import evaluate_tissue_classification, evaluate_tumor_segmentation
+    from pathasst.tools.registry import default_registry
+
+    settings = Settings(_env_file=None)
+    reg = default_registry(settings)
+    items = ebhi_items(data, ("held_out",))[::every]
+    for name, (fn, f) in SETTINGS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            rows = ["image,label,case,has_mask"]
+            for it in items:
+                _save(fn(np.asarray(Image.open(it.image).convert("RGB"))), root / "images" / it.name)
+                if it.mask is not None:
+                    m = np.asarray(Image.open(it.mask).convert("L"))
+                    if f != 1.0:
+                        m = np.asarray(Image.fromarray(m).resize((round(m.shape[1] * f), round(m.shape[0] * f)), Image.NEAREST))
+                    _save(m, root / "masks" / it.name)
+                rows.append(f"{it.name},{it.label},{it.case},{it.mask is not None}")
+            (root / "labels.csv").write_text("\n".join(rows) + "\n")
+            c = evaluate_tissue_classification(reg.get("tissue_classification"), root, settings)
+            s = evaluate_tumor_segmentation(reg.get("tumor_segmentation"), root, settings)
+        print(json.dumps({"setting": name, "n": c["n_images"], "balanced_accuracy": round(c["balanced_accuracy"], 4),
+                          "macro_f1": round(c["macro_f1"], 4), "flagged_out_of_domain": round(c["flagged_out_of_domain"], 4),
+                          "dice": round(s["dice"], 4)}), flush=True)
+
+
+def mitosis(data: Path, every: int) -> None:
+    from pathasst.tools.datasets import amibr_items
+    from pathasst.tools.evaluate_mitosis import evaluate_mitosis
+    from pathasst.tools.registry import default_registry
+
+    settings = Settings(_env_file=None)
+    tool = default_registry(settings).get("mitosis_detection")
+    items = amibr_items(data, ("held_out",))  # all of them: a crop's other figures are rows of the same slides
+    header = (data / "AMI-BR.csv").read_text().splitlines()[0]
+    lines = {f"{r.split(',')[2]}_{r.split(',')[3]}": r for r in (data / "AMI-BR.csv").read_text().splitlines()[1:]}
+    for name, (fn, f) in SETTINGS.items():
+        if f != 1.0:
+            continue  # the crops' figure coordinates are defined at 40x; rescaling is covered by the tissue run
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            for it in items:
+                folder = "atypical" if it.atypical else "normal"
+                out = root / folder / f"{it.name}.jpg"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(fn(np.asarray(Image.open(it.image).convert("RGB")))).save(out, quality=98)
+            (root / "AMI-BR.csv").write_text(header + "\n" + "\n".join(lines[it.name] for it in items) + "\n")
+            m = evaluate_mitosis(tool, root, settings, mpp=0.25)
+        print(json.dumps({"setting": name, "n": m["n_crops"], "recall": round(m["recall"], 4),
+                          "fp_per_crop": round(m["fp_per_crop"], 4),
+                          "atypical_balanced_accuracy": m["atypical_balanced_accuracy"]}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["tissue", "mitosis"])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--every", type=int, default=1, help="use every N-th held-out item")
+    a = p.parse_args(argv)
+    (tissue if a.what == "tissue" else mitosis)(a.data, a.every)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
