@@ -597,6 +597,16 @@ class NucleiNet:
         ort = ", onnxruntime" if self.runtime == "onnxruntime" else ""
         return f"{ARCHITECTURE} ({n / 1e6:.2f} M params, {shape}, {len(c.type_classes)} types, {c.mpp} um/px{bf16}{ort})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (e.g. sent to Ray tile tasks): the ONNX session and its lock are rebuilt where it lands."""
+        state = dict(self.__dict__)
+        state["_session"], state["_session_lock"] = None, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._session_lock = threading.Lock()
+
     def onnx_session(self) -> Any:
         """The ONNX Runtime session of this network (exported in memory on first use, float32, any batch and tile
         size; threads as torch's intra-op pool). ``RuntimeError`` naming the setting when onnx/onnxruntime is missing."""
