@@ -74,7 +74,7 @@ UNITS: dict[str, Unit] = {
     **dict.fromkeys(
         ("tissue_fraction", "pen_fraction", "nuclear_area_fraction", "tumor_stroma_ratio", "probability",
          "top_probability", "area_fractions", "class_probabilities", "probabilities", "mean_eccentricity",
-         "mean_solidity", "out_of_domain_fraction", "lesion_fraction"),
+         "mean_solidity", "out_of_domain_fraction", "lesion_fraction", "dab_outside_nuclei"),
         _FRACTION,
     ),
     **dict.fromkeys(("density_per_mm2", "count_per_mm2"), _PER_MM2),

@@ -116,7 +116,7 @@ def _label(name: str) -> str:
 
 
 #: output fields given in percent (the other units are in the field names: ``_mm2``, ``_um``, ``per_10_hpf``)
-PERCENT_FIELDS = frozenset({"positivity_index", "tps"})
+PERCENT_FIELDS = frozenset({"positivity_index", "hotspot_index", "tps"})
 
 
 def _fmt(v: Any, name: str = "") -> str:
@@ -143,7 +143,9 @@ def compose_answer(question: str, trace: list[ToolCallRecord], headline: dict[st
         fields = headline.get(r.tool) or tuple(k for k, _ in _scalars(out)[:4])
         parts = [f"{_label(f)} {_fmt(out[f], f)}" for f in fields if out.get(f) not in (None, [])]
         where = f" on {r.image}" if r.image else ""
-        lines.append(f"{_title(r.tool)}{where}: {'; '.join(parts) or 'completed'} [{r.id}].")
+        warn = [w for w in out.get("warnings") or [] if isinstance(w, str)]
+        caution = f" Warning: {'; '.join(warn)}." if warn else ""
+        lines.append(f"{_title(r.tool)}{where}: {'; '.join(parts) or 'completed'} [{r.id}].{caution}")
     for r in trace:
         if r.status == "not_configured":
             lines.append(f"{_title(r.tool)} was not run: {r.output.get('message') if r.output else ''} [{r.id}].")

@@ -60,6 +60,10 @@ def test_ihc_eval_reports_index_error_and_cell_f1(runner: CliRunner, shared_data
     assert res.exit_code == 0, res.output
     m = _json(res.stdout)["metrics"]
     assert m["n_images"] == 4 and len(m["per_image"]) == 4
+    assert m["protocol"].startswith("leave-one-image-out") and m["shipped_threshold"] in m["threshold_grid"]
+    assert all(r["loo_threshold"] in m["threshold_grid"] for r in m["per_image"])
+    assert len(m["sweep"]) == 4 * 5 and m["sweep_max_abs_error"] == max(r["abs_error"] for r in m["sweep"])
+    assert m["mean_detection_f1"] > 0.75 and m["max_abs_error"] < 15  # measured 0.83 and 12.2
     assert 0 <= m["mean_abs_error"] <= 100
     for key in ("mean_detection_f1", "mean_positive_f1", "mean_negative_f1"):
         assert 0.0 <= m[key] <= 1.0

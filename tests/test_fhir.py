@@ -287,13 +287,15 @@ def test_headline_values_and_units(runs: dict[str, Path]) -> None:
     (ihc,) = rep["trace"]
     assert ihc["tool"] == "ihc_quantification" and ihc["status"] == "ok"
     by_field = {o["identifier"][0]["value"].split("/")[1]: o for o in _observations(fhir)}
-    assert by_field["positivity_index"]["valueQuantity"] == {
-        "value": ihc["output"]["positivity_index"], "unit": "%", "system": UCUM, "code": "%"}
+    # the demo's DAB sample is membranous: the Ki-67 index is withheld with a warning, never sent as a number
+    assert ihc["output"]["positivity_index"] is None and "positivity_index" not in by_field
+    assert by_field["in_domain"]["valueBoolean"] is False and "outside nuclei" in by_field["warnings"]["valueString"]
+    assert by_field["dab_outside_nuclei"]["valueQuantity"]["value"] == ihc["output"]["dab_outside_nuclei"]
     assert by_field["positive_cells"]["valueQuantity"]["code"] == "{count}"
     assert by_field["positive_cells"]["valueQuantity"]["value"] == ihc["output"]["positive_cells"] > 0
     assert by_field["density_per_mm2"]["valueQuantity"]["unit"] == "/mm2"
     assert by_field["mode"]["valueString"] == "ki67" and by_field["mpp_assumed"]["valueBoolean"] is False
-    assert by_field["positivity_index"]["code"] == {"text": "ihc_quantification: positivity index"}  # no invented code
+    assert by_field["positive_cells"]["code"] == {"text": "ihc_quantification: positive cells"}  # no invented code
 
     fhir, rep = _load(runs["nuclei"])
     (nuc,) = rep["trace"]

@@ -260,7 +260,7 @@ def test_stdio_nuclei_segmentation_returns_structured_measurements(stdio_run):
     assert out["count"] >= 10
     assert 0.05 < out["nuclear_area_fraction"] < 0.9
     assert out["mpp_assumed"] is True and out["mpp"] == 0.25
-    assert content["model"]["tool"] == "nuclei_segmentation" and content["model"]["backend"] == "classical"
+    assert content["model"]["tool"] == "nuclei_segmentation" and content["model"]["backend"] == "nuclei_net"  # on IHC too
     assert f"{out['count']} nuclei" in _text(result)  # the text content is the short summary
 
 

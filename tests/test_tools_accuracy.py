@@ -2,7 +2,7 @@
 
 Nuclei: CoNSeP tiles of source images 16, 18, ..., 26, which the pixel classifier never saw in training or tuning
 (see ``tools/nuclei_segmentation.py``), every 2nd tile (48 tiles). The tool must reach fixed thresholds AND beat the
-README's naive baseline measured here on the same tiles. Ki-67: both DeepLIIF images.
+README's naive baseline measured here on the same tiles. Ki-67: the four DeepLIIF images.
 """
 
 from __future__ import annotations
@@ -130,29 +130,22 @@ def ihc_scores(shared_data: Path) -> dict:
     return evaluate_ihc(IHCQuantificationTool(Settings(_env_file=None)), shared_data / "deepliif_ki67")
 
 
-# The two DeepLIIF test panels the colour thresholds were set on; Bladder1 and Lung1 (added later) are scored
-# by the eval but held to these floors only once the IHC detector generalises (issue 24).
-TUNED_PANELS = {"22_2", "34_3"}
-
-
-def _tuned_rows(ihc_scores: dict) -> list[dict]:
-    rows = [r for r in ihc_scores["per_image"] if r["name"] in TUNED_PANELS]
-    assert len(rows) == len(TUNED_PANELS), [r["name"] for r in ihc_scores["per_image"]]
-    return rows
-
-
-def test_ki67_index_within_five_points(ihc_scores: dict) -> None:
+# Ki-67 at the shipped positivity threshold (chosen on these four images; their leave-one-image-out figures are
+# tools eval's, tests/test_backends_eval_cli.py). Floors under the measured values: index errors 0.5 / 6.7 / 1.4 /
+# 0.4 points, detection F1 0.79-0.90, positive F1 0.40-0.86.
+def test_ki67_index_error_on_every_deepliif_image(ihc_scores: dict) -> None:
     assert ihc_scores["n_images"] == 4
-    for row in _tuned_rows(ihc_scores):
-        assert row["abs_error"] < 5.0, row
+    for row in ihc_scores["per_image"]:
+        assert row["abs_error"] < 8.0, row
         assert row["true_positive_cells"] > 5 and row["pred_positive_cells"] > 3, row
+    assert ihc_scores["mean_abs_error"] < 4.0
 
 
 def test_ki67_per_cell_f1(ihc_scores: dict) -> None:
-    for row in _tuned_rows(ihc_scores):
-        assert row["detection_f1"] > 0.6, row
-        assert row["positive_f1"] > 0.5, row
-        assert row["negative_f1"] > 0.6, row
+    for row in ihc_scores["per_image"]:
+        assert row["detection_f1"] > 0.75, row
+        assert row["positive_f1"] > 0.35, row
+        assert row["negative_f1"] > 0.7, row
 
 
 def test_ihc_modes_and_outputs(shared_data: Path, settings) -> None:
@@ -180,9 +173,10 @@ def test_ihc_modes_and_outputs(shared_data: Path, settings) -> None:
         assert labels[max(0, y - 3) : y + 4, max(0, x - 3) : x + 4].any()
     for mode, r in results.items():
         _numbers_come_from_output(tool.summarize(r.output), r.output.model_dump())
-    # a blank image has no cells and a zero index
+    # a blank image has no cells and no index (never a confident 0 % from nothing)
     empty = tool.analyze(ImageData(np.full((128, 128, 3), 240, np.uint8), name="e"), IHCQuantificationInput(image="e"))
-    assert empty.output.total_cells == 0 and empty.output.positivity_index == 0.0
+    assert empty.output.total_cells == 0 and empty.output.positivity_index is None
+    assert empty.output.warnings[0].startswith("no stained tissue found")
 
 
 def test_intensity_bins_and_allred() -> None:

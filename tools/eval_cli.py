@@ -57,6 +57,10 @@ def _ihc(tool: Any, data_dir: Path, settings: Any, limit: int | None, mpp: float
         raise FileNotFoundError(f"{data_dir} is not in the deepliif_ki67 layout (no NAME_ihc.png files)")
     if limit is not None:
         typer.echo("note: --limit is ignored for IHC folders (every image pair is scored)", err=True)
+    if tool.weights_path() is None:  # the embedded reading: leave-one-image-out with the stain sweep
+        from pathasst.tools.evaluate_ihc import evaluate_ihc_leave_one_out
+
+        return evaluate_ihc_leave_one_out(tool, data_dir, mpp=mpp or DEEPLIIF_MPP)
     return evaluate_ihc(tool, data_dir, mpp=mpp or DEEPLIIF_MPP)
 
 

@@ -435,6 +435,20 @@ def _domain_fallback(
     return fallback if n_dec >= AUTO_MIN_NUCLEI and n_net < AUTO_AGREEMENT * n_dec else None
 
 
+def ihc_network_input(work: ImageData) -> tuple[ImageData, bool]:
+    """The shipped network's input for ``work`` (already at MODEL_MPP): on a DAB immunostain (no eosin, clear DAB)
+    the pseudo-H&E of its normalised nuclear stain (:mod:`pathasst.tools.ihc_nuclei`) and True; otherwise ``work``
+    unchanged and False. ``ihc_quantification`` reads its nuclei through the same path."""
+    from pathasst.tools.ihc_nuclei import has_dab, pseudo_he, stain_maps
+
+    if _looks_like_he(work.pixels):
+        return work, False
+    maps = stain_maps(work.pixels)
+    if not has_dab(maps):
+        return work, False
+    return ImageData(pseudo_he(maps), work.name, work.mpp, work.origin, work.scale, work.notes, work.slide), True
+
+
 def resample_to_model(rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, float]:
     """Resample an image to MODEL_MPP (no-op within 10 %, as the deep backends' ``working_image``); returns the image
     and the factor applied."""
@@ -663,8 +677,10 @@ class NucleiSegmentationTool(PathologyTool):
             self.load()
             work = image if image.mpp is not None else _with_mpp(image, mpp)
             shared = None  # the shipped network and its domain guard both work at MODEL_MPP: resample once for both
+            ihc = False
             if not configured and isinstance(self._deep, NucleiNet) and self._deep.config.mpp == MODEL_MPP:
                 shared = working_image(work, MODEL_MPP)
+                shared, ihc = ihc_network_input(shared)
             if isinstance(self._deep, (NucleiNet, NucleiSam)):
                 pred = self._deep.segment(work if shared is None else shared)
                 if shared is not None:  # labels at the working resolution: back to the image's
@@ -674,11 +690,14 @@ class NucleiSegmentationTool(PathologyTool):
                 types = {lab: pred.type_classes[t - 1] for lab, t in pred.types.items() if 1 <= t <= len(type_names)}
             else:
                 labels, used = self._deep.segment(work), "yolo_seg"
-            fallback = None if configured else _domain_fallback(
+            fallback = None if configured or ihc else _domain_fallback(
                 image.pixels, mpp, labels, args.min_area_px, args.seed_h,
                 work=None if shared is None else shared.pixels)
             if fallback is not None:
                 labels, used, types, type_names = fallback, "deconvolution", None, []
+            if ihc:  # the type head learned H&E colours: on an immunostain it names no type
+                types, type_names = None, []
+                image.notes.append("nuclei_segmentation: DAB immunostain, nuclei read on its normalised nuclear stain")
         else:
             labels, used = segment_nuclei(
                 image.pixels, mpp, args.method, args.min_area_px, args.seed_h, weights=self.pixel_weights
