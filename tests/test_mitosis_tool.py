@@ -47,7 +47,7 @@ def test_figures_counts_overlay_and_geojson_on_a_mosaic_of_crops(settings: Any, 
     found = [it for it in held_out if not it.others][:16]
     mosaic = np.concatenate([np.concatenate([_rgb(it.image) for it in found[r * 4 : r * 4 + 4]], 1) for r in range(4)], 0)
     image = ImageData(mosaic, name="m.png", mpp=0.25, origin=(1000.0, 2000.0))
-    record, result = _call(settings, image)
+    record, result = _call(settings, image, max_density_per_mm2=None)  # a mosaic of figures: implausibly dense
     out = result.output
     assert record.status == "ok" and out.backend == "mitosis_net" and out.in_domain is True
     assert out.count == len(out.figures) == len(out.boxes) == len(result.features)
@@ -72,12 +72,14 @@ def test_a_region_of_a_larger_image_is_tiled_without_double_counts(settings: Any
     crops = [it for it in held_out if not it.others][:64]
     row = lambda r: np.concatenate([_rgb(it.image) for it in crops[r * 8 : r * 8 + 8]], 1)  # noqa: E731
     big = np.pad(np.concatenate([row(r) for r in range(8)], 0), ((38, 38), (38, 38), (0, 0)), mode="reflect")
-    record, result = _call(settings, ImageData(big, name="b.png", mpp=0.25))
+    record, result = _call(settings, ImageData(big, name="b.png", mpp=0.25), max_density_per_mm2=None)
     xy = np.array([[f.x, f.y] for f in result.output.figures]).reshape(-1, 2)
+    assert len(xy) >= 40  # most of the 64 figures
     d = np.linalg.norm(xy[:, None] - xy[None], axis=2) + np.eye(len(xy)) * 1e9
     assert len(xy) == 0 or d.min() >= 8.0 / 0.25 - 1e-6  # no two figures closer than the minimum distance
     region = Region(x=38 + 128, y=38 + 128, width=256, height=256)
-    rec2, res2 = call_tool(MitosisDetectionTool(settings), {"image": "b.png", "region": region.model_dump()},
+    rec2, res2 = call_tool(MitosisDetectionTool(settings), {"image": "b.png", "region": region.model_dump(),
+                                                             "max_density_per_mm2": None},
                            make_resolver({"b.png": ImageData(big, name="b.png", mpp=0.25)}))
     assert rec2.status == "ok" and all(166 <= f.x < 422 and 166 <= f.y < 422 for f in res2.output.figures)
 
@@ -104,9 +106,9 @@ def test_a_blurred_field_keeps_its_count_with_a_warning(settings: Any, held_out:
 
     sharp = np.concatenate([_rgb(it.image) for it in held_out[:4]], 1)
     blurred = ndi.gaussian_filter(sharp.astype(float), (4, 4, 0)).astype(np.uint8)
-    _, ok = _call(settings, ImageData(sharp, name="s.png", mpp=0.25))
+    _, ok = _call(settings, ImageData(sharp, name="s.png", mpp=0.25), max_density_per_mm2=None)
     assert ok.output.warnings == []
-    record, result = _call(settings, ImageData(blurred, name="b.png", mpp=0.25))
+    record, result = _call(settings, ImageData(blurred, name="b.png", mpp=0.25), max_density_per_mm2=None)
     assert record.status == "ok" and result.output.count is not None
     assert result.output.warnings and "blurred field" in result.output.warnings[0] and "WARNING blurred" in record.summary
 
@@ -147,3 +149,17 @@ def test_held_out_figures_and_tools_predict_reproduces_tools_eval(settings: Any,
         out = json.loads((tmp_path / "p" / f"{r['image']}.json").read_text())
         near = [f for f in out["figures"] if np.hypot(f["x"] - 64, f["y"] - 64) <= 32]
         assert bool(near) == r["found"], r
+
+
+@pytest.mark.data
+def test_an_implausible_number_of_figures_is_withheld_as_out_of_domain(settings: Any, shared_data: Path) -> None:
+    """Outside AMi-Br's slides the detector proposes thousands of figures per mm^2 (measured 1,700-3,200 on CoNSeP
+    tiles and the tiatoolbox target): the tool withholds the count instead of reporting them."""
+    image = ImageData(_rgb(shared_data / "tiles" / "he_stain_target_1000.png"), name="t.png", mpp=0.25)
+    record, result = _call(settings, image)
+    out = result.output
+    assert record.status == "ok" and out.count is None and out.in_domain is False and out.figures == []
+    assert out.message.startswith("implausible:") and "outside the detector's domain" in out.message
+    assert out.count_per_mm2 is None and out.per_10_hpf is None
+    record, result = _call(settings, image, max_density_per_mm2=None)  # the check off: the raw candidates
+    assert result.output.count > 100

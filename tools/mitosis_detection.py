@@ -57,6 +57,11 @@ class MitosisDetectionInput(ToolInput):
         description="Detections with a confidence below this are discarded (0..1); default: the detector's own "
         "threshold (embedded detector: chosen on validation slides; YOLO: 0.25).",
     )
+    max_density_per_mm2: float | None = Field(
+        100.0, gt=0.0, description="Embedded detector: more figures than this per mm^2 (at least 3 in any field) means "
+        "the image is outside its domain and the count is withheld; None disables the check (e.g. a mosaic of "
+        "selected figures)."
+    )
     hpf_area_mm2: float = Field(
         DEFAULT_HPF_AREA_MM2,
         gt=0.0,
@@ -132,6 +137,9 @@ class MitosisDetectionTool(DeepTool):
     #: a figure needs haematoxylin: max smoothed haematoxylin OD within 2 um of its centre (validation figures:
     #: minimum 0.012, 1st percentile 0.029; eosin-only noise: 0.0007)
     min_haematoxylin_od: ClassVar[float] = 0.003
+    #: more candidates than max(implausible_min_count, max_density_per_mm2 x field area) means the detector is out of
+    #: its domain (other H&E sources: 1,200-3,200 per mm^2 measured; the highest-grade tumours stay under ~50)
+    implausible_min_count: ClassVar[int] = 3
 
     def shipped_weights(self) -> Path | None:
         return SHIPPED_MITOSIS_WEIGHTS if SHIPPED_MITOSIS_WEIGHTS.is_file() else None
@@ -184,6 +192,14 @@ class MitosisDetectionTool(DeepTool):
         boxes = [(round(f.x - half, 2), round(f.y - half, 2), round(f.x + half, 2), round(f.y + half, 2), f.score)
                  for f in figures]
         count = len(figures)
+        field_mm2 = work.shape[0] * work.shape[1] * mpp * mpp / 1e6
+        limit = args.max_density_per_mm2
+        if limit is not None and count > max(self.implausible_min_count, limit * field_mm2):
+            msg = (f"implausible: {count} candidate figures in {field_mm2:.4f} mm^2 ({count / field_mm2:.0f} per mm^2; "
+                   f"real tumours stay far below {limit:.0f}): this image is outside the detector's "
+                   "domain (stain, scanner or tissue unlike its AMi-Br training slides); count withheld")
+            out = MitosisDetectionOutput(**base, in_domain=False, message=msg, warnings=[msg, *warnings])
+            return ToolResult(output=out, overlay=caption(image.pixels, ["mitoses: not counted (out of domain)"]))
         n_aty = int((figs.atypical > 0.5).sum()) if count else 0
         per_mm2 = count / area if area else None
         out = MitosisDetectionOutput(
