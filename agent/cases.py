@@ -167,15 +167,25 @@ def _is_pyramidal_tiff(path: Path) -> bool:
 
 
 def _read_meta(case_dir: Path) -> CaseMeta:
+    """``case.yaml`` of a case folder. It must resolve inside the folder (a link elsewhere is refused unread), and a
+    parse error names the line and column only: text of a refused file never reaches a message."""
     for name in (CASE_FILE, "case.yml"):
         f = case_dir / name
-        if f.is_file():
+        if f.is_file() or f.is_symlink():
+            try:
+                ensure_inside(f, case_dir)
+            except PathEscapeError as exc:
+                raise InvalidCaseFileError(f"{case_dir.name}/{name}: links outside its case folder; not read") from exc
             try:
                 data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-            except (yaml.YAMLError, UnicodeDecodeError) as exc:
-                raise InvalidCaseFileError(f"{f}: not valid YAML ({exc})") from exc
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+                raise InvalidCaseFileError(f"{case_dir.name}/{name}: not valid YAML{where}") from exc
+            except UnicodeDecodeError as exc:
+                raise InvalidCaseFileError(f"{case_dir.name}/{name}: not valid YAML (not UTF-8 text)") from exc
             if not isinstance(data, dict):
-                raise InvalidCaseFileError(f"{f}: expected a mapping of keys, got {type(data).__name__}")
+                raise InvalidCaseFileError(f"{case_dir.name}/{name}: expected a mapping of keys, got {type(data).__name__}")
             known = set(CaseMeta.model_fields) - {"extra"}
             core = {str(k): v for k, v in data.items() if str(k) in known}
             extra = {str(k): v for k, v in data.items() if str(k) not in known}
@@ -185,7 +195,7 @@ def _read_meta(case_dir: Path) -> CaseMeta:
             try:
                 return CaseMeta(**core, extra=extra)
             except ValidationError as exc:
-                raise InvalidCaseFileError(f"{f}: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+                raise InvalidCaseFileError(f"{case_dir.name}/{name}: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
     return CaseMeta()
 
 

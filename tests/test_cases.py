@@ -74,6 +74,25 @@ def test_invalid_case_yaml(tmp_path, settings):
         load_case(c, tmp_path, settings)
 
 
+def test_case_yaml_linking_outside_is_refused_unread_and_errors_quote_no_content(tmp_path, settings):
+    """Issue 25: a case.yaml that is a symlink to a file elsewhere is not read, and no message quotes file text."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password: hunter2\n[unclosed\n")
+    root = tmp_path / "cases"
+    c = root / "c"
+    c.mkdir(parents=True)
+    _png(c / "a.png")
+    (c / "case.yaml").symlink_to(secret)
+    with pytest.raises(InvalidCaseFileError) as err:
+        load_case(c, root, settings)
+    assert str(err.value) == "c/case.yaml: links outside its case folder; not read"
+    (c / "case.yaml").unlink()
+    (c / "case.yaml").write_text("stain: H&E\nnotes: the secret word is hunter2\n  bad: [indent\n")
+    with pytest.raises(InvalidCaseFileError) as err:
+        load_case(c, root, settings)
+    assert str(err.value).startswith("c/case.yaml: not valid YAML at line") and "hunter2" not in str(err.value)
+
+
 def test_corrupt_and_bomb_and_unknown_are_reported_not_fatal(tmp_path, settings):
     c = tmp_path / "c"
     c.mkdir()
