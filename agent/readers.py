@@ -67,6 +67,11 @@ def _image_errors(path: Path, max_pixels: int | None, tiff: bool = False) -> Ite
     """The one place where decoder exceptions become typed ``CaseError``s with a clear reason."""
     import tifffile
 
+    # with a limit set, the header check against it (_too_large, right after opening, before decoding) is the only
+    # bomb check: Pillow's own default (89 M pixels) would otherwise refuse images the setting allows
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -81,6 +86,8 @@ def _image_errors(path: Path, max_pixels: int | None, tiff: bool = False) -> Ite
     except (tifffile.TiffFileError, OSError, SyntaxError, ValueError, IndexError) as exc:
         kind = "corrupt TIFF" if tiff else "corrupt or truncated image"
         raise CorruptImageError(f"{path.name}: {kind} ({exc})") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def verify_patch(path: Path, max_pixels: int | None) -> None:

@@ -129,6 +129,21 @@ def test_pixel_limit_from_settings(tmp_path, settings):
     assert "300x300 = 90000 pixels exceeds the limit of 10000 pixels" in case.problems[0].message
 
 
+def test_raising_the_pixel_limit_setting_raises_pillows_limit_too(tmp_path, settings):
+    """Issue 25: a 100 M-pixel header (over Pillow's default 89 M, under a 150 M setting) is not refused as a bomb;
+    it is read (and here found truncated), so the setting the message names is the one that decides."""
+    c = tmp_path / "c"
+    c.mkdir()
+    _png(c / "good.png")
+    _bomb_png(c / "big.png", 10_000, 10_000)
+    case = load_case(c, tmp_path, settings.model_copy(update={"max_image_pixels": 150_000_000}))
+    (problem,) = case.problems
+    assert problem.code == "corrupt_image" and "decompression bomb" not in problem.message
+    case = load_case(c, tmp_path, settings.model_copy(update={"max_image_pixels": 50_000_000}))
+    (problem,) = case.problems
+    assert problem.code == "image_too_large" and "limit of 50000000 pixels (PATHASST_MAX_IMAGE_PIXELS)" in problem.message
+
+
 def test_empty_case(tmp_path, settings):
     c = tmp_path / "c"
     c.mkdir()
