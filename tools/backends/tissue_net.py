@@ -86,25 +86,9 @@ def build_tissue_net(
     if len(widths) != 5 or len(blocks) != 5:
         raise ValueError(f"widths and blocks need 5 levels, got {list(widths)} / {list(blocks)}")
 
-    def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-        )
+    from pathasst.tools.backends.blocks import conv_blocks
 
-    class Res(nn.Module):
-        def __init__(self, c: int, sep: bool) -> None:
-            super().__init__()
-            if sep:
-                self.body = nn.Sequential(cbr(c, c, 3, groups=c), cbr(c, c, 1), cbr(c, c, 3, groups=c))
-                self.out = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
-            else:
-                self.body = cbr(c, c)
-                self.out = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return F.relu(x + self.out(self.body(x)))
+    cbr, Res = conv_blocks()
 
     class Net(nn.Module):
         def __init__(self) -> None:
