@@ -140,7 +140,8 @@ def act(state: CaseState, runtime: Runtime[CaseContext]) -> dict[str, Any]:
             )
             result = None
         else:
-            record, result = call_tool(tool, call.arguments, resolver, call_id=call.id)
+            record, result = call_tool(tool, call.arguments, resolver, call_id=call.id,
+                                       timeout_s=getattr(ctx.settings, "call_timeout_s", None))
         if result is not None:
             ctx.artifacts[record.id] = result
         ctx.emit("tool_end", record.model_dump(mode="json"))

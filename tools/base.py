@@ -9,6 +9,7 @@ resolved, errors are typed and converted to planner messages, and a :class:`Tool
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pathasst.tools.deadline import call_deadline
 from pathasst.tools.errors import ToolCallError, ToolError, ToolExecutionError, to_planner_message
 from pathasst.tools.imaging import ImageData
 
@@ -31,6 +33,7 @@ __all__ = [
     "ToolInput",
     "ToolOutput",
     "ToolResult",
+    "bounded_arguments",
     "call_tool",
     "file_sha256",
 ]
@@ -194,12 +197,21 @@ class ToolCallRecord(BaseModel):
     notes: list[str] = Field(default_factory=list, description="Notes on the analysed pixels (e.g. window chosen).")
 
 
+def bounded_arguments(arguments: dict[str, Any], limit: int = 1000) -> dict[str, Any]:
+    """``arguments`` as a record keeps them: string values cut to ``limit`` characters (no echo of huge input)."""
+    return {str(k)[:limit]: (v if not isinstance(v, str) or len(v) <= limit else f"{v[:limit]}... ({len(v)} characters)")
+            for k, v in arguments.items()}
+
+
 def call_tool(
-    tool: PathologyTool, arguments: dict[str, Any], resolver: ImageResolver, call_id: str | None = None
+    tool: PathologyTool, arguments: dict[str, Any], resolver: ImageResolver, call_id: str | None = None,
+    timeout_s: float | None = None, cancel: threading.Event | None = None,
 ) -> tuple[ToolCallRecord, ToolResult | None]:
-    """Validate, resolve, run and record one tool call. Never raises for tool-side problems."""
+    """Validate, resolve, run and record one tool call. Never raises for tool-side problems. With ``timeout_s`` (or
+    once ``cancel`` is set) the call stops at its next step (:mod:`pathasst.tools.deadline`) and fails with the
+    reason."""
     t0 = time.perf_counter()
-    rec: dict[str, Any] = {"tool": tool.name, "arguments": dict(arguments), "tool_version": tool.version}
+    rec: dict[str, Any] = {"tool": tool.name, "arguments": bounded_arguments(arguments), "tool_version": tool.version}
     if call_id:
         rec["id"] = call_id
     try:
@@ -208,14 +220,16 @@ def call_tool(
         except ValidationError as exc:
             errs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
             raise ToolCallError(f"invalid arguments ({errs})") from exc
-        image = resolver(args.image, args.region, tool.working_mpp)
-        try:
-            tool.load()
-            result = tool.analyze(image, args)
-        except ToolError:
-            raise
-        except (MemoryError, ValueError, RuntimeError, OSError, ArithmeticError, IndexError, TypeError, ImportError) as exc:
-            raise ToolExecutionError(f"{type(exc).__name__}: {exc}") from exc
+        with call_deadline(timeout_s, cancel):
+            image = resolver(args.image, args.region, tool.working_mpp)
+            try:
+                tool.load()
+                result = tool.analyze(image, args)
+            except ToolError:
+                raise
+            except (MemoryError, ValueError, RuntimeError, OSError, ArithmeticError, IndexError, TypeError,
+                    ImportError) as exc:
+                raise ToolExecutionError(f"{type(exc).__name__}: {exc}") from exc
     except ToolError as exc:
         status = "bad_call" if isinstance(exc, ToolCallError) else "failed"
         record = ToolCallRecord(

@@ -8,6 +8,7 @@ A tool whose weights are not configured is not an error: it returns a typed ``no
 from __future__ import annotations
 
 __all__ = [
+    "CallTimeoutError",
     "DuplicateToolError",
     "ToolCallError",
     "ToolError",
@@ -44,6 +45,10 @@ class DuplicateToolError(ToolError):
 
 class ToolExecutionError(ToolError):
     """A valid call failed inside the tool."""
+
+
+class CallTimeoutError(ToolExecutionError):
+    """A call ran past its time limit and was stopped (``PATHASST_CALL_TIMEOUT_S``)."""
 
 
 class WeightsError(ToolExecutionError):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pathasst.tools.deadline import check_deadline
 from pathasst.tools.imaging import ImageData
 
 __all__ = [
@@ -60,10 +61,25 @@ def use_tile_mapper(mapper: TileMapper | None) -> Iterator[None]:
 
 
 def _map_batches(fn: Callable[[list[np.ndarray]], object], rgb: np.ndarray, chunks: list[list[Tile]]) -> Iterator:
+    """Results of ``fn`` per tile batch, in order; the call's deadline is checked before each batch is taken."""
     mapper = _TILE_MAPPER.get()
     if mapper is None:
-        return (fn([t.crop(rgb) for t in chunk]) for chunk in chunks)
-    return mapper(fn, [[np.ascontiguousarray(t.crop(rgb)) for t in chunk] for chunk in chunks])
+        results: Iterator = (fn([t.crop(rgb) for t in chunk]) for chunk in chunks)
+    else:
+        results = mapper(fn, [[np.ascontiguousarray(t.crop(rgb)) for t in chunk] for chunk in chunks])
+    return _until_deadline(results)
+
+
+def _until_deadline(results: Iterator) -> Iterator:
+    """``results`` with the deadline checked before each item is taken (a lazy map computes it on ``next``)."""
+    results = iter(results)
+    while True:
+        check_deadline()
+        try:
+            item = next(results)
+        except StopIteration:
+            return
+        yield item
 
 
 @dataclass(frozen=True)
