@@ -8,6 +8,7 @@ image raises ``EmptyCaseError``. Paths (and symlinks) may not escape the cases r
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -29,12 +30,16 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidCaseFileError",
     "PathEscapeError",
+    "UnreadablePathError",
     "UnsupportedFormatError",
     "check_image",
     "classify_file",
+    "clip",
     "discover_cases",
     "ensure_inside",
     "load_case",
+    "path_error_reason",
+    "shown_path",
     "single_image_case",
 ]
 
@@ -81,6 +86,10 @@ class PathEscapeError(CaseError):
 
 class InvalidCaseFileError(CaseError):
     code = "invalid_case_yaml"
+
+
+class UnreadablePathError(CaseError):
+    code = "unreadable_path"
 
 
 # --- models -----------------------------------------------------------------------------------------
@@ -131,12 +140,44 @@ class Case(BaseModel):
 
 # --- helpers ----------------------------------------------------------------------------------------
 def ensure_inside(path: Path, root: Path) -> Path:
-    """Resolve ``path`` (following symlinks) and check it stays under ``root``; return the resolved path."""
-    real = Path(path).resolve()
+    """Resolve ``path`` (following symlinks) and check it stays under ``root``; return the resolved path.
+
+    The one containment check of every file the product opens for a case or a request. Its messages show the path as
+    given (shortened), never where it resolves to nor the root's absolute location. A path that cannot be resolved
+    (name too long, symlink loop, NUL byte) is an :class:`UnreadablePathError`."""
     real_root = Path(root).resolve()
+    shown = shown_path(path, real_root)
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # Python 3.11 reports a symlink loop as RuntimeError
+        raise UnreadablePathError(f"{shown}: not a usable path ({path_error_reason(exc)})") from exc
     if real != real_root and real_root not in real.parents:
-        raise PathEscapeError(f"{path} resolves to {real}, outside the cases root {real_root}")
+        raise PathEscapeError(f"{shown} leads outside the cases root; not read")
     return real
+
+
+def shown_path(path: Path | str, root: Path) -> str:
+    """``path`` as a message may show it: relative to ``root`` when it lies there by name, at most 120 characters."""
+    p = Path(path)
+    try:
+        text = p.relative_to(root).as_posix() if p.is_absolute() else p.as_posix()
+    except ValueError:
+        text = p.as_posix()
+    return clip(text)
+
+
+def clip(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis and the cut length mark a cut): bounded echo of input."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
+
+
+def path_error_reason(exc: BaseException) -> str:
+    """A short reason for a failed path operation, without the path itself (it may be huge or hostile)."""
+    if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+        return "symlink loop"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)[:80]
 
 
 def classify_file(path: Path) -> Literal["patch", "wsi"] | None:
@@ -254,7 +295,7 @@ def load_case(case_dir: Path, cases_root: Path | None = None, settings: Any | No
             case.problems.append(CaseProblem(name=rel, code=exc.code, message=str(exc)))
             continue
         except OSError as exc:
-            case.problems.append(CaseProblem(name=rel, code="unreadable", message=f"{rel}: {exc}"))
+            case.problems.append(CaseProblem(name=rel, code="unreadable", message=f"{rel}: {path_error_reason(exc)}"))
             continue
         case.images.append(CaseImage(name=rel, path=real, kind=kind))
     if not case.images:

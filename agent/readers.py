@@ -21,6 +21,7 @@ from PIL import Image
 from pathasst.agent.cases import (
     Case,
     CaseError,
+    clip,
     CorruptImageError,
     ImageTooLargeError,
     UnsupportedFormatError,
@@ -62,6 +63,14 @@ def _bomb(path: Path, max_pixels: int | None, exc: Exception) -> ImageTooLargeEr
     )
 
 
+def _without_location(exc: BaseException, path: Path) -> str:
+    """A decoder's message with the file's folder removed (messages reach clients; the location is the server's)."""
+    text = str(exc)
+    for where in {str(path), str(Path(path).resolve())}:
+        text = text.replace(where, path.name)
+    return clip(text, 300)
+
+
 @contextmanager
 def _image_errors(path: Path, max_pixels: int | None, tiff: bool = False) -> Iterator[None]:
     """The one place where decoder exceptions become typed ``CaseError``s with a clear reason."""
@@ -80,12 +89,12 @@ def _image_errors(path: Path, max_pixels: int | None, tiff: bool = False) -> Ite
         raise
     except (Image.UnidentifiedImageError, ImportError) as exc:
         # ImportError: a library that patches PIL.Image.open (ultralytics) failed to load an optional format plugin
-        raise UnsupportedFormatError(f"{path.name}: not a readable image ({exc})") from exc
+        raise UnsupportedFormatError(f"{path.name}: not a readable image ({_without_location(exc, path)})") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb(path, max_pixels, exc) from exc
     except (tifffile.TiffFileError, OSError, SyntaxError, ValueError, IndexError) as exc:
         kind = "corrupt TIFF" if tiff else "corrupt or truncated image"
-        raise CorruptImageError(f"{path.name}: {kind} ({exc})") from exc
+        raise CorruptImageError(f"{path.name}: {kind} ({_without_location(exc, path)})") from exc
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
 
@@ -243,13 +252,19 @@ class SlideReader:
         W, H = self.dimensions
         width, height = min(width, W), min(height, H)
         thumb, ds = self.thumbnail(1024)
-        mask = tissue_mask(thumb).astype(np.float64)
-        ww, wh = max(1, int(width / ds)), max(1, int(height / ds))
-        integral = np.pad(mask.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        sums = integral[wh:, ww:] - integral[:-wh, ww:] - integral[wh:, :-ww] + integral[:-wh, :-ww]
-        iy, ix = np.unravel_index(int(np.argmax(sums)), sums.shape)
-        x, y = min(int(ix * ds), W - width), min(int(iy * ds), H - height)
-        return Region(x=max(0, x), y=max(0, y), width=width, height=height)
+        x, y = tissue_window(tissue_mask(thumb), ds, (W, H), (width, height))
+        return Region(x=x, y=y, width=width, height=height)
+
+
+def tissue_window(mask: np.ndarray, ds: float, size: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
+    """Top-left (x, y), in full-resolution pixels, of the ``window`` (w, h) holding the most tissue of an image of
+    ``size`` (w, h), from its tissue ``mask`` at 1/``ds`` resolution."""
+    (W, H), (width, height) = size, window
+    ww, wh = min(mask.shape[1], max(1, int(width / ds))), min(mask.shape[0], max(1, int(height / ds)))
+    integral = np.pad(mask.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = integral[wh:, ww:] - integral[:-wh, ww:] - integral[wh:, :-ww] + integral[:-wh, :-ww]
+    iy, ix = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return max(0, min(int(ix * ds), W - width)), max(0, min(int(iy * ds), H - height))
 
 
 def open_slide(path: Path, mpp: float | None = None) -> SlideReader:
@@ -298,11 +313,11 @@ class CaseImageResolver:
 
     def __call__(self, name: str, region: Region | None, working_mpp: float | None) -> ImageData:
         if name not in self.names():
-            raise ToolCallError(f"unknown image {name!r}; this case has: {', '.join(self.names())}")
+            raise ToolCallError(f"unknown image {clip(repr(name))}; this case has: {clip(', '.join(self.names()), 400)}")
         try:
             img = self.case.image(name)
             if img.kind == "patch":
-                return self._crop(self.patch(name), region)
+                return self._within_budget(self._crop(self.patch(name), region), working_mpp)
             return self._slide_pixels(name, region, working_mpp)
         except CaseError as exc:
             from pathasst.tools.errors import ToolExecutionError
@@ -321,6 +336,41 @@ class CaseImageResolver:
         return ImageData(
             pixels=image.pixels[y0:y1, x0:x1], name=image.name, mpp=image.mpp, origin=(float(x0), float(y0))
         )
+
+    def _within_budget(self, image: ImageData, working_mpp: float | None) -> ImageData:
+        """A plain image (or region of one) over the pixel budget, bounded the way slides are: tools with a working
+        resolution get the window of the budget's size with the most tissue at full resolution; tools without one
+        (thumbnail-level analysis) get the whole image downsampled to ``THUMB_PIXELS``. A note says which."""
+        h, w = image.shape
+        budget = self.settings.max_region_pixels
+        if working_mpp is None:
+            budget = min(budget, self.THUMB_PIXELS)
+            if h * w <= budget:
+                return image
+            ds = math.sqrt(h * w / budget)
+            out_w, out_h = max(1, int(w / ds)), max(1, int(h / ds))
+            small = np.asarray(Image.fromarray(image.pixels).resize((out_w, out_h), Image.Resampling.BOX))
+            scale = w / out_w
+            return ImageData(pixels=small, name=image.name, mpp=image.mpp * scale if image.mpp else None,
+                             origin=image.origin, scale=image.scale * scale, notes=[
+                                 *image.notes, f"image larger than the analysis budget ({w}x{h}): analysed at "
+                                 f"1/{scale:.2f} of its resolution (PATHASST_MAX_REGION_PIXELS)"])
+        ds = max(1.0, working_mpp / image.mpp) if image.mpp else 1.0
+        if (w / ds) * (h / ds) <= budget:
+            return image
+        side, allowed = int(math.sqrt(budget) * ds), budget * ds * ds  # source pixels one call may analyse
+        ww, wh = min(w, side), min(h, side)
+        if ww < side:  # a narrow image: a taller window
+            wh = min(h, int(allowed // ww))
+        elif wh < side:
+            ww = min(w, int(allowed // wh))
+        step = max(1, max(h, w) // 1024)
+        x, y = tissue_window(tissue_mask(image.pixels[::step, ::step]), step, (w, h), (ww, wh))
+        return ImageData(pixels=image.pixels[y : y + wh, x : x + ww], name=image.name, mpp=image.mpp,
+                         origin=(image.origin[0] + x * image.scale, image.origin[1] + y * image.scale),
+                         scale=image.scale, notes=[
+                             *image.notes, f"image larger than the analysis budget ({w}x{h}): analysed the {ww}x{wh} "
+                             f"window at ({x}, {y}) with the most tissue (PATHASST_MAX_REGION_PIXELS)"])
 
     def _slide_pixels(self, name: str, region: Region | None, working_mpp: float | None) -> ImageData:
         slide = self.slide(name)
