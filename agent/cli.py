@@ -193,6 +193,9 @@ def ui_command(
     hash_password: Annotated[
         bool, typer.Option("--hash-password", help="Prompt for a password, print its bcrypt hash and exit.")
     ] = False,
+    insecure_bind: Annotated[
+        bool, typer.Option("--insecure-bind", help="Allow a non-loopback --address without a login.")
+    ] = False,
 ) -> None:
     """Start the case-review app (Streamlit) on 127.0.0.1; usage statistics off."""
     import os
@@ -218,8 +221,14 @@ def ui_command(
     cases_dir = cases or settings.cases_root
     if cases_dir is None or not Path(cases_dir).is_dir():
         _fail(f"cases folder not found: {cases_dir} (give --cases DIR or set PATHASST_CASES_ROOT)")
+    from pathasst.agent.exposure import InsecureBindError, check_bind, refuse_system_root
     from pathasst.agent.settings import is_loopback
 
+    try:
+        refuse_system_root(Path(cases_dir))
+        check_bind(address, login != "none", insecure_bind, "a login (PATHASST_UI_PASSWORD_HASH, PATHASST_UI_USER)")
+    except (ValueError, InsecureBindError) as exc:
+        _fail(str(exc))
     if not is_loopback(address):
         console.print(
             f"[bold yellow]warning:[/] binding to {address}: the app and its patient data are reachable from other "

@@ -17,18 +17,29 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
 from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from pathasst.agent.settings import is_loopback
-from pathasst.agent.cases import CaseError, PathEscapeError, ensure_inside, read_case_meta, single_image_case
+from pathasst.agent.exposure import InsecureBindError, check_bind, refuse_system_root
+from pathasst.agent.cases import (
+    CaseError,
+    PathEscapeError,
+    UnreadablePathError,
+    clip,
+    ensure_inside,
+    path_error_reason,
+    read_case_meta,
+    single_image_case,
+)
 from pathasst.agent.readers import CaseImageResolver
 from pathasst.tools.base import PathologyTool, Region, ToolCallRecord, ToolInput, ToolOutput, call_tool
 from pathasst.tools.errors import ToolCallError, ToolExecutionError
@@ -43,11 +54,11 @@ __all__ = [
     "ToolCallResult",
     "Transport",
     "build_server",
-    "is_loopback",
     "mcp_token",
     "resolve_root",
     "run",
     "serve",
+    "transport_security",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,6 +126,10 @@ def resolve_root(settings: Any, root: Path | None = None) -> Path:
     path = Path(chosen).resolve()
     if not path.is_dir():
         raise CaseError(f"image root not found or not a folder: {path}")
+    try:
+        refuse_system_root(path)
+    except ValueError as exc:
+        raise CaseError(f"image root refused: {exc}") from None
     return path
 
 
@@ -132,16 +147,21 @@ class RootImageResolver:
         self._case_resolver: CaseImageResolver | None = None
 
     def locate(self, image: str) -> Path:
-        """The real path of ``image`` inside the root, or ``ToolCallError`` saying why not."""
+        """The real path of ``image`` inside the root, or ``ToolCallError`` saying why not (the path shown as given,
+        shortened; never where it resolves to)."""
+        shown = clip(repr(image))
         try:
             path = Path(image)
             real = ensure_inside(path if path.is_absolute() else self.root / path, self.root)
+            found = real.is_file()
         except PathEscapeError as exc:
-            raise ToolCallError(f"image {image!r} refused: {exc}") from exc
-        except (OSError, ValueError) as exc:  # e.g. an embedded NUL byte, a symlink loop
-            raise ToolCallError(f"image {image!r} is not a valid path ({exc})") from exc
-        if not real.is_file():
-            raise ToolCallError(f"image {image!r} not found under the image root")
+            raise ToolCallError(f"image {shown} refused: it leads outside the cases root") from exc
+        except UnreadablePathError as exc:
+            raise ToolCallError(f"image {shown} is not a valid path ({path_error_reason(exc.__cause__ or exc)})") from exc
+        except (OSError, ValueError) as exc:  # e.g. an embedded NUL byte, a name too long
+            raise ToolCallError(f"image {shown} is not a valid path ({path_error_reason(exc)})") from exc
+        if not found:
+            raise ToolCallError(f"image {shown} not found under the image root")
         return real
 
     def __call__(self, name: str, region: Region | None, working_mpp: float | None) -> ImageData:
@@ -158,7 +178,7 @@ class RootImageResolver:
                     break
             case = single_image_case(real, meta, settings=self.settings)
         except CaseError as exc:
-            raise ToolExecutionError(f"cannot read {name}: {exc}") from exc
+            raise ToolExecutionError(f"cannot read {clip(name)}: {exc}") from exc
         self.close()
         self._case_resolver = CaseImageResolver(case, self.settings)
         return self._case_resolver(case.images[0].name, region, working_mpp)
@@ -220,19 +240,41 @@ def _to_mcp_result(record: ToolCallRecord, result_model: type[ToolCallResult], i
     )
 
 
-def _mcp_tool(tool: PathologyTool, root: Path, settings: Any) -> Tool:
+def _mcp_tool(tool: PathologyTool, root: Path, settings: Any, slots: threading.BoundedSemaphore) -> Tool:
+    """The MCP tool of one pathology tool. A call takes one of the server's ``slots`` (the cap on concurrent calls
+    across all tools) and this tool's lock (tools load lazily and keep state), runs in a worker thread under the
+    call time limit, and stops at its next step when the client cancels or leaves."""
     result_model = _result_model(tool)
-    lock = threading.Lock()  # tools load lazily and keep state: one call per tool at a time
+    lock = threading.Lock()
+    timeout = getattr(settings, "call_timeout_s", None)
 
-    def handler(arguments: dict[str, Any]) -> CallToolResult:
+    def run_call(arguments: dict[str, Any], cancel: threading.Event) -> CallToolResult:
+        waited = time.monotonic()
+        if not slots.acquire(timeout=timeout or -1):
+            return CallToolResult(content=[TextContent(type="text", text=(
+                f"ERROR {tool.name} not run: the server is busy (its limit of concurrent calls stayed reached for "
+                f"{timeout:g} s, PATHASST_MAX_CONCURRENT_CALLS). Try again later."))], is_error=True)
         resolver = RootImageResolver(root, settings)
         try:
             with lock:
-                record, _ = call_tool(tool, _parse_json_strings(tool.input_model, arguments), resolver)
+                left = None if timeout is None else max(0.001, timeout - (time.monotonic() - waited))
+                record, _ = call_tool(tool, _parse_json_strings(tool.input_model, arguments), resolver,
+                                      timeout_s=left, cancel=cancel)
         finally:
             resolver.close()
+            slots.release()
         log.info("%s: %s in %.2f s", tool.name, record.status, record.duration_s)
         return _to_mcp_result(record, result_model, resolver.relative)
+
+    async def handler(arguments: dict[str, Any]) -> CallToolResult:
+        import anyio
+
+        cancel = threading.Event()
+        try:
+            return await anyio.to_thread.run_sync(run_call, arguments, cancel, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            cancel.set()  # the worker thread stops at its next tile batch and frees its slot
+            raise
 
     return Tool(
         fn=handler,
@@ -240,7 +282,7 @@ def _mcp_tool(tool: PathologyTool, root: Path, settings: Any) -> Tool:
         description=tool.description + IMAGE_NOTE,
         parameters=tool.input_model.model_json_schema(),
         fn_metadata=FuncMetadata(arg_model=_RawArguments, output_model=result_model),
-        is_async=False,
+        is_async=True,
         annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
     )
 
@@ -259,7 +301,8 @@ def build_server(settings: Any, root: Path | None = None, registry: ToolRegistry
     """
     image_root = resolve_root(settings, root)
     registry = registry if registry is not None else default_registry(settings)
-    tools = [_mcp_tool(t, image_root, settings) for t in registry.tools()]
+    slots = threading.BoundedSemaphore(getattr(settings, "max_concurrent_calls", 2))
+    tools = [_mcp_tool(t, image_root, settings, slots) for t in registry.tools()]
     return MCPServer(
         name="pathasst",
         title="PathAsst pathology tools",
@@ -297,23 +340,39 @@ class BearerTokenAuth:
         await self.app(scope, receive, send)
 
 
+def transport_security(host: str, allowed_hosts: list[str] | tuple[str, ...] = ()) -> TransportSecuritySettings:
+    """Host/Origin checks (DNS-rebinding protection) for an HTTP server bound to ``host``: the loopback names, the
+    bind address unless it is a wildcard (``0.0.0.0``, ``::``), and ``allowed_hosts``, each with any port."""
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    extra = [h for h in (host, *allowed_hosts) if h and h not in ("0.0.0.0", "::", "")]
+    names += [f"[{h}]" if ":" in h and not h.startswith("[") else h for h in extra]
+    names = list(dict.fromkeys(names))
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[*names, *(f"{n}:*" for n in names)],
+        allowed_origins=[f"{scheme}://{n}{port}" for n in names for scheme in ("http", "https") for port in ("", ":*")],
+    )
+
+
 def serve(server: MCPServer, transport: Transport = "stdio", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          token: str | None = None) -> None:
+          token: str | None = None, *, insecure_bind: bool = False,
+          allowed_hosts: list[str] | tuple[str, ...] = ()) -> None:
     """Serve on stdio (stdout carries only the protocol) or streamable HTTP at ``http://HOST:PORT/mcp``; with
-    ``token`` (``PATHASST_MCP_TOKEN``) every HTTP request must carry it as a bearer token."""
+    ``token`` (``PATHASST_MCP_TOKEN``) every HTTP request must carry it as a bearer token.
+
+    Fails closed: a bind beyond loopback without a token raises :class:`InsecureBindError` unless ``insecure_bind``;
+    every request's Host and Origin must name loopback, the bind address or one of ``allowed_hosts`` (421 / 403
+    otherwise). On SIGTERM or Ctrl+C the server stops within a few seconds: running calls are cancelled at their
+    next tile batch, not waited for."""
     if transport == "stdio":
         server.run("stdio")
         return
-    if not is_loopback(host) and not token:
-        log.warning(
-            "binding to %s: the tools and every image under the root are reachable from other machines, "
-            "without authentication (set PATHASST_MCP_TOKEN to require a bearer token)",
-            host,
-        )
+    check_bind(host, bool(token), insecure_bind, "PATHASST_MCP_TOKEN")
     import uvicorn
 
-    app = server.streamable_http_app(host=host)
-    uvicorn.run(BearerTokenAuth(app, token) if token else app, host=host, port=port, log_level="warning")
+    app = server.streamable_http_app(host=host, transport_security=transport_security(host, allowed_hosts))
+    uvicorn.run(BearerTokenAuth(app, token) if token else app, host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=1)
 
 
 def run(
@@ -329,7 +388,8 @@ def run(
         from pathasst.agent.settings import get_settings
 
         settings = get_settings()
-    serve(build_server(settings, root), transport, host, port, mcp_token(settings))
+    serve(build_server(settings, root), transport, host, port, mcp_token(settings),
+          allowed_hosts=getattr(settings, "mcp_allowed_hosts", ()))
 
 
 def mcp_token(settings: Any) -> str | None:

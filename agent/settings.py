@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         description="Bearer token that `pathasst mcp --transport http` requires of every request (empty = none; "
         "set it before binding anything but loopback).",
     )
+    mcp_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (or addresses) clients may use to reach `pathasst mcp --transport http` besides the "
+        "loopback names and the bind address (Host/Origin checks; JSON list, e.g. '[\"pathology.lab\"]').",
+    )
     similar_k: int = Field(3, ge=0, le=50, description="Similar cases retrieved per case by the graph (0 = off).")
     conversations_path: Path | None = Field(
         None, description="SQLite file of review conversations (empty = <cache_dir>/conversations.sqlite)."
@@ -100,9 +105,16 @@ class Settings(BaseSettings):
         120_000_000, ge=1, description="Refuse plain images above this many pixels (decompression-bomb guard)."
     )
     max_region_pixels: int = Field(
-        16_777_216, ge=65_536, description="Largest region (pixels) read from a whole slide for one tool call."
+        16_777_216, ge=65_536, description="Largest region (pixels) one tool call analyses, of a slide or a plain image (beyond it: "
+        "the window with the most tissue, or the whole downsampled for thumbnail-level tools)."
     )
     max_file_bytes: int = Field(4 * 1024**3, ge=1, description="Refuse input files larger than this many bytes.")
+    call_timeout_s: float | None = Field(
+        900.0, gt=0, description="A tool call stops at its next tile batch after this many seconds and fails with the "
+        "reason (MCP server and batch runs; empty = no limit).")
+    max_concurrent_calls: int = Field(
+        2, ge=1, le=64, description="Tool calls the MCP server runs at once, across all tools; more wait their turn "
+        "(at most the call time limit).")
     default_mpp: float | None = Field(
         None, gt=0, description="Microns per pixel assumed for plain images when neither case.yaml nor the file says."
     )

@@ -456,9 +456,16 @@ def test_cli_ui_binds_loopback_with_usage_stats_off(env, monkeypatch):
     assert seen["env"]["PATHASST_CASES_ROOT"] == str(env["cases"].resolve())
     assert "warning" not in res.output.lower()
 
+    # beyond loopback without a login: refused unless --insecure-bind, and then warned about
+    seen.clear()
     res = runner.invoke(cli.app, ["ui", "--cases", str(env["cases"]), "--address", "0.0.0.0"])
+    assert res.exit_code == 2 and "refusing to serve on 0.0.0.0" in res.output and "PATHASST_UI_PASSWORD_HASH" in res.output
+    assert "cmd" not in seen  # nothing was started
+    res = runner.invoke(cli.app, ["ui", "--cases", str(env["cases"]), "--address", "0.0.0.0", "--insecure-bind"])
     assert res.exit_code == 0
     assert "warning" in res.output.lower() and "0.0.0.0" in res.output
+    res = runner.invoke(cli.app, ["ui", "--cases", "/etc"])
+    assert res.exit_code == 2 and "is a system folder" in res.output
 
 
 def test_cli_does_not_import_streamlit():
