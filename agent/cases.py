@@ -35,6 +35,8 @@ __all__ = [
     "check_image",
     "classify_file",
     "clip",
+    "companions",
+    "ensure_companions_inside",
     "discover_cases",
     "ensure_inside",
     "load_case",
@@ -180,6 +182,26 @@ def path_error_reason(exc: BaseException) -> str:
     return str(exc)[:80]
 
 
+def companions(path: Path) -> list[Path]:
+    """Files a slide format reads beside the named file: for MIRAX (``.mrxs``) the data folder of the same stem and
+    its files. Each must pass :func:`ensure_inside` too (OpenSlide follows links without asking)."""
+    if path.suffix.lower() != ".mrxs":
+        return []
+    folder = path.with_suffix("")
+    if not (folder.exists() or folder.is_symlink()):
+        return []
+    found = [folder]
+    if folder.is_dir():
+        found += sorted(folder.iterdir())
+    return found
+
+
+def ensure_companions_inside(path: Path, root: Path) -> None:
+    """:func:`ensure_inside` for every companion of a slide file (:func:`companions`)."""
+    for extra in companions(Path(path)):
+        ensure_inside(extra, root)
+
+
 def classify_file(path: Path) -> Literal["patch", "wsi"] | None:
     """'patch', 'wsi' or None (not an image we read) by extension; TIFF is a slide when OpenSlide sees levels."""
     ext = path.suffix.lower()
@@ -290,6 +312,7 @@ def load_case(case_dir: Path, cases_root: Path | None = None, settings: Any | No
                 raise FileTooLargeError(f"{rel}: {real.stat().st_size} bytes exceeds the limit of {max_file_bytes}")
             if real.stat().st_size == 0:
                 raise CorruptImageError(f"{rel}: empty file")
+            ensure_companions_inside(f, root)
             check_image(real, kind, max_pixels)
         except CaseError as exc:
             case.problems.append(CaseProblem(name=rel, code=exc.code, message=str(exc)))

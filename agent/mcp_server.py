@@ -35,6 +35,7 @@ from pathasst.agent.cases import (
     PathEscapeError,
     UnreadablePathError,
     clip,
+    ensure_companions_inside,
     ensure_inside,
     path_error_reason,
     read_case_meta,
@@ -154,6 +155,7 @@ class RootImageResolver:
             path = Path(image)
             real = ensure_inside(path if path.is_absolute() else self.root / path, self.root)
             found = real.is_file()
+            ensure_companions_inside(real, self.root)
         except PathEscapeError as exc:
             raise ToolCallError(f"image {shown} refused: it leads outside the cases root") from exc
         except UnreadablePathError as exc:

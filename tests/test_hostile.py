@@ -27,7 +27,7 @@ import pytest
 from mcp import Client
 from PIL import Image
 
-from pathasst.agent.cases import load_case
+from pathasst.agent.cases import EmptyCaseError, load_case
 from pathasst.agent.mcp_server import build_server
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.deadline import check_deadline
@@ -64,6 +64,12 @@ def hostile_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "case1" / "link.png").symlink_to(outside / "secret.png")
     (root / "case1" / "linkdir").symlink_to(outside, target_is_directory=True)
     (root / "case1" / "loop.png").symlink_to(root / "case1" / "loop.png")
+    # a MIRAX slide whose data folder is a link out of the root (OpenSlide would follow it)
+    (outside / "mirax_data").mkdir()
+    (outside / "mirax_data" / "Slidedat.ini").write_text(SECRET)
+    (root / "case2").mkdir()
+    (root / "case2" / "slide.mrxs").write_bytes(b"MIRAX" + b"\0" * 64)
+    (root / "case2" / "slide").symlink_to(outside / "mirax_data", target_is_directory=True)
     return root
 
 
@@ -90,6 +96,7 @@ PATH_ATTEMPTS = {
     "/proc/self/environ": "outside the cases root",
     "/etc/passwd": "outside the cases root",
     "case1/loop.png": "symlink loop",
+    "case2/slide.mrxs": "outside the cases root",  # its data folder leaves the root
     "case1/ihc.png\x00.txt": "not a valid path",
     "..%2Foutside%2Fsecret.png": "not found under the image root",  # no URL decoding: a literal, missing name
     "x" * 10_000 + ".png": "File name too long",
@@ -348,6 +355,9 @@ def test_case_folder_tricks_are_typed_problems_without_outside_paths(settings, h
     for p in case.problems:
         assert not _leaks(p.message, hostile_root) and str(hostile_root) not in p.message, p.message
     assert "ihc.png" in [i.name for i in case.images]
+    with pytest.raises(EmptyCaseError) as info:  # the only slide of case2 is refused: the case has no image left
+        load_case(hostile_root / "case2", hostile_root, settings)
+    assert "outside the cases root" in str(info.value) and SECRET not in str(info.value)
 
 
 def test_pathasst_run_on_hostile_cases_finishes_and_writes_nothing_from_outside(settings, hostile_root, tmp_path):
@@ -379,7 +389,7 @@ def test_a_9400_pixel_square_png_stays_under_2_gb(tmp_path):
     script = (
         "import resource, sys\n"
         "from pathasst.agent.settings import Settings\n"
-        "from pathasst.agent.cases import load_case\n"
+        "from pathasst.agent.cases import EmptyCaseError, load_case\n"
         "from pathasst.agent.readers import CaseImageResolver\n"
         "from pathasst.tools.base import call_tool\n"
         "from pathasst.tools.registry import default_registry\n"
