@@ -405,3 +405,82 @@ def test_a_9400_pixel_square_png_stays_under_2_gb(tmp_path):
     assert status == "ok"
     assert int(peak_kb) < 2 * 1024**2, f"peak RSS {int(peak_kb) / 1024:.0f} MB"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+# --- the review app ------------------------------------------------------------------------------------------------
+def test_review_app_case_list_never_reads_case_yaml_from_outside(settings, tmp_path):
+    """A case folder that is a link out of the root, and a case.yaml that is one: listed with a problem, unread."""
+    from pathasst.ui.config import UISettings
+    from pathasst.ui.facade import Facade
+
+    root, outside = tmp_path / "cases", tmp_path / "elsewhere"
+    (root / "good").mkdir(parents=True)
+    (outside / "case").mkdir(parents=True)
+    (outside / "case" / "case.yaml").write_text(f"stain: {SECRET}\n")
+    (outside / "case" / "x.png").write_bytes(b"")
+    (root / "good" / "case.yaml").write_text("stain: H&E\n")
+    (root / "linked_case").symlink_to(outside / "case", target_is_directory=True)
+    (root / "linked_yaml").mkdir()
+    (root / "linked_yaml" / "case.yaml").symlink_to(outside / "case" / "case.yaml")
+    settings.cases_root = root
+    rows = {r.id: r for r in Facade(settings, UISettings(_env_file=None)).list_cases()}
+    assert rows["good"].stain == "H&E" and rows["good"].problem in (None, "no image files")
+    for name in ("linked_case", "linked_yaml"):
+        assert rows[name].stain is None and "outside" in (rows[name].problem or ""), rows[name]
+        assert SECRET not in rows[name].model_dump_json() and str(outside) not in rows[name].model_dump_json()
+
+
+# --- every place the product opens a file ----------------------------------------------------------------------------
+#: modules that open files, and where their paths come from. Case input (images, slides, case.yaml, case texts) is
+#: opened only by the first group, each path having passed ``ensure_inside`` (``load_case``, ``RootImageResolver``,
+#: ``Facade.case_dir``); the rest open what the operator configured (weights, library, output folder) or the
+#: product's own package data. A new module that opens files must be added here, with the origin of its paths.
+FILE_OPENERS = {
+    # case input, contained
+    "agent/cases.py": "case.yaml and slide probes of paths checked by ensure_inside / ensure_companions_inside",
+    "agent/readers.py": "images and slides listed by load_case or located by RootImageResolver",
+    "memory/ingest.py": "report/caption texts of a loaded case (Case.root, symlinks skipped)",
+    "ui/facade.py": "case.yaml via read_case_meta; reports, GeoJSON and failure records in the output folder",
+    # operator-configured files and outputs
+    "agent/outputs.py": "writes reports in the output folder",
+    "agent/runner.py": "reads its own reports and failure records in the output folder",
+    "ui/catalogue.py": "model cards of the package; reports in the output folder",
+    "ui/review.py": "review files in the output folder",
+    "ui/viewer.py": "overlays the product rendered into the output folder",
+    "tools/geojson.py": "package schema; GeoJSON the product wrote",
+    "tools/base.py": "sha256 of configured weights",
+    "tools/deep.py": "configured weights files",
+    "tools/nuclei_segmentation.py": "shipped or configured weights",
+    "tools/backends/nuclei_net.py": "shipped or configured weights",
+    "tools/backends/runtime.py": "shipped or configured weights",
+    "tools/backends/sam.py": "configured weights",
+    "tools/backends/yolo.py": "configured weights",
+    "memory/pathclip.py": "configured PathCLIP weights",
+    "memory/store.py": "the configured case library",
+    "memory/migrate.py": "the configured case library",
+    "agent/planners/hybrid.py": "the package's planner examples",
+    "agent/demo.py": "writes the demo cases it creates",
+    # evaluation commands: datasets the operator names on the command line
+    "agent/planner_eval.py": "the package's planner question sets",
+    "memory/evaluation.py": "an operator-named evaluation set",
+    "tools/datasets.py": "operator-named datasets",
+    "tools/evaluate.py": "operator-named datasets",
+    "tools/evaluate_ihc.py": "operator-named datasets",
+    "tools/evaluate_slide.py": "operator-named datasets",
+    "tools/evaluate_tissue.py": "operator-named datasets",
+}
+_OPENS = (r"Image\.open\(|OpenSlide\(|\.read_text\(|\.read_bytes\(|[^_a-zA-Z.]open\(|TiffFile\(|np\.load\(|"
+          r"torch\.load\(|imread\(|safe_load\(")
+
+
+def test_every_module_that_opens_files_is_reviewed():
+    import re
+
+    package = Path(__file__).resolve().parents[1]
+    found = set()
+    for folder in ("agent", "graphs", "memory", "tools", "ui"):
+        for path in (package / folder).rglob("*.py"):
+            if re.search(_OPENS, path.read_text(encoding="utf-8")):
+                found.add(path.relative_to(package).as_posix())
+    assert found - set(FILE_OPENERS) == set(), "review where these modules' paths come from and list them"
+    assert set(FILE_OPENERS) - found == set(), "these no longer open files: drop them from the list"

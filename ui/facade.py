@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, Field
 
 from pathasst.agent.cases import (
@@ -33,6 +32,7 @@ from pathasst.agent.cases import (
     discover_cases,
     ensure_inside,
     load_case,
+    read_case_meta,
 )
 from pathasst.ui import catalogue, uploads
 from pathasst.ui import review as rv
@@ -120,16 +120,15 @@ def filter_cases(
     return out
 
 
-def _read_case_yaml(case_dir: Path) -> tuple[dict[str, Any], str | None]:
-    for name in ("case.yaml", "case.yml"):
-        f = case_dir / name
-        if f.is_file():
-            try:
-                data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-            except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-                return {}, f"{name}: not valid YAML ({type(exc).__name__})"
-            return (data, None) if isinstance(data, dict) else ({}, f"{name}: not a mapping")
-    return {}, None
+def _read_case_yaml(case_dir: Path, root: Path) -> tuple[dict[str, Any], str | None]:
+    """``case.yaml`` of a listed case folder through the product's one reader (contained: a case folder or a
+    ``case.yaml`` that links out of the root is a problem of that case, never read)."""
+    try:
+        ensure_inside(case_dir, root)
+        meta = read_case_meta(case_dir)
+    except CaseError as exc:
+        return {}, str(exc)
+    return {**meta.extra, **meta.model_dump(exclude={"extra"}, exclude_none=True)}, None
 
 
 def _str(v: Any) -> str | None:
@@ -180,8 +179,8 @@ class Facade:
         rows = []
         failed_dir = self.out_dir / ".pathasst" / "failed"
         for d in discover_cases(self.cases_root):
-            meta, problem = _read_case_yaml(d)
-            n_files = sum(
+            meta, problem = _read_case_yaml(d, self.cases_root)
+            n_files = 0 if problem and "outside the cases root" in problem else sum(
                 1 for f in d.rglob("*")
                 if f.suffix.lower() in PATCH_EXTENSIONS | SLIDE_EXTENSIONS and not f.name.startswith(".")
             )
