@@ -40,9 +40,12 @@ from pathasst.finetune.augment import colour_jitter, jpeg_round_trip
 from pathasst.finetune.batchnorm import recalibrate_bn
 from pathasst.tools.evaluate_mitosis import MATCH_UM, score_figures
 
-__all__ = ["MitosisSample", "augment", "load_samples", "main", "score_crops", "train"]
+__all__ = ["MitosisSample", "augment", "load_negatives", "load_samples", "main", "score_crops", "train"]
 
 MPP = 0.25
+#: CoNSeP training source images whose tiles validate the mitosis-free constraint (the nuclei trainer's validation
+#: sources too); the held-out sources 16-26 are never read by this trainer
+NEGATIVE_VALIDATION_SOURCES = frozenset({2, 11})
 
 
 @dataclass
@@ -72,6 +75,27 @@ def load_samples(data_dir: Path, splits: tuple[str, ...], limit: int | None = No
     return out
 
 
+def load_negatives(consep_dir: Path, sources: frozenset[int] | set[int],
+                   limit: int | None = None) -> list[MitosisSample]:
+    """Mitosis-free crops: whole CoNSeP tiles (40x, 0.25 um/px, colorectal) of the given source images.
+
+    CoNSeP labels no mitoses, and a colorectal tile holds one only rarely, so every tile is taken as a field without
+    figures: the ordinary nuclei of another organ, laboratory and scanner that AMi-Br's crops (each centred on a
+    figure, two breast cohorts) never show the network."""
+    from PIL import Image
+
+    from pathasst.finetune.nuclei_pixel import source_image
+    from pathasst.tools.evaluate import nuclei_tiles
+
+    out = []
+    for name in [n for n in nuclei_tiles(consep_dir) if source_image(n) in sources][:limit]:
+        path = next(p for p in (consep_dir / "images" / f"{name}{ext}" for ext in (".png", ".jpg")) if p.exists())
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        out.append(MitosisSample(name, f"consep_{source_image(name)}", rgb, np.zeros((0, 2)), np.zeros(0, bool)))
+    return out
+
+
 def _targets(figs: np.ndarray, aty: np.ndarray, size: int, sigma_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Heatmap (s, s), atypical target (s, s) and atypical weight mask (s, s) on the 1/4 grid of a ``size`` crop."""
     from pathasst.tools.backends.mitosis_net import OUT_STRIDE
@@ -97,15 +121,22 @@ def _targets(figs: np.ndarray, aty: np.ndarray, size: int, sigma_px: float) -> t
     return heat, aty_t, aty_w
 
 
-def augment(s: MitosisSample, crop: int, rng: np.random.Generator, sigma_px: float) -> tuple[np.ndarray, ...]:
-    """(rgb float (3, c, c), heatmap, atypical target, atypical weight) of a random augmented crop."""
+def augment(s: MitosisSample, crop: int, rng: np.random.Generator, sigma_px: float,
+            low_res: float = 0.0) -> tuple[np.ndarray, ...]:
+    """(rgb float (3, c, c), heatmap, atypical target, atypical weight) of a random augmented crop; with probability
+    ``low_res`` the image is first halved and enlarged again (a 20x scan). A sample without figures is cropped
+    anywhere."""
     from PIL import Image
 
     from pathasst.finetune.augment import dihedral
 
     scale = rng.uniform(0.85, 1.2)
     h, w = s.rgb.shape[:2]
-    big = np.asarray(Image.fromarray(s.rgb).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
+    src = s.rgb
+    if rng.random() < low_res:  # a 20x scan resampled to 40x, as the tool does with 0.5 um/px images
+        half = Image.fromarray(src).resize((w // 2, h // 2), Image.BILINEAR)
+        src = np.asarray(half.resize((w, h), Image.BILINEAR))
+    big = np.asarray(Image.fromarray(src).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
     figs = s.figures * scale
     bh, bw = big.shape[:2]
     if bh < crop or bw < crop:  # pad by reflection up to the crop size
@@ -113,10 +144,13 @@ def augment(s: MitosisSample, crop: int, rng: np.random.Generator, sigma_px: flo
         big = np.pad(big, ((py // 2, py - py // 2), (px // 2, px - px // 2), (0, 0)), mode="reflect")
         figs = figs + [px // 2, py // 2]
         bh, bw = big.shape[:2]
-    cx, cy = figs[0]
-    margin = 6
-    x0 = int(rng.integers(max(0, int(cx) - crop + margin), min(bw - crop, int(cx) - margin) + 1))
-    y0 = int(rng.integers(max(0, int(cy) - crop + margin), min(bh - crop, int(cy) - margin) + 1))
+    if len(figs):
+        cx, cy = figs[0]
+        margin = 6
+        x0 = int(rng.integers(max(0, int(cx) - crop + margin), min(bw - crop, int(cx) - margin) + 1))
+        y0 = int(rng.integers(max(0, int(cy) - crop + margin), min(bh - crop, int(cy) - margin) + 1))
+    else:
+        x0, y0 = int(rng.integers(0, bw - crop + 1)), int(rng.integers(0, bh - crop + 1))
     rgb = big[y0 : y0 + crop, x0 : x0 + crop]
     figs = figs - [x0, y0]
     heat, aty_t, aty_w = _targets(figs, s.atypical, crop, sigma_px)
@@ -178,13 +212,28 @@ def detections_at(maps: np.ndarray, threshold: float, min_distance_px: float) ->
     return dets
 
 
-def choose_threshold(maps: np.ndarray, samples: list[MitosisSample], max_fp: float,
-                     min_distance_px: float) -> tuple[float, dict[str, Any]]:
-    """The lowest threshold (grid 0.05..0.95) whose false detections per crop are <= ``max_fp``, and its scores."""
-    best = (0.95, score_crops(detections_at(maps, 0.95, min_distance_px), samples))
+def negative_density(maps: np.ndarray, threshold: float, min_distance_px: float, mpp: float = MPP) -> float:
+    """Detections per mm^2 over mitosis-free fields (``maps`` of :func:`_maps`)."""
+    n = sum(len(xy) for xy, _, _ in detections_at(maps, threshold, min_distance_px))
+    area = maps.shape[0] * maps.shape[2] * maps.shape[3] * (mpp / 1000.0) ** 2
+    return n / area
+
+
+def choose_threshold(maps: np.ndarray, samples: list[MitosisSample], max_fp: float, min_distance_px: float,
+                     neg_maps: np.ndarray | None = None, max_neg_density: float = math.inf,
+                     ) -> tuple[float, dict[str, Any]]:
+    """The lowest threshold (grid 0.05..0.95) whose false detections per crop are <= ``max_fp`` and, given
+    mitosis-free fields ``neg_maps``, whose detections there stay <= ``max_neg_density`` per mm^2; and its scores."""
+    def scores(thr: float) -> dict[str, Any]:
+        sc = score_crops(detections_at(maps, thr, min_distance_px), samples)
+        if neg_maps is not None and len(neg_maps):
+            sc["negative_per_mm2"] = negative_density(neg_maps, thr, min_distance_px)
+        return sc
+
+    best = (0.95, scores(0.95))
     for thr in np.round(np.arange(0.95, 0.04, -0.05), 2):
-        sc = score_crops(detections_at(maps, float(thr), min_distance_px), samples)
-        if sc["fp_per_crop"] > max_fp:
+        sc = scores(float(thr))
+        if sc["fp_per_crop"] > max_fp or sc.get("negative_per_mm2", 0.0) > max_neg_density:
             break
         best = (float(thr), sc)
     return best
@@ -221,8 +270,16 @@ def train(
     limit: int | None = None,
     device: str = "auto",
     log: Any = sys.stderr,
+    negatives: Path | None = None,
+    negative_fraction: float = 0.25,
+    max_neg_density: float = 30.0,
+    low_res: float = 0.2,
 ) -> dict[str, Any]:
-    """Train; returns a summary (validation history, the chosen threshold, the checkpoint path)."""
+    """Train; returns a summary (validation history, the chosen threshold, the checkpoint path).
+
+    ``negatives``: a CoNSeP folder whose tiles (training sources other than :data:`NEGATIVE_VALIDATION_SOURCES`)
+    fill ``negative_fraction`` of every batch as mitosis-free fields; the tiles of those validation sources bound the
+    threshold (at most ``max_neg_density`` detections per mm^2) and enter the checkpoint score."""
     import torch
     from torch.nn import functional as F
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -238,6 +295,19 @@ def train(
     val_s = load_samples(data_dir, ("validation",), limit)
     if not train_s or not val_s:
         raise ValueError(f"no training or validation crops in {data_dir}")
+    neg_train: list[MitosisSample] = []
+    neg_val: list[MitosisSample] = []
+    if negatives is not None:
+        from pathasst.finetune.nuclei_pixel import HELD_OUT_SOURCES, is_training_source
+
+        train_sources = {k for k in range(1, 100) if is_training_source(k)} - set(HELD_OUT_SOURCES)
+        neg_train = load_negatives(negatives, train_sources - NEGATIVE_VALIDATION_SOURCES, limit)
+        neg_val = load_negatives(negatives, NEGATIVE_VALIDATION_SOURCES, limit)
+        print(f"{len(neg_train)} mitosis-free training fields / {len(neg_val)} validation fields from {negatives}",
+              file=log, flush=True)
+    n_neg = round(batch * negative_fraction) if neg_train else 0
+    # BatchNorm statistics of the averaged weights: the training crops and two 128 px corners of each free field
+    bn_images = [s.rgb for s in train_s] + [t.rgb[o : o + 128, o : o + 128] for t in neg_train for o in (0, 128)]
     n_aty = sum(int(s.atypical[0]) for s in train_s)
     pos_weight = torch.tensor((len(train_s) - n_aty) / max(n_aty, 1), device=dev)
     print(f"{len(train_s)} training / {len(val_s)} validation crops; {n_aty} atypical centred figures in training",
@@ -255,10 +325,13 @@ def train(
         nonlocal best, last_val
         net = averaged.module if averaged is not None else model
         if averaged is not None:
-            recalibrate_bn(net, [s.rgb for s in train_s])
+            recalibrate_bn(net, bn_images)
         maps = _maps(net, val_s)
-        thr, sc = choose_threshold(maps, val_s, max_fp, min_dist)
+        neg_maps = _maps(net, neg_val) if neg_val else None
+        thr, sc = choose_threshold(maps, val_s, max_fp, min_dist, neg_maps, max_neg_density)
         combined = sc["recall"] + (sc["atypical_balanced_accuracy"] or 0.0)
+        if neg_maps is not None and sc["negative_per_mm2"] > max_neg_density:
+            combined -= 1.0  # no threshold keeps mitosis-free fields clean: never preferred over one that does
         row = {"minutes": round((time.perf_counter() - start) / 60, 1), "step": step,
                "loss": round(float(np.mean(recent)), 4) if recent else None, "threshold": thr,
                **{k: round(v, 4) if isinstance(v, float) else v for k, v in sc.items()}, "score": round(combined, 4)}
@@ -266,7 +339,8 @@ def train(
         if combined > best:
             best = combined
             cfg = MitosisNetConfig(mpp=MPP, widths=list(widths), threshold=thr, min_distance=MATCH_UM, extra={
-                "training": {"data": "AMi-Br training slides (tools/data/amibr_split.json)", "steps": step,
+                "training": {"data": "AMi-Br training slides (tools/data/amibr_split.json)"
+                             + (f"; mitosis-free CoNSeP tiles of {negatives.name}" if neg_train else ""), "steps": step,
                              "params": n_params, "validation": row, "max_fp_per_crop": max_fp}})
             save_checkpoint(ckpt_path, net, cfg.to_dict())
             row["saved"] = True
@@ -281,7 +355,9 @@ def train(
             break
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget)))
-        items = [augment(train_s[i], crop, rng, sigma_px) for i in rng.integers(0, len(train_s), batch)]
+        picks = [train_s[i] for i in rng.integers(0, len(train_s), batch - n_neg)]
+        picks += [neg_train[i] for i in rng.integers(0, len(neg_train), n_neg)] if n_neg else []
+        items = [augment(s, crop, rng, sigma_px, low_res) for s in picks]
         x = torch.from_numpy(np.stack([it[0] for it in items])).to(dev)
         x = (x - 0.5) / 0.5
         heat, aty_t, aty_w = (torch.from_numpy(np.stack([it[k] for it in items])).to(dev) for k in (1, 2, 3))
@@ -338,6 +414,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--limit", type=int, help="use only the first N crops of each split (tests)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--negatives", type=Path, help="CoNSeP folder (consep_train layout): mitosis-free fields")
+    p.add_argument("--negative-fraction", type=float, default=0.25, help="share of each batch from --negatives")
+    p.add_argument("--max-neg-density", type=float, default=30.0,
+                   help="detections per mm^2 the threshold may allow on the mitosis-free validation fields")
+    p.add_argument("--low-res", type=float, default=0.2, help="probability of the 20x-scan augmentation")
     p.add_argument("--evaluate", type=Path, help="score this checkpoint on the held-out slides and exit")
     p.add_argument("--split", default="held_out", choices=["train", "validation", "held_out"])
     a = p.parse_args(argv)
@@ -348,7 +429,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             p.error("--out is required for training")
         result = train(a.data, a.out, a.minutes, tuple(a.widths), a.crop, a.batch, a.lr, sigma_um=a.sigma,
                        atypical_weight=a.atypical_weight, max_fp=a.max_fp, ema=a.ema, seed=a.seed, threads=a.threads,
-                       val_every=a.val_every, max_steps=a.max_steps, limit=a.limit, device=a.device)
+                       val_every=a.val_every, max_steps=a.max_steps, limit=a.limit, device=a.device,
+                       negatives=a.negatives, negative_fraction=a.negative_fraction,
+                       max_neg_density=a.max_neg_density, low_res=a.low_res)
     print(json.dumps(result, indent=1, default=float))
     return result
 
