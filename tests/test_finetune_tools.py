@@ -53,12 +53,27 @@ def test_mitosis_trainer_writes_a_checkpoint_with_its_threshold(shared_data: Pat
     from pathasst.tools.backends.mitosis_net import MitosisNet
 
     summary = main(["--data", str(shared_data / "mitosis_amibr"), "--out", str(tmp_path), "--minutes", "5",
-                    "--max-steps", "5", "--limit", "16", "--batch", "4", "--val-every", "100", "--threads", "1"])
+                    "--max-steps", "5", "--limit", "16", "--batch", "4", "--val-every", "100", "--threads", "1",
+                    "--negatives", str(shared_data / "consep_train")])
     assert summary["steps"] == 5
+    assert "negative_per_mm2" in summary["history"][-1]  # the mitosis-free validation fields were scored
     net = MitosisNet.load(tmp_path / "mitosis_net.pt", "test")
     assert net.config.mpp == 0.25 and 0 < net.config.threshold < 1 and net.config.min_distance == 8.0
     maps = net.maps(np.random.default_rng(0).integers(0, 255, (200, 260, 3), dtype=np.uint8))
     assert maps.shape == (2, 200, 260) and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_mitosis_negatives_come_from_training_sources_only_and_crop_anywhere(shared_data: Path) -> None:
+    from pathasst.finetune.mitosis_net import NEGATIVE_VALIDATION_SOURCES, augment, load_negatives
+    from pathasst.finetune.nuclei_pixel import HELD_OUT_SOURCES
+
+    negs = load_negatives(shared_data / "consep_train", {1, 3}, limit=5)
+    assert len(negs) == 5 and all(n.slide in ("consep_1", "consep_3") and len(n.figures) == 0 for n in negs)
+    assert not NEGATIVE_VALIDATION_SOURCES & HELD_OUT_SOURCES
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x, heat, aty, w = augment(negs[0], 96, rng, 8.0, low_res=1.0)
+        assert x.shape == (3, 96, 96) and heat.max() == 0.0 and w.sum() == 0.0  # nothing to find, nothing to type
 
 
 def test_mitosis_targets_peak_at_each_figure() -> None:
