@@ -75,7 +75,7 @@ class _RegionSegInput(ToolInput):
 
 
 class _SimilarInput(ToolInput):
-    k: int = Field(5, ge=1, le=50, description="Number of similar cases to return.")
+    k: int = Field(5, ge=1, le=20, description="Number of similar cases to return (1..20), as the real tool.")
 
 
 DESIGN_TOOLS: dict[str, tuple[str, type[ToolInput]]] = {
