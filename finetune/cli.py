@@ -4,6 +4,10 @@
     pathasst-train data check-pathcap DIR          validate a PathCap folder
     pathasst-train data check-conversations FILE   validate LLaVA-style conversations
     pathasst-train data consep DIR --out DIR       CoNSeP tiles -> PathCap folder (captions from labels)
+    pathasst-train data split-captions IN.json --out OUT.json [--llm-url URL --llm-model NAME]
+                                                   multi-panel captions -> per-panel captions (resumable)
+    pathasst-train data eval-split GOLD.json [--pred PRED.json]
+                                                   panel-label recall/precision and panel-caption token F1
     pathasst-train clip ...                        PathCLIP contrastive training (python -m pathasst.finetune.clip)
     pathasst-train vlm --stage 1|2 ...             PathAsst stages 1 and 2 (python -m pathasst.finetune.vlm.train)
     pathasst-train export --vlm DIR --gguf FILE    merge LoRA, export the language model to GGUF
@@ -37,7 +41,24 @@ def _data(argv: list[str]) -> int:
     k.add_argument("--out", type=Path, required=True)
     k.add_argument("--labelled", type=Path, default=None)
     k.add_argument("--limit", type=int, default=None)
+    s = sub.add_parser("split-captions", help="figure id -> caption JSON -> per-panel captions (resumable)")
+    s.add_argument("src", type=Path, help="JSON object: figure id -> {\"caption\": ...}")
+    s.add_argument("--out", type=Path, required=True, help="figures already in it are kept; written atomically")
+    s.add_argument("--llm-url", default=None, help="OpenAI-compatible server (e.g. http://localhost:8080/v1)")
+    s.add_argument("--llm-model", default=None, help="model name sent to --llm-url")
+    s.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per request")
+    s.add_argument("--llm-api-key-env", default=None, help="environment variable holding the API key, if any")
+    s.add_argument("--limit", type=int, default=None, help="process at most this many new figures")
+    e = sub.add_parser("eval-split", help="score a caption split against gt_subfigures")
+    e.add_argument("gold", type=Path, help="JSON object: figure id -> {caption, gt_subfigures}")
+    e.add_argument("--pred", type=Path, default=None, help="split-captions output; default: run the parser on gold")
+    e.add_argument("--strip-refined", action="store_true", help="score captions with the refined text removed")
+    e.add_argument("--baseline", choices=["whole-caption"], default=None,
+                   help="whole-caption: every predicted panel gets the whole figure caption")
+    e.add_argument("--per-figure", action="store_true")
     a = ap.parse_args(argv)
+    if a.cmd == "split-captions" and (a.llm_url is None) != (a.llm_model is None):
+        ap.error("--llm-url and --llm-model go together")
     from pathasst.finetune.data.readers import DataError
 
     try:
@@ -64,6 +85,23 @@ def _data(argv: list[str]) -> int:
             from pathasst.finetune.data.readers import read_conversations
 
             print(json.dumps({"valid": len(read_conversations(a.file, a.image_root))}))
+        elif a.cmd == "split-captions":
+            import os
+
+            from pathasst.finetune.data.caption_files import split_captions_file
+            from pathasst.finetune.data.caption_llm import CaptionLLM
+
+            key = os.environ.get(a.llm_api_key_env) if a.llm_api_key_env else None
+            llm = CaptionLLM(a.llm_url, a.llm_model, timeout=a.llm_timeout, api_key=key) if a.llm_url else None
+            print(json.dumps(split_captions_file(a.src, a.out, llm=llm, limit=a.limit)))
+        elif a.cmd == "eval-split":
+            from pathasst.finetune.data.caption_eval import evaluate_split
+            from pathasst.finetune.data.caption_files import load_caption_file
+
+            pred = load_caption_file(a.pred) if a.pred else None
+            print(json.dumps(evaluate_split(load_caption_file(a.gold), pred, strip=a.strip_refined,
+                                            baseline=a.baseline, per_figure=a.per_figure, source=str(a.gold)),
+                             indent=1))
         else:
             from pathasst.finetune.data.consep import consep_to_pathcap
 
