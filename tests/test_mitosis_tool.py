@@ -17,9 +17,9 @@ from pathasst.tools.mitosis_detection import MitosisDetectionTool
 from tool_helpers import make_resolver
 
 #: held-out floors (model card: tools/weights/MITOSIS_MODEL_CARD.md)
-FLOOR_RECALL = 0.98  # measured 0.998
-CEILING_FP_PER_CROP = 0.20  # measured 0.146
-FLOOR_ATYPICAL_BALANCED_ACCURACY = 0.77  # measured 0.790
+FLOOR_RECALL = 0.91  # measured 0.931
+CEILING_FP_PER_CROP = 0.05  # measured 0.002
+FLOOR_ATYPICAL_BALANCED_ACCURACY = 0.77  # measured 0.794
 
 
 def _call(settings: Any, image: ImageData, **args: Any):
@@ -152,14 +152,23 @@ def test_held_out_figures_and_tools_predict_reproduces_tools_eval(settings: Any,
 
 
 @pytest.mark.data
-def test_an_implausible_number_of_figures_is_withheld_as_out_of_domain(settings: Any, shared_data: Path) -> None:
-    """Outside AMi-Br's slides the detector proposes thousands of figures per mm^2 (measured 1,700-3,200 on CoNSeP
-    tiles and the tiatoolbox target): the tool withholds the count instead of reporting them."""
+def test_other_h_and_e_gets_few_candidates_and_an_implausible_number_is_withheld(settings: Any, shared_data: Path) -> None:
+    """Trained with mitosis-free CoNSeP fields, the detector proposes no figure on held-out CoNSeP tiles (the shipped
+    detector before them: 2,241 per mm^2) and ~200 per mm^2 on the tiatoolbox target (before: 3,021); above the
+    density check the tool withholds the count instead of reporting look-alikes."""
+    from pathasst.tools.evaluate import consep_held_out_tiles
+
+    consep = shared_data / "consep_train"
+    names = consep_held_out_tiles(consep, every=8)
+    counts = [_call(settings, ImageData(_rgb(consep / "images" / f"{n}.jpg"), name=n, mpp=0.25),
+                    max_density_per_mm2=None)[1].output.count for n in names]
+    assert len(counts) == 12 and sum(counts) <= 2, counts
     image = ImageData(_rgb(shared_data / "tiles" / "he_stain_target_1000.png"), name="t.png", mpp=0.25)
-    record, result = _call(settings, image)
+    record, result = _call(settings, image, max_density_per_mm2=None)  # the check off: the raw candidates
+    raw = result.output.count
+    assert record.status == "ok" and 3 < raw < 60
+    record, result = _call(settings, image, max_density_per_mm2=raw / 0.0625 / 2)  # a limit under what it found
     out = result.output
     assert record.status == "ok" and out.count is None and out.in_domain is False and out.figures == []
     assert out.message.startswith("implausible:") and "outside the detector's domain" in out.message
     assert out.count_per_mm2 is None and out.per_10_hpf is None
-    record, result = _call(settings, image, max_density_per_mm2=None)  # the check off: the raw candidates
-    assert result.output.count > 100

@@ -138,7 +138,8 @@ class MitosisDetectionTool(DeepTool):
     #: minimum 0.012, 1st percentile 0.029; eosin-only noise: 0.0007)
     min_haematoxylin_od: ClassVar[float] = 0.003
     #: more candidates than max(implausible_min_count, max_density_per_mm2 x field area) means the detector is out of
-    #: its domain (other H&E sources: 1,200-3,200 per mm^2 measured; the highest-grade tumours stay under ~50)
+    #: its domain (other H&E sources: 120-190 per mm^2 measured with the shipped detector, 1,200-3,200 with the
+    #: first; the highest-grade tumours stay under ~50)
     implausible_min_count: ClassVar[int] = 3
 
     def shipped_weights(self) -> Path | None:
