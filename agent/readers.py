@@ -247,13 +247,19 @@ class SlideReader:
                 if frac >= min_tissue:
                     yield TileSpec(x, y, min(tile_size, W - x), min(tile_size, H - y), frac)
 
-    def best_window(self, width: int, height: int) -> Region:
-        """The level-0 window of the given size holding the most tissue (for analysing part of a big slide)."""
+    def best_window(self, width: int, height: int, within: Region | None = None) -> Region:
+        """The level-0 window of the given size holding the most tissue (for analysing part of a big slide), inside
+        ``within`` when given."""
         W, H = self.dimensions
-        width, height = min(width, W), min(height, H)
+        area = within or Region(x=0, y=0, width=W, height=H)
+        x0, y0 = min(area.x, W - 1), min(area.y, H - 1)
+        aw, ah = min(area.width, W - x0), min(area.height, H - y0)
+        width, height = min(width, aw), min(height, ah)
         thumb, ds = self.thumbnail(1024)
-        x, y = tissue_window(tissue_mask(thumb), ds, (W, H), (width, height))
-        return Region(x=x, y=y, width=width, height=height)
+        mask = tissue_mask(thumb)[int(y0 / ds) : max(int(y0 / ds) + 1, int((y0 + ah) / ds)),
+                                  int(x0 / ds) : max(int(x0 / ds) + 1, int((x0 + aw) / ds))]
+        x, y = tissue_window(mask, ds, (aw, ah), (width, height))
+        return Region(x=x0 + x, y=y0 + y, width=width, height=height)
 
 
 def tissue_window(mask: np.ndarray, ds: float, size: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
@@ -355,7 +361,7 @@ class CaseImageResolver:
                              origin=image.origin, scale=image.scale * scale, notes=[
                                  *image.notes, f"image larger than the analysis budget ({w}x{h}): analysed at "
                                  f"1/{scale:.2f} of its resolution (PATHASST_MAX_REGION_PIXELS)"])
-        ds = max(1.0, working_mpp / image.mpp) if image.mpp else 1.0
+        ds = working_mpp / image.mpp if image.mpp else 1.0  # < 1: the tool enlarges it; the budget holds after that
         if (w / ds) * (h / ds) <= budget:
             return image
         side, allowed = int(math.sqrt(budget) * ds), budget * ds * ds  # source pixels one call may analyse
@@ -384,18 +390,21 @@ class CaseImageResolver:
             data.slide = slide
             return data
         ds = max(1.0, working_mpp / slide.mpp)
+        # the budget holds at the working resolution: a 20x slide read for a 40x tool is enlarged 2x by the tool
+        work_ds = working_mpp / slide.mpp
         notes: list[str] = []
-        if region is None:
-            if (W / ds) * (H / ds) <= budget:
-                region = Region(x=0, y=0, width=W, height=H)
-            else:
-                side = int(math.sqrt(budget) * ds)
-                region = slide.best_window(side, side)
-                notes.append(
-                    f"slide larger than the analysis budget: analysed the {region.width}x{region.height} level-0 "
-                    f"window at ({region.x}, {region.y}) with the most tissue"
-                )
-        data = slide.read_region(region, ds, budget)
+        whole = region or Region(x=0, y=0, width=W, height=H)
+        if (whole.width / work_ds) * (whole.height / work_ds) <= budget:
+            region = whole
+        else:
+            side = int(math.sqrt(budget) * work_ds)
+            region = slide.best_window(side, side, within=whole)
+            what = "slide" if whole.width == W and whole.height == H else "region"
+            notes.append(
+                f"{what} larger than the analysis budget: analysed the {region.width}x{region.height} level-0 "
+                f"window at ({region.x}, {region.y}) with the most tissue"
+            )
+        data = slide.read_region(region, ds, int(budget * min(1.0, work_ds) ** 2))
         data.notes.extend(notes)
         data.slide = slide
         return data
