@@ -63,7 +63,8 @@ def demo_cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def batch_settings(settings: Any) -> Any:
-    return settings.model_copy(update={"planner": "rules", "torch_threads": 1})
+    # executors are under test, not the tools: a 1 M-pixel analysis budget keeps the Ki-67 slide case quick
+    return settings.model_copy(update={"planner": "rules", "torch_threads": 1, "max_region_pixels": 1_048_576})
 
 
 _CALL_ID = re.compile(r"call_[0-9a-f]{10}")

@@ -184,7 +184,7 @@ def test_context_arguments_and_coordinates():
     assert question_coordinates("x=5, y=7") == {"point": {"x": 5, "y": 7}}
     assert question_coordinates("no numbers here") == {}
     assert context_arguments(SCHEMAS["similar_cases"], ctx(question="the top 3 similar cases")) == {"k": 3}
-    assert context_arguments(SCHEMAS["similar_cases"], ctx(question="100 similar cases")) == {"k": 50}  # clamped
+    assert context_arguments(SCHEMAS["similar_cases"], ctx(question="100 similar cases")) == {"k": 20}  # clamped
     assert context_arguments(SCHEMAS["ihc_quantification"], ctx(question="ki-67 please", stain=None)) == {"mode": "ki67"}
     # the stain is the physical fact: it wins over a marker named in the question
     assert context_arguments(SCHEMAS["ihc_quantification"], ctx(question="Ki-67?", stain="PD-L1")) == {"mode": "pdl1"}
