@@ -298,9 +298,10 @@ def train(
     neg_train: list[MitosisSample] = []
     neg_val: list[MitosisSample] = []
     if negatives is not None:
-        from pathasst.finetune.nuclei_pixel import HELD_OUT_SOURCES, is_training_source
+        from pathasst.finetune.nuclei_pixel import source_image, split_tiles
+        from pathasst.tools.evaluate import nuclei_tiles
 
-        train_sources = {k for k in range(1, 100) if is_training_source(k)} - set(HELD_OUT_SOURCES)
+        train_sources = {source_image(n) for n in split_tiles(nuclei_tiles(negatives))[0]}  # held-out ones never
         neg_train = load_negatives(negatives, train_sources - NEGATIVE_VALIDATION_SOURCES, limit)
         neg_val = load_negatives(negatives, NEGATIVE_VALIDATION_SOURCES, limit)
         print(f"{len(neg_train)} mitosis-free training fields / {len(neg_val)} validation fields from {negatives}",

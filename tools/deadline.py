@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pathasst.tools.errors import CallTimeoutError
 
-__all__ = ["call_deadline", "check_deadline", "remaining_s"]
+__all__ = ["call_deadline", "check_deadline"]
 
 @dataclass(frozen=True)
 class _Deadline:
@@ -41,12 +41,6 @@ def call_deadline(seconds: float | None, cancel: threading.Event | None = None) 
         yield
     finally:
         _DEADLINE.reset(token)
-
-
-def remaining_s() -> float | None:
-    """Seconds left before the current call's deadline (None: no limit)."""
-    d = _DEADLINE.get()
-    return None if d is None or d.seconds is None else d.at - time.monotonic()
 
 
 def check_deadline() -> None:

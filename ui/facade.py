@@ -120,15 +120,18 @@ def filter_cases(
     return out
 
 
-def _read_case_yaml(case_dir: Path, root: Path) -> tuple[dict[str, Any], str | None]:
-    """``case.yaml`` of a listed case folder through the product's one reader (contained: a case folder or a
-    ``case.yaml`` that links out of the root is a problem of that case, never read)."""
+def _read_case_yaml(case_dir: Path, root: Path) -> tuple[dict[str, Any], str | None, bool]:
+    """``case.yaml`` of a listed case folder through the product's one reader, its problem, and whether the folder
+    lies inside the root (a case folder or a ``case.yaml`` that links out of the root is a problem, never read)."""
     try:
         ensure_inside(case_dir, root)
+    except CaseError as exc:
+        return {}, str(exc), False
+    try:
         meta = read_case_meta(case_dir)
     except CaseError as exc:
-        return {}, str(exc)
-    return {**meta.extra, **meta.model_dump(exclude={"extra"}, exclude_none=True)}, None
+        return {}, str(exc), True
+    return {**meta.extra, **meta.model_dump(exclude={"extra"}, exclude_none=True)}, None, True
 
 
 def _str(v: Any) -> str | None:
@@ -179,8 +182,8 @@ class Facade:
         rows = []
         failed_dir = self.out_dir / ".pathasst" / "failed"
         for d in discover_cases(self.cases_root):
-            meta, problem = _read_case_yaml(d, self.cases_root)
-            n_files = 0 if problem and "outside the cases root" in problem else sum(
+            meta, problem, inside = _read_case_yaml(d, self.cases_root)
+            n_files = 0 if not inside else sum(
                 1 for f in d.rglob("*")
                 if f.suffix.lower() in PATCH_EXTENSIONS | SLIDE_EXTENSIONS and not f.name.startswith(".")
             )
