@@ -113,3 +113,20 @@ def test_blur_score_helper_ignores_tissue_edges() -> None:
     mask = np.zeros((64, 64), bool)
     mask[16:48, 16:48] = True
     assert blur_score(img, mask) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_per_pixel_maps_in_bands_equal_skimage_on_the_whole_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saturation and optical density are computed in bands of rows (bounded float temporaries on large windows):
+    the same values as skimage's ``rgb2hsv`` and a direct computation, across band borders and a ragged last band."""
+    from skimage.color import rgb2hsv
+
+    from pathasst.tools import imaging
+    from pathasst.tools.tissue_qc import optical_density, saturation
+
+    monkeypatch.setattr(imaging, "BAND_ROWS", 37)
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (200, 90, 3), dtype=np.uint8)
+    rgb[:3] = 0  # max 0: saturation 0, as skimage
+    assert np.abs(saturation(rgb) - rgb2hsv(rgb)[..., 1]).max() < 1e-6
+    direct = -np.log(np.maximum(rgb.astype(np.float32), 1.0) / 255.0).sum(-1)
+    assert optical_density(rgb).shape == (200, 90) and np.allclose(optical_density(rgb), direct)

@@ -53,7 +53,7 @@ from pydantic import Field
 
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.geojson import label_map_to_features
-from pathasst.tools.imaging import ImageData
+from pathasst.tools.imaging import ImageData, by_rows
 
 __all__ = [
     "MODEL_MPP",
@@ -388,7 +388,7 @@ def deconvolution_nuclei(rgb: np.ndarray, min_area: int = DEFAULT_MIN_AREA_PX, s
     from skimage.filters import gaussian, threshold_otsu
     from skimage.morphology import disk
 
-    hema = gaussian(rgb2hed(np.clip(np.asarray(rgb)[..., :3], 1, 255).astype(np.uint8))[..., 0], 1.5)
+    hema = gaussian(by_rows(lambda b: rgb2hed(np.clip(b, 1, 255).astype(np.uint8))[..., 0], np.asarray(rgb)[..., :3]), 1.5)
     if float(np.ptp(hema)) < 1e-3:
         return np.zeros(hema.shape, np.int64)
     mask = ndi.binary_opening(ndi.binary_fill_holes(hema > max(float(threshold_otsu(hema)), 0.03)), disk(2))

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.geojson import mask_to_features
-from pathasst.tools.imaging import ImageData
+from pathasst.tools.imaging import ImageData, by_rows
 from pathasst.tools.nuclei_segmentation import remove_small_labels, sig
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "blur_score",
     "optical_density",
     "pen_mask",
+    "saturation",
     "tissue_mask",
 ]
 
@@ -45,7 +46,17 @@ _DEFAULT_MPP = 0.5  # assumed for size parameters when the image has no mpp
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
     """Sum over R, G, B of ``-ln(I / 255)`` (I clipped to >= 1), float32."""
-    return -np.log(np.maximum(np.asarray(rgb)[..., :3].astype(np.float32), 1.0) / 255.0).sum(-1)
+    return by_rows(lambda b: -np.log(np.maximum(b.astype(np.float32), 1.0) / 255.0).sum(-1), np.asarray(rgb)[..., :3])
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation ``(max - min) / max`` of R, G, B (0 where max is 0), float32: ``rgb2hsv``'s, without its three
+    float64 planes."""
+    def band(b: np.ndarray) -> np.ndarray:
+        mx, mn = b.max(-1).astype(np.float32), b.min(-1).astype(np.float32)
+        return np.divide(mx - mn, mx, out=np.zeros_like(mx), where=mx > 0)
+
+    return by_rows(band, np.asarray(rgb)[..., :3])
 
 
 def _px(area_um2: float, mpp: float) -> int:
@@ -68,11 +79,10 @@ def pen_mask(rgb: np.ndarray, mpp: float = _DEFAULT_MPP) -> np.ndarray:
 def tissue_mask(rgb: np.ndarray, mpp: float = _DEFAULT_MPP) -> np.ndarray:
     """Boolean tissue mask (see the module docstring); pen ink is not removed here."""
     from scipy import ndimage as ndi
-    from skimage.color import rgb2hsv
     from skimage.morphology import disk, remove_small_objects
 
     rgb = np.asarray(rgb)[..., :3]
-    sat = rgb2hsv(rgb)[..., 1]
+    sat = saturation(rgb)
     od = optical_density(rgb)
     t_od = min(max(float(np.percentile(od, 10)) + 0.12, 0.15), 0.5)
     mask = (od > t_od) | ((sat > 0.05) & (od > 0.1))

@@ -619,6 +619,7 @@ class NucleiNet:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = False  # the arena kept ~540 MB of activations through post-processing
         return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
     def _predict(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
@@ -642,16 +643,19 @@ class NucleiNet:
         c = self.config
         return predict_padded(tiles, forward, c.multiple, c.mean, c.std, self.device)
 
-    def maps(self, rgb: np.ndarray, tile: int | None = None, overlap: int | None = None, batch: int = 4) -> np.ndarray:
+    def maps(self, rgb: np.ndarray, tile: int | None = None, overlap: int | None = None, batch: int = 4,
+             dtype: np.dtype | type = np.float32) -> np.ndarray:
         """Stitched ``(3 + 1 + T, H, W)``: P(nucleus), H, V, then type probabilities (background first); an ensemble
         voting on its members' nuclei (``post.member_vote``) appends each member's own P(nucleus), H, V."""
         c = self.config
         channels = 3 + 1 + len(c.type_classes) + 3 * self.n_member_maps
-        return dense_tiled(rgb, self._predict, channels, tile or c.tile_size, c.overlap if overlap is None else overlap, batch)
+        return dense_tiled(rgb, self._predict, channels, tile or c.tile_size, c.overlap if overlap is None else overlap,
+                           batch, dtype)
 
     def segment_array(self, rgb: np.ndarray, post: PostParams | None = None) -> NucleiPrediction:
-        """Instances and types of an RGB array already at the model's mpp."""
-        mp = self.maps(np.asarray(rgb)[..., :3])
+        """Instances and types of an RGB array already at the model's mpp. The maps are stitched in float16 (half the
+        memory of a large window; the same nuclei as float32 on 40 held-out CoNSeP tiles and a 1000 px field)."""
+        mp = self.maps(np.asarray(rgb)[..., :3], dtype=np.float16)
         n_tp = 1 + len(self.config.type_classes)
         labels = instances_from_maps(mp, post or self.config.post, n_tp)
         return NucleiPrediction(labels, instance_types(labels, mp[3 : 3 + n_tp]), list(self.config.type_classes))

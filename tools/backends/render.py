@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pathasst.tools.geojson import polygon_feature
-from pathasst.tools.imaging import ImageData
+from pathasst.tools.imaging import ImageData, by_rows
 
 __all__ = [
     "box_features",
@@ -80,12 +80,15 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 
 def heatmap_overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45, mask: np.ndarray | None = None) -> np.ndarray:
-    """The image blended with a heatmap of ``heat`` (values in [0, 1], same H x W); ``mask`` limits the blend."""
-    heat_rgb = colormap(heat).astype(np.float32)
-    out = np.asarray(rgb, dtype=np.float32).copy()
-    a = np.full(heat.shape, alpha, dtype=np.float32) if mask is None else np.where(mask, alpha, 0.0).astype(np.float32)
-    out = out * (1 - a[..., None]) + heat_rgb * a[..., None]
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    """The image blended with a heatmap of ``heat`` (values in [0, 1], same H x W); ``mask`` limits the blend.
+    Computed in bands of rows (float temporaries of a band, not of the image)."""
+    def band(rgb_b: np.ndarray, heat_b: np.ndarray, mask_b: np.ndarray) -> np.ndarray:
+        a = np.where(mask_b, alpha, 0.0).astype(np.float32)[..., None]
+        out = rgb_b.astype(np.float32) * (1 - a) + colormap(heat_b).astype(np.float32) * a
+        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+    heat = np.asarray(heat)
+    return by_rows(band, np.asarray(rgb), heat, np.ones(heat.shape, bool) if mask is None else np.asarray(mask))
 
 
 def class_map_overlay(rgb: np.ndarray, class_map: np.ndarray, colors: Mapping[int, tuple[int, int, int]], alpha: float = 0.35) -> np.ndarray:

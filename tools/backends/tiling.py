@@ -168,12 +168,16 @@ def blend_window(t: Tile, ramp: int) -> np.ndarray:
 
 
 class Stitcher:
-    """Accumulates per-tile ``(C, h, w)`` maps into one ``(C, H, W)`` map by window-weighted averaging."""
+    """Accumulates per-tile ``(C, h, w)`` maps into one ``(C, H, W)`` map by window-weighted averaging.
 
-    def __init__(self, shape: tuple[int, int], channels: int, ramp: int) -> None:
+    ``dtype`` is the accumulator's and the result's: float16 halves the memory of a large map (a 4096 px window of 14
+    channels: 470 MB instead of 940 MB) for maps of bounded values (probabilities, HV maps; it holds up to 65,504) at
+    about 1e-3 relative error."""
+
+    def __init__(self, shape: tuple[int, int], channels: int, ramp: int, dtype: np.dtype | type = np.float32) -> None:
         self.shape = (int(shape[0]), int(shape[1]))
         self.ramp = int(ramp)
-        self._acc = np.zeros((channels, *self.shape), dtype=np.float32)
+        self._acc = np.zeros((channels, *self.shape), dtype=dtype)
         self._wsum = np.zeros(self.shape, dtype=np.float32)
 
     def add(self, t: Tile, values: np.ndarray) -> None:
@@ -186,9 +190,13 @@ class Stitcher:
         self._wsum[ys, xs] += w
 
     def result(self) -> np.ndarray:
+        """The averaged map, normalised in place (no second ``(C, H, W)`` copy); the stitcher is spent afterwards."""
         if not np.all(self._wsum > 0):
             raise ValueError("some pixels were covered by no tile")
-        return self._acc / self._wsum[None]
+        acc, self._acc = self._acc, None
+        for c in range(acc.shape[0]):  # channel by channel: no float32 temporary of the whole map
+            np.divide(acc[c], self._wsum, out=acc[c], casting="unsafe")
+        return acc
 
 
 def dense_tiled(
@@ -198,10 +206,12 @@ def dense_tiled(
     tile: int,
     overlap: int,
     batch: int = 4,
+    dtype: np.dtype | type = np.float32,
 ) -> np.ndarray:
-    """Run ``predict`` (list of ``(h, w, 3)`` tiles -> list of ``(C, h, w)`` maps) over the grid; stitched ``(C, H, W)``."""
+    """Run ``predict`` (list of ``(h, w, 3)`` tiles -> list of ``(C, h, w)`` maps) over the grid; stitched ``(C, H, W)``
+    of ``dtype`` (see :class:`Stitcher`)."""
     tiles = tile_grid(rgb.shape[:2], tile, overlap)
-    st = Stitcher(rgb.shape[:2], channels, ramp=max(1, overlap))
+    st = Stitcher(rgb.shape[:2], channels, ramp=max(1, overlap), dtype=dtype)
     chunks = [tiles[i : i + batch] for i in range(0, len(tiles), batch)]
     for chunk, outs in zip(chunks, _map_batches(predict, rgb, chunks), strict=True):
         for t, out in zip(chunk, outs, strict=True):
