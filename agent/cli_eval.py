@@ -44,27 +44,15 @@ def _registry(settings: Any) -> tuple[Any, list[str]]:
 
 
 def catalogue_for_eval(settings: Any | None = None) -> list[dict[str, Any]]:
-    """The registry's catalogue PLUS placeholder entries for the DESIGN tools that are not registered yet.
-
-    Registered tools always come from the registry (their real class, description and input schema); the
-    placeholders (``"placeholder": True``, typed input models in :mod:`pathasst.agent.planner_eval`) only let a
-    planner be measured on the full DESIGN catalogue before every tool exists.
-    """
-    from pathasst.agent.planner_eval import design_catalogue
-
+    """The registry's catalogue: the installed tools, their input schemas and planning hints."""
     registry, _ = _registry(settings)
-    real = registry.catalogue()
-    return real + design_catalogue(exclude={t["name"] for t in real})
+    return registry.catalogue()
 
 
 def input_models_for_eval(settings: Any | None = None) -> dict[str, type[BaseModel]]:
-    """Pydantic input models by tool name (registry classes first, placeholders for the rest), for validation."""
-    from pathasst.agent.planner_eval import DESIGN_TOOLS
-
+    """Pydantic input models by tool name, for validating planned arguments."""
     registry, _ = _registry(settings)
-    models: dict[str, type[BaseModel]] = {name: model for name, (_, model) in DESIGN_TOOLS.items()}
-    models.update({name: registry.tool_class(name).input_model for name in registry.names()})
-    return models
+    return {name: registry.tool_class(name).input_model for name in registry.names()}
 
 
 @eval_app.command("planner")

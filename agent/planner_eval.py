@@ -15,9 +15,8 @@ written separately and never used to tune the rules) label by these conventions:
 ``mitosis_detection``; HER2 scoring needs no tool (no ``ihc_quantification`` mode covers it); a prompt injection's
 expected tools are those the genuine request needs.
 
-:func:`design_catalogue` supplies catalogue entries for the DESIGN tools (typed placeholder input models), so a
-planner can be measured before every tool is implemented; the CLI merges it under the registry's real entries,
-which always take precedence.
+Planners are measured on the registry's catalogue (``pathasst eval planner``): the tools as installed, with their
+real input schemas and planning hints.
 """
 
 from __future__ import annotations
@@ -25,107 +24,18 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pathasst.agent.planners.base import Planner, PlannerContext, PlannerError
 from pathasst.agent.planners.parsing import VALIDATOR_NAME, validate_arguments
-from pathasst.tools.base import ToolInput
 
 __all__ = [
-    "DESIGN_TOOLS",
     "EvalQuestion",
-    "design_catalogue",
     "evaluate_planner",
     "load_questions",
 ]
-
-
-# ------------------------------------------------------------------------------------------------
-# Placeholder input models for the DESIGN catalogue (the real ones come from the registry)
-# ------------------------------------------------------------------------------------------------
-class _IHCInput(ToolInput):
-    mode: Literal["ki67", "er_pr", "pdl1"] = Field(
-        ..., description="Marker: ki67 (Ki-67 index), er_pr (ER/PR % and H-score), pdl1 (PD-L1 TPS)."
-    )
-
-
-class _TissueClassInput(ToolInput):
-    labels: list[str] | None = Field(None, description="Free labels for zero-shot classification.")
-    preset: Literal["crc100k"] | None = Field(None, description="A named label set (the nine CRC-100K classes).")
-
-
-class _RegionSegInput(ToolInput):
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"anyOf": [{"required": ["point"]}, {"required": ["box"]}]}
-    )
-    point: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = Field(
-        None, description="[x, y] of a pixel inside the structure to segment (level-0 pixels)."
-    )
-    box: tuple[
-        Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]
-    ] | None = Field(None, description="[x0, y0, x1, y1] around the structure to segment (level-0 pixels).")
-
-    @model_validator(mode="after")
-    def _point_or_box(self) -> _RegionSegInput:
-        if self.point is None and self.box is None:
-            raise ValueError("region_segmentation needs a point or a box")
-        return self
-
-
-class _SimilarInput(ToolInput):
-    k: int = Field(5, ge=1, le=20, description="Number of similar cases to return (1..20), as the real tool.")
-
-
-DESIGN_TOOLS: dict[str, tuple[str, type[ToolInput]]] = {
-    "nuclei_segmentation": (
-        "Segment H&E nuclei: instance count, density per mm2, morphometry (area, shape), cell types.",
-        ToolInput,
-    ),
-    "ihc_quantification": (
-        "Quantify DAB immunohistochemistry: Ki-67 index, ER/PR percentage and H-score, PD-L1 tumour proportion score.",
-        _IHCInput,
-    ),
-    "mitosis_detection": ("Detect mitotic figures; mitotic count per mm2 (for grading).", ToolInput),
-    "tissue_classification": (
-        "Classify a patch's tissue type (CRC-100K classes or free labels, zero-shot PathCLIP).",
-        _TissueClassInput,
-    ),
-    "tumor_segmentation": (
-        "Segment tumour, stroma and necrosis regions; area fractions, tumour-stroma ratio, heatmap.",
-        ToolInput,
-    ),
-    "slide_classification": (
-        "Whole-slide diagnosis label (multi-instance learning over tiles) with an attention heatmap.",
-        ToolInput,
-    ),
-    "region_segmentation": (
-        "Segment the structure at a point or in a box the user marked; its area and outline.",
-        _RegionSegInput,
-    ),
-    "tissue_qc": ("Quality control: tissue present, blur, pen marks, folds, bubbles, stain quality.", ToolInput),
-    "similar_cases": ("Retrieve similar past cases from the case library (PathCLIP embeddings).", _SimilarInput),
-}
-
-
-def design_catalogue(exclude: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
-    """Catalogue entries (name, description, input_schema) for the DESIGN tools not in ``exclude``.
-
-    Marked ``"placeholder": True``: these stand in for tools that are not registered yet.
-    """
-    return [
-        {
-            "name": name,
-            "description": desc,
-            "version": "placeholder",
-            "weights_setting": None,
-            "input_schema": model.model_json_schema(),
-            "placeholder": True,
-        }
-        for name, (desc, model) in DESIGN_TOOLS.items()
-        if name not in exclude
-    ]
 
 
 # ------------------------------------------------------------------------------------------------

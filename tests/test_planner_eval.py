@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pathasst.agent.planner_eval import design_catalogue, evaluate_planner, load_questions
+from pathasst.agent.planner_eval import evaluate_planner, load_questions
 from pathasst.agent.planners.base import PlanDecision, PlannedCall, PlannerContext, PlannerError
 from pathasst.agent.planners.rules import RulesPlanner
+from pathasst.tools.registry import default_registry
 
 DATA = Path(__file__).resolve().parents[1] / "agent" / "data"
-CATALOGUE = design_catalogue()
+CATALOGUE = default_registry().catalogue()  # the installed tools, as planners see them
 NUC, QC, SIM = "nuclei_segmentation", "tissue_qc", "similar_cases"
 
 # question -> (expected tools, what the fake planner answers: tools with arguments, or an exception)
@@ -80,7 +81,8 @@ def test_exact_metrics_by_hand(questions_file: Path):
 def test_pydantic_models_validate_when_jsonschema_is_missing(questions_file: Path, monkeypatch: pytest.MonkeyPatch):
     from pathasst.agent import planner_eval
 
-    models = {name: model for name, (_, model) in planner_eval.DESIGN_TOOLS.items()}
+    registry = default_registry()
+    models = {name: registry.tool_class(name).input_model for name in registry.names()}
     monkeypatch.setattr(planner_eval, "VALIDATOR_NAME", "builtin-subset")  # as without jsonschema installed
     result = evaluate_planner(questions_file, FakePlanner(), CATALOGUE, input_models=models)
     assert result["valid_argument_rate"] == 0.8
@@ -126,7 +128,7 @@ def test_cli_prints_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setenv("PATHASST_PLANNER", "rules")
     names = [t["name"] for t in catalogue_for_eval()]
-    assert sorted(names) == sorted(t["name"] for t in CATALOGUE)  # registry + placeholders = the DESIGN catalogue
+    assert sorted(names) == sorted(t["name"] for t in CATALOGUE)  # the registry's own
     result = CliRunner().invoke(eval_app, ["planner", str(DATA / "planner_dev.jsonl"), "--planner", "rules"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout[result.stdout.index("{") :])

@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pathasst.agent.planner_eval import design_catalogue, evaluate_planner
+from pathasst.agent.planner_eval import evaluate_planner
 from pathasst.agent.planners import Planner, get_planner
 from pathasst.agent.planners.base import PlannerContext, PlannerError, PriorCall
 from pathasst.agent.planners.hybrid import HybridPlanner, ToolIndex, load_examples, rules_text
 from pathasst.agent.planners.rules import TOOL_ORDER, RulesPlanner
+from pathasst.tools.registry import default_registry
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "agent" / "data"
-CATALOGUE = design_catalogue()
+CATALOGUE = default_registry().catalogue()  # the installed tools, as planners see them
 RULES = RulesPlanner()
 
 

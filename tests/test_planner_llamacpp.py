@@ -18,11 +18,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from pathasst.agent.planner_eval import design_catalogue
 from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError, PriorCall
 from pathasst.agent.planners.parsing import validate_arguments
+from pathasst.tools.registry import default_registry
 
-CATALOGUE = design_catalogue()
+CATALOGUE = default_registry().catalogue()  # the installed tools, as planners see them
 SCHEMAS = {t["name"]: t["input_schema"] for t in CATALOGUE}
 CACHE = Path(os.environ.get("PATHASST_TEST_CACHE", Path.home() / ".cache" / "pathasst"))
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pathasst.agent.planner_eval import design_catalogue
 from pathasst.agent.planners.base import PlannerContext, PlannerError
 from pathasst.agent.planners.openai_backend import OpenAIPlanner
+from pathasst.tools.registry import default_registry
 
-CATALOGUE = design_catalogue()
+CATALOGUE = default_registry().catalogue()  # the installed tools, as planners see them
 
 
 def _completion(tool: str, image: str) -> dict:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated, Literal
 
 import pytest
+from pydantic import ConfigDict, Field
 
-from pathasst.agent.planner_eval import design_catalogue
 from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerOutputError
 from pathasst.agent.planners.parsing import (
     context_arguments,
@@ -15,8 +16,32 @@ from pathasst.agent.planners.parsing import (
     question_coordinates,
     validate_arguments,
 )
+from pathasst.tools.base import ToolInput
+from pathasst.tools.registry import default_registry
 
-CATALOGUE = design_catalogue()
+
+class _RequiredModeInput(ToolInput):
+    """A required enum with no default (the real ihc_quantification defaults its mode)."""
+
+    mode: Literal["ki67", "er_pr", "pdl1"] = Field(..., description="Marker.")
+
+
+class _PointOrBoxInput(ToolInput):
+    """``anyOf`` required point | box (the real region_segmentation checks this in its validator only)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [{"required": ["point"]}, {"required": ["box"]}]})
+    point: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = Field(None, description="[x, y].")
+    box: tuple[
+        Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]
+    ] | None = Field(None, description="[x0, y0, x1, y1].")
+
+
+# the installed tools as planners see them, with two input schemas given shapes the parser must handle
+_SHAPES = {"ihc_quantification": _RequiredModeInput, "region_segmentation": _PointOrBoxInput}
+CATALOGUE = [
+    {**t, "input_schema": _SHAPES[t["name"]].model_json_schema()} if t["name"] in _SHAPES else t
+    for t in default_registry().catalogue()
+]
 SCHEMAS = {t["name"]: t["input_schema"] for t in CATALOGUE}
 
 

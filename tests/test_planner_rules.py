@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pathasst.agent.planner_eval import design_catalogue
 from pathasst.agent.planners import PlannerError, get_planner
 from pathasst.agent.planners.base import Planner, PlannerContext, PriorCall
 from pathasst.agent.planners.rules import RulesPlanner, strip_injections
+from pathasst.tools.registry import default_registry
 
-CATALOGUE = design_catalogue()
+CATALOGUE = default_registry().catalogue()  # the installed tools, as planners see them
 PLANNER = RulesPlanner()
 
 

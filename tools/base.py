@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pathasst.tools.deadline import call_deadline
 from pathasst.tools.errors import ToolCallError, ToolError, ToolExecutionError, to_planner_message
 from pathasst.tools.imaging import ImageData
+from pathasst.tools.planning import PlanningHints
 
 __all__ = [
     "ImageResolver",
@@ -99,6 +100,8 @@ class PathologyTool(ABC):
     weights_setting: ClassVar[str | None] = None
     #: output fields quoted in the templated answer (default: the first few scalar fields)
     headline_fields: ClassVar[tuple[str, ...]] = ()
+    #: what planners need to call this tool: trigger patterns, example requests, its place in a plan
+    planning: ClassVar[PlanningHints] = PlanningHints()
 
     def __init__(self, settings: Any | None = None) -> None:
         if settings is None:

@@ -43,6 +43,7 @@ from pathasst.tools.geojson import label_map_to_features, polygon_feature
 from pathasst.tools.ihc_nuclei import dab_fraction, dab_outside_nuclei, has_dab, hot_spot, index_heatmap, stain_maps
 from pathasst.tools.imaging import ImageData
 from pathasst.tools.nuclei_segmentation import MODEL_MPP, outline_overlay, sig
+from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
     "Cell",
@@ -200,6 +201,7 @@ class IHCQuantificationTool(PathologyTool):
     H-score and Allred, PD-L1 TPS."""
 
     name = "ihc_quantification"
+    planning = PlanningHints(order=30, examples=(PlanExample(question="What fraction of tumour cells are Ki-67 positive?", stain="Ki-67", image="patch"),))
     description = (
         "Count DAB-positive and negative nuclei in an IHC image (Ki-67, ER/PR, PD-L1); returns the positivity index "
         "(%), H-score and Allred (er_pr), TPS (pdl1), and one point per cell; withholds the index with a warning on "

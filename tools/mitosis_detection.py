@@ -31,6 +31,7 @@ from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
 from pathasst.tools.deep import DeepTool, WeightsFormat
 from pathasst.tools.errors import WeightsError
 from pathasst.tools.imaging import ImageData
+from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
     "DEFAULT_HPF_AREA_MM2",
@@ -109,6 +110,7 @@ class MitosisDetectionOutput(ToolOutput):
 
 class MitosisDetectionTool(DeepTool):
     name: ClassVar[str] = "mitosis_detection"
+    planning: ClassVar[PlanningHints] = PlanningHints(order=40, examples=(PlanExample(question="How many mitotic figures are there?", stain="H&E", image="wsi"),))
     description: ClassVar[str] = (
         "Detects mitotic figures in an H&E image or slide region and reports each figure's centre, score and "
         "probability of being atypical, the count, the number of atypical figures, the count per mm^2 and per 10 "

@@ -54,6 +54,7 @@ from pydantic import Field
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.geojson import label_map_to_features
 from pathasst.tools.imaging import ImageData, by_rows
+from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
     "MODEL_MPP",
@@ -610,6 +611,7 @@ class NucleiSegmentationTool(PathologyTool):
     """H&E nuclei instance segmentation (own nuclei network or classical) with counts, types and morphometry."""
 
     name = "nuclei_segmentation"
+    planning = PlanningHints(order=20, examples=(PlanExample(question="Segment the nuclei and report their mean area.", stain="H&E", image="patch"),))
     description = (
         "Segment cell nuclei in an H&E image (a small HoVer-Net-style network, or a classical pixel classifier + "
         "watershed); returns the nucleus count, density per mm^2, counts per nucleus type (other, inflammatory, "

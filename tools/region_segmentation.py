@@ -26,6 +26,7 @@ from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
 from pathasst.tools.deep import DeepTool, WeightsFormat
 from pathasst.tools.errors import ToolCallError, ToolExecutionError
 from pathasst.tools.imaging import ImageData
+from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
     "DEFAULT_MAX_RADIUS_PX",
@@ -122,6 +123,7 @@ class RegionSegmentationOutput(ToolOutput):
 
 class RegionSegmentationTool(DeepTool):
     name: ClassVar[str] = "region_segmentation"
+    planning: ClassVar[PlanningHints] = PlanningHints(order=80, examples=(PlanExample(question="Measure the nodule at point (300, 410).", stain="H&E", image="patch"),))
     description: ClassVar[str] = (
         "Segments the single object or area the user points at and measures it: give a point [x, y] inside it "
         "(a nucleus, cell, gland, focus) or a box [x0, y0, x1, y1] around it, in the image's pixel coordinates. "

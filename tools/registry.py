@@ -11,6 +11,7 @@ from typing import Any
 
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput
 from pathasst.tools.errors import DuplicateToolError, ToolError, UnknownToolError
+from pathasst.tools.planning import PlanningHints
 
 __all__ = ["ENTRY_POINT_GROUP", "ToolRegistry", "default_registry"]
 
@@ -71,7 +72,8 @@ class ToolRegistry:
         return [self.get(n) for n in self.names()]
 
     def catalogue(self) -> list[dict[str, Any]]:
-        """Name, description, version and input schema of every tool (for planners, CLI and docs)."""
+        """Name, description, version, input and output schemas and planning hints of every tool (for planners, CLI
+        and docs)."""
         return [
             {
                 "name": c.name,
@@ -80,6 +82,7 @@ class ToolRegistry:
                 "weights_setting": c.weights_setting,
                 "input_schema": c.input_model.model_json_schema(),
                 "output_schema": c.output_model.model_json_schema(),
+                "planning": c.planning.model_dump(),
             }
             for c in (self._classes[n] for n in self.names())
         ]
@@ -101,6 +104,8 @@ def _validate_tool_class(cls: Any) -> None:
         raise ToolError(f"tool {cls.name}: input_model must subclass ToolInput")
     if not issubclass(cls.output_model, ToolOutput):
         raise ToolError(f"tool {cls.name}: output_model must subclass ToolOutput")
+    if not isinstance(getattr(cls, "planning", None), PlanningHints):
+        raise ToolError(f"tool {cls.name}: planning must be a PlanningHints (pathasst.tools.planning)")
     if getattr(cls, "__abstractmethods__", None):
         raise ToolError(f"tool {cls.name}: abstract methods not implemented: {sorted(cls.__abstractmethods__)}")
 

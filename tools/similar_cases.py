@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.errors import ToolExecutionError
 from pathasst.tools.imaging import ImageData
+from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = ["NOT_CONFIGURED_MESSAGE", "SimilarCase", "SimilarCasesInput", "SimilarCasesOutput", "SimilarCasesTool"]
 
@@ -62,6 +63,7 @@ class SimilarCasesOutput(ToolOutput):
 
 class SimilarCasesTool(PathologyTool):
     name: ClassVar[str] = "similar_cases"
+    planning: ClassVar[PlanningHints] = PlanningHints(order=90, examples=(PlanExample(question="Show archive cases that resemble this one.", stain="H&E", image="patch"),))
     description: ClassVar[str] = (
         "Finds the k most similar past cases in the case library by image embedding (PathCLIP when configured, "
         "else the hed-texture colour/texture descriptor), optionally filtered by metadata (e.g. organ, stain), and "

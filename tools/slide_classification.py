@@ -35,6 +35,7 @@ from pathasst.tools.base import Region, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.deep import DeepTool, WeightsFormat, settings_env_var
 from pathasst.tools.errors import ToolExecutionError
 from pathasst.tools.imaging import ImageData
+from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = ["MAX_TILES", "SHIPPED_SLIDE_WEIGHTS", "SlideClassificationInput", "SlideClassificationOutput",
            "SlideClassificationTool", "pixel_tiles"]
@@ -71,6 +72,7 @@ class SlideClassificationOutput(ToolOutput):
 
 class SlideClassificationTool(DeepTool):
     name: ClassVar[str] = "slide_classification"
+    planning: ClassVar[PlanningHints] = PlanningHints(order=70, examples=(PlanExample(question="What is the overall diagnosis of this slide?", stain="H&E", image="wsi"),))
     description: ClassVar[str] = (
         "Predicts a whole-slide or whole-image label by attention-based multi-instance learning (ABMIL) over the "
         "embeddings of its tissue tiles: by default benign vs malignant breast tissue (trained on breast tissue "

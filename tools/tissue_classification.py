@@ -35,6 +35,7 @@ from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
 from pathasst.tools.deep import DeepTool, WeightsFormat
 from pathasst.tools.errors import ToolExecutionError
 from pathasst.tools.imaging import ImageData
+from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
     "CRC100K_LABELS",
@@ -162,6 +163,7 @@ class TissueClassificationOutput(ToolOutput):
 
 class TissueClassificationTool(DeepTool):
     name: ClassVar[str] = "tissue_classification"
+    planning: ClassVar[PlanningHints] = PlanningHints(order=50, examples=(PlanExample(question="Which tissue class does this tile show?", stain="H&E", image="patch"),))
     description: ClassVar[str] = (
         "Classifies the tissue of an H&E image: by default with the project's own network trained on colorectal "
         "biopsies into six diagnostic classes (Normal, Polyp, Low-grade IN, High-grade IN, Adenocarcinoma, "

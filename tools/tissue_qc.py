@@ -27,6 +27,7 @@ from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.geojson import mask_to_features
 from pathasst.tools.imaging import ImageData, by_rows
 from pathasst.tools.nuclei_segmentation import remove_small_labels, sig
+from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
     "Flag",
@@ -144,6 +145,7 @@ class TissueQCTool(PathologyTool):
     """Tissue detection and quality control (classical)."""
 
     name = "tissue_qc"
+    planning = PlanningHints(order=10, examples=(PlanExample(question="Is the scan blurred or folded anywhere?", stain="H&E", image="wsi"),))
     description = (
         "Quality control of an image: tissue fraction and area, blur (variance of Laplacian), pen marks, "
         "stain strength; returns flags such as 'blurry', 'pen_marks', 'little_tissue', 'pale'."

@@ -30,6 +30,7 @@ from pydantic import ConfigDict, Field
 from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
 from pathasst.tools.deep import DeepTool, WeightsFormat
 from pathasst.tools.imaging import ImageData
+from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
     "TUMOR_SEG_CLASSES",
@@ -99,6 +100,7 @@ class TumorSegmentationOutput(ToolOutput):
 
 class TumorSegmentationTool(DeepTool):
     name: ClassVar[str] = "tumor_segmentation"
+    planning: ClassVar[PlanningHints] = PlanningHints(order=60, examples=(PlanExample(question="How much of the section is necrotic?", stain="H&E", image="wsi"),))
     description: ClassVar[str] = (
         "Finds and measures the tumour / lesion area of an H&E image or slide region: by default the project's own "
         "lesion map trained on colorectal biopsies (the glandular lesion pathologists outline: adenocarcinoma, "

@@ -61,6 +61,7 @@ from pathasst.agent.planners.rules import (
     _correct_typos,
     _is_ihc_stain,
     _mode_in_text,
+    order_tools,
     strip_injections,
 )
 
@@ -236,13 +237,14 @@ class HybridPlanner(RulesPlanner):
         self._lock = threading.Lock()
 
     # ---- the decision ----------------------------------------------------------------------------
-    def tools_for(self, question: str, stain: str | None, image_kind: str) -> tuple[list[str], list[str]]:
-        tools, notes = super().tools_for(question, stain, image_kind)
+    def tools_for(self, question: str, stain: str | None, image_kind: str,
+                  catalogue: Sequence[dict[str, Any]] | None = None) -> tuple[list[str], list[str]]:
+        tools, notes = super().tools_for(question, stain, image_kind, catalogue)
         if not tools and not _unplaced(notes):
             return tools, notes  # a question the rules recognise as needing no tool
         sentences = [s.strip() for s in _SENTENCE.findall(rules_text(question)) if re.search(r"[A-Za-z]{2}", s)]
         if len(sentences) > 1:  # only the sentences that on their own match nothing and ask for something
-            sentences = [s for s in sentences if _unplaced(RulesPlanner.tools_for(self, s, stain, image_kind)[1])]
+            sentences = [s for s in sentences if _unplaced(RulesPlanner.tools_for(self, s, stain, image_kind, catalogue)[1])]
         elif tools:
             sentences = []  # one sentence, and the rules placed it
         asked = [s for s in sentences if not _NEG_BEFORE.search(s)]
@@ -256,7 +258,7 @@ class HybridPlanner(RulesPlanner):
                 f"fallback (MiniLM {K}-NN, nearest {vote.similarity:.2f}: {vote.nearest[:60]!r}) "
                 f"for {sentence[:60]!r}: {', '.join(routed) or 'no tool'}" + (f" ({'; '.join(why)})" if why else "")
             )
-        return [t for t in TOOL_ORDER if t in wanted], notes
+        return order_tools(wanted, catalogue), notes
 
     def plan(self, ctx: PlannerContext) -> PlanDecision:
         decision = super().plan(ctx)

@@ -25,6 +25,7 @@ from typing import Any
 
 from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError
 from pathasst.agent.planners.parsing import parse_plan
+from pathasst.agent.planners.rules import order_tools
 
 __all__ = [
     "FEW_SHOT",
@@ -35,26 +36,31 @@ __all__ = [
     "default_gguf",
     "shipped_adapter",
     "tools_schema",
+    "worked_examples",
 ]
 
 # The LoRA adapter (GGUF) the project trained for the default Gemma 3 270M model; a data file of pathasst.finetune.
 SHIPPED_ADAPTER = "gemma3-270m-planner-lora.gguf"
 
-# Worked examples for the prompt. Phrased independently of the evaluation sets; filtered to the catalogue.
+# Worked examples for the prompt beyond each tool's own (``planning.examples`` of the catalogue): requests that need
+# no tool and one that needs two. Phrased independently of the evaluation sets; filtered to the catalogue.
 FEW_SHOT: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("Segment the nuclei and report their mean area.", "H&E", "patch", ("nuclei_segmentation",)),
     ("What does the abbreviation TPS mean?", "PD-L1", "patch", ()),
-    ("What fraction of tumour cells are Ki-67 positive?", "Ki-67", "patch", ("ihc_quantification",)),
-    ("How many mitotic figures are there?", "H&E", "wsi", ("mitosis_detection",)),
-    ("Which tissue class does this tile show?", "H&E", "patch", ("tissue_classification",)),
     ("Score ER and check for artefacts.", "ER", "patch", ("ihc_quantification", "tissue_qc")),
-    ("How much of the section is necrotic?", "H&E", "wsi", ("tumor_segmentation",)),
     ("Hello, thanks for your help.", "H&E", "patch", ()),
-    ("What is the overall diagnosis of this slide?", "H&E", "wsi", ("slide_classification",)),
-    ("Measure the nodule at point (300, 410).", "H&E", "patch", ("region_segmentation",)),
-    ("Is the scan blurred or folded anywhere?", "H&E", "wsi", ("tissue_qc",)),
-    ("Show archive cases that resemble this one.", "H&E", "patch", ("similar_cases",)),
 )
+
+
+def worked_examples(catalogue: list[dict[str, Any]]) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """The prompt's examples: each catalogue tool's ``planning.examples`` (in plan order), then ``FEW_SHOT`` rows whose
+    tools are all in the catalogue."""
+    names = {t["name"] for t in catalogue}
+    by_name = {t["name"]: t for t in catalogue}
+    own = [(e["question"], e.get("stain", "H&E"), e.get("image", "patch"), (name,))
+           for name in order_tools(names, catalogue)
+           for e in (by_name[name].get("planning") or {}).get("examples", ())]
+    return own + [row for row in FEW_SHOT if set(row[3]) <= names]
+
 
 _HEADER = (
     "You plan tool calls for a pathology assistant. For each question, list the analysis tools needed to answer it "
@@ -97,13 +103,10 @@ def _describe(entry: dict[str, Any]) -> str:
 def build_prompt(ctx: PlannerContext) -> str:
     """The completion prompt for ``ctx`` (catalogue, examples, DATA, question). The question comes last so that the
     shared prefix stays in llama.cpp's cache between questions."""
-    names = set(ctx.tool_names)
     lines = [_HEADER, "", "Tools:"]
     lines += [_describe(t) for t in ctx.catalogue]
     lines.append("")
-    for question, stain, kind, tools in FEW_SHOT:
-        if not set(tools) <= names:
-            continue
+    for question, stain, kind, tools in worked_examples(list(ctx.catalogue)):
         lines += [
             f"Question: {question}",
             f"Stain: {stain} | Image: {kind}",

@@ -12,6 +12,9 @@ How a question becomes a plan (round 0; any later round finishes):
 5. Stain and modality route intents: a diagnostic question is ``slide_classification`` on a whole slide and
    ``tissue_classification`` on a patch; counting cells on an IHC stain is ``ihc_quantification``; a generic "analyse
    this" falls back to the stain's IHC quantification or to classification.
+   A tool of the catalogue that declares ``planning.triggers`` (any tool installed through the ``pathasst.tools``
+   entry point, see :mod:`pathasst.tools.planning`) is called when one of them matches, with the same negation rule;
+   a tool named in the question is called too. A plan runs in the tools' ``planning.order``.
 6. One call per tool per image, only for tools in ``ctx.catalogue``; arguments from
    :func:`~pathasst.agent.planners.parsing.context_arguments` (IHC mode from the stain, point/box and ``k`` from the
    question; a box also becomes ``region`` for measuring tools).
@@ -21,13 +24,17 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pathasst.agent.planners.base import PlanDecision, PlannedCall, PlannerContext
 from pathasst.agent.planners.parsing import context_arguments, stain_enum, written_geometry
+from pathasst.tools.planning import DEFAULT_ORDER, compiled_triggers
 
-__all__ = ["TOOL_ORDER", "RulesPlanner", "strip_injections"]
+__all__ = ["TOOL_ORDER", "RulesPlanner", "order_tools", "strip_injections"]
 
+#: the project's tools, whose stain- and modality-aware routing this module writes out (their plan order is also each
+#: tool's ``planning.order``; the hybrid planner's example index has one column per tool here)
 TOOL_ORDER: tuple[str, ...] = (
     "tissue_qc",
     "nuclei_segmentation",
@@ -260,10 +267,23 @@ _TOOL_NAME_RE = _rx(*(rf"\b{name}\b" for name in TOOL_ORDER))
 _QUALIFIES_CASES = re.compile(r"^[\s-]*(?:\w+[\s-]+)?(?:cases?|slides?|examples?|patients?|reports?)\b", re.I)
 
 
+def order_tools(tools: Iterable[str], catalogue: Sequence[dict[str, Any]] | None = None) -> list[str]:
+    """``tools`` without repeats, in plan order: each tool's ``planning.order`` in the catalogue (the project's tools
+    without a catalogue entry: their place in ``TOOL_ORDER``), then by name."""
+    hinted = {e["name"]: (e.get("planning") or {}).get("order", DEFAULT_ORDER) for e in catalogue or ()}
+    builtin = {t: 10 * (i + 1) for i, t in enumerate(TOOL_ORDER)}
+    return sorted(set(tools), key=lambda t: (hinted.get(t, builtin.get(t, DEFAULT_ORDER)), t))
+
+
 def _hits(key: str, text: str) -> list[str]:
     """Non-negated matches of trigger ``key`` in ``text``."""
+    return _non_negated(_TRIGGERS[key], text, key)
+
+
+def _non_negated(pattern: re.Pattern[str], text: str, key: str = "") -> list[str]:
+    """Matches of ``pattern`` in ``text`` not negated in their clause ("don't ...", "... is not needed")."""
     out: list[str] = []
-    for m in _TRIGGERS[key].finditer(text):
+    for m in pattern.finditer(text):
         if key == "ihc" and _QUALIFIES_CASES.match(text[m.end() : m.end() + 40]):
             continue  # "PD-L1 cases", "ER-positive slides": a retrieval qualifier, not a request to quantify
         before = text[max(0, m.start() - 60) : m.start()]
@@ -291,8 +311,10 @@ class RulesPlanner:
         self.settings = settings
 
     # ---- the decision --------------------------------------------------------------------------
-    def tools_for(self, question: str, stain: str | None, image_kind: str) -> tuple[list[str], list[str]]:
-        """The tools a question needs (catalogue not applied) and notes explaining the choice."""
+    def tools_for(self, question: str, stain: str | None, image_kind: str,
+                  catalogue: Sequence[dict[str, Any]] | None = None) -> tuple[list[str], list[str]]:
+        """The tools a question needs and notes explaining the choice. ``catalogue`` adds the triggers and names of
+        its tools beyond the project's own and orders the plan; it does not remove tools (``plan`` does)."""
         # 'ihc.png' names an image, it does not ask for IHC (removed before sentences are split at dots)
         clean, removed = strip_injections(_FILE_NAME.sub(" ", question))
         notes = [f"ignored injected text: {r[:80]!r}" for r in removed]
@@ -300,9 +322,17 @@ class RulesPlanner:
         if not text.strip():
             return [], [*notes, "no genuine request left"]
         has = {key: bool(_hits(key, text)) for key in _TRIGGERS}
-        explicit = {m.group(0).lower() for m in _TOOL_NAME_RE.finditer(text) if _hits_name(text, m)}
+        names = _TOOL_NAME_RE
+        extra = sorted({e["name"] for e in catalogue or ()} - set(TOOL_ORDER))
+        if extra:
+            names = _rx(*(rf"\b{name}\b" for name in (*TOOL_ORDER, *extra)))
+        explicit = {m.group(0).lower() for m in names.finditer(text) if _hits_name(text, m)}
         ihc_stain = _is_ihc_stain(stain)
         wanted: set[str] = set(explicit)
+        for entry in catalogue or ():
+            pattern = compiled_triggers(entry)
+            if pattern is not None and _non_negated(pattern, text):
+                wanted.add(entry["name"])
 
         if has["qc"]:
             wanted.add("tissue_qc")
@@ -357,12 +387,12 @@ class RulesPlanner:
         if not wanted:
             small_talk = bool(_SMALL_TALK.search(text))
             notes.append("small talk: no tool needed" if small_talk else "no tool matches the question")
-        return [t for t in TOOL_ORDER if t in wanted], notes
+        return order_tools(wanted, catalogue), notes
 
     def plan(self, ctx: PlannerContext) -> PlanDecision:
         if ctx.step > 0 or ctx.history:
             return PlanDecision.finish("tools already run; answer from their results")
-        tools, notes = self.tools_for(ctx.question, ctx.stain, ctx.image_kind)
+        tools, notes = self.tools_for(ctx.question, ctx.stain, ctx.image_kind, ctx.catalogue)
         schemas = {t["name"]: t.get("input_schema") or {} for t in ctx.catalogue}
         missing = [t for t in tools if t not in schemas]
         if missing:

@@ -8,7 +8,8 @@ writes negative samples (definitions, greetings, general knowledge, markers no t
 answer is ``{"tools": []}``, and two-tool samples.
 
 Questions come from three sources, all keyed on what the catalogue holds:
-1. curated phrasings for tools this project ships (``PHRASES``; used only when the tool is in the catalogue);
+1. curated phrasings for tools this project ships (``PHRASES``; used only when the tool is in the catalogue), or a
+   tool's own example requests (``planning.examples`` of its catalogue entry) when it has none here;
 2. phrasings derived from any tool's description and name (so a new tool gets data with no edit here);
 3. enum values of the input schema (``mode: ki67 | er_pr | pdl1`` -> stain-specific questions).
 
@@ -343,7 +344,8 @@ def generate_tool_samples(
         name = entry["name"]
         kinds = _tool_kinds(entry)
         marker_param = _stain_enum(entry)
-        templates = [(t, "curated") for t in PHRASES.get(name, [])] + [(t, "derived") for t in derived_phrases(entry)]
+        curated = PHRASES.get(name) or [e["question"] for e in (entry.get("planning") or {}).get("examples", ())]
+        templates = [(t, "curated") for t in curated] + [(t, "derived") for t in derived_phrases(entry)]
         props = (entry.get("input_schema") or {}).get("properties") or {}
         if "point" in props or "box" in props:  # a tool that measures where the user points needs coordinates
             templates = [(t if "{x}" in t else t.rstrip(".?") + " at ({x}, {y}).", src) for t, src in templates]
