@@ -1,0 +1,44 @@
+"""The layer contracts of ``pyproject.toml`` ([tool.importlinter]) hold, and the checker sees what they forbid.
+
+import-linter reads every import statement, those inside functions included, so a function-level import cannot
+dodge a contract.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _lint(config: Path) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    if exe is None:
+        pytest.fail("lint-imports not found: install the dev extra (import-linter)")
+    return subprocess.run([exe, "--config", str(config), "--no-cache"], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+
+
+def test_the_layer_contracts_hold() -> None:
+    done = _lint(REPO / "pyproject.toml")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "4 kept, 0 broken" in done.stdout
+
+
+def test_a_contract_the_code_breaks_is_reported(tmp_path: Path) -> None:
+    """Tools do import the case library today (similar_cases, inside functions too): a contract forbidding it fails,
+    naming the import."""
+    config = tmp_path / "broken.toml"
+    config.write_text(
+        '[tool.importlinter]\nroot_packages = ["pathasst.tools", "pathasst.memory"]\n'
+        '[[tool.importlinter.contracts]]\nname = "tools never import memory"\ntype = "forbidden"\n'
+        'source_modules = ["pathasst.tools"]\nforbidden_modules = ["pathasst.memory"]\n'
+    )
+    done = _lint(config)
+    assert done.returncode == 1
+    assert "0 kept, 1 broken" in done.stdout and "pathasst.tools.similar_cases -> pathasst.memory" in done.stdout
