@@ -50,16 +50,16 @@ def _run_batch(
 ) -> int:
     from pathasst.agent.cases import CaseError, discover_cases
     from pathasst.agent.executors import ExecutorError, make_executor
-    from pathasst.agent.planners import get_planner
     from pathasst.agent.planners.base import PlannerError
     from pathasst.agent.runner import run_batch
+    from pathasst.agent.system import build_system
 
     settings = _settings(cases_root=cases_dir, **overrides)
     kind = executor or settings.executor
     n_workers = workers or settings.workers
     try:
         n = len(discover_cases(cases_dir))
-        get_planner(planner or settings.planner, settings)  # an unknown planner name fails here, before any worker
+        build_system(settings).planner(planner)  # an unknown planner name fails here, before any worker
         runner = make_executor(kind, settings, planner=planner or settings.planner, workers=n_workers,
                                address=address)
     except (CaseError, PlannerError, ExecutorError) as exc:
@@ -280,9 +280,9 @@ def ui_command(
 @tools_app.command("list")
 def tools_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable catalogue.")] = False) -> None:
     """List the registered tools."""
-    from pathasst.tools.registry import default_registry
+    from pathasst.agent.system import build_system
 
-    reg = default_registry(_settings())
+    reg = build_system(_settings()).registry
     if as_json:
         out_console.print_json(json.dumps(reg.catalogue()))
         return

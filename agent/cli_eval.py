@@ -67,22 +67,22 @@ def planner_command(
 ) -> None:
     """Plan every question in QUESTIONS with one planner and print the scores as JSON."""
     from pathasst.agent.planner_eval import evaluate_planner
-    from pathasst.agent.planners import PlannerError, get_planner
+    from pathasst.agent.planners import PlannerError
     from pathasst.agent.settings import get_settings
+    from pathasst.agent.system import build_system
 
     settings = get_settings()
+    registry, skipped = _registry(settings)
     try:
-        backend = get_planner(planner or settings.planner, settings)
+        backend = build_system(settings, registry=registry).planner(planner)
     except PlannerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    registry, skipped = _registry(settings)
     for name in skipped:
-        typer.echo(f"note: tool not importable yet, using its placeholder: {name}", err=True)
-    catalogue = catalogue_for_eval(settings)
-    result = evaluate_planner(questions, backend, catalogue, input_models=input_models_for_eval(settings))
+        typer.echo(f"note: tool not importable, left out of the catalogue: {name}", err=True)
+    models = {name: registry.tool_class(name).input_model for name in registry.names()}
+    result = evaluate_planner(questions, backend, registry.catalogue(), input_models=models)
     result["questions"] = str(questions)
-    result["placeholder_tools"] = sorted(t["name"] for t in catalogue if t.get("placeholder"))
     if not show_failures:
         result.pop("failures", None)
     json.dump(result, sys.stdout, indent=2)

@@ -42,10 +42,11 @@ from pathasst.agent.cases import (
     single_image_case,
 )
 from pathasst.agent.readers import CaseImageResolver
+from pathasst.agent.system import build_system
 from pathasst.tools.base import PathologyTool, Region, ToolCallRecord, ToolInput, ToolOutput, call_tool
 from pathasst.tools.errors import ToolCallError, ToolExecutionError
 from pathasst.tools.imaging import ImageData
-from pathasst.tools.registry import ToolRegistry, default_registry
+from pathasst.tools.registry import ToolRegistry
 
 __all__ = [
     "DEFAULT_PORT",
@@ -302,7 +303,7 @@ def build_server(settings: Any, root: Path | None = None, registry: ToolRegistry
     ``root`` defaults to ``settings.cases_root``; ``CaseError`` when neither names a folder.
     """
     image_root = resolve_root(settings, root)
-    registry = registry if registry is not None else default_registry(settings)
+    registry = registry if registry is not None else build_system(settings).registry
     slots = threading.BoundedSemaphore(getattr(settings, "max_concurrent_calls", 2))
     tools = [_mcp_tool(t, image_root, settings, slots) for t in registry.tools()]
     return MCPServer(

@@ -13,10 +13,10 @@ from PIL import Image
 from pathasst.agent.cases import PATCH_EXTENSIONS, CaseError
 from pathasst.agent.outputs import atomic_write_text
 from pathasst.agent.readers import read_patch
+from pathasst.agent.system import build_system
 from pathasst.tools.base import Region, call_tool
 from pathasst.tools.errors import ToolCallError
 from pathasst.tools.imaging import ImageData
-from pathasst.tools.registry import default_registry
 
 __all__ = ["predict_folder", "save_labels_png"]
 
@@ -42,8 +42,7 @@ def predict_folder(
     extra_args: dict[str, Any] | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Run ``tool_name`` on every image in ``input_dir``; write ``STEM.json`` (+ ``STEM.png`` labels)."""
-    registry = default_registry(settings)
-    tool = registry.get(tool_name)
+    tool = build_system(settings).registry.get(tool_name)
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder not found: {input_dir}")

@@ -21,6 +21,7 @@ from typing import Any
 from pathasst.agent.cases import discover_cases
 from pathasst.agent.outputs import atomic_write_text, case_is_done, clean_stale, write_case
 from pathasst.agent.report import Report
+from pathasst.agent.system import build_system
 
 __all__ = ["BatchResult", "CaseOutcome", "Engine", "run_batch", "write_summary"]
 
@@ -55,15 +56,10 @@ class Engine:
     """Holds the compiled graph, the registry and the planner for many case runs (tools load weights once)."""
 
     def __init__(self, settings: Any, planner: Any = None, registry: Any = None, checkpointer: Any = None):
-        from pathasst.agent.planners import get_planner
-        from pathasst.graphs.case_graph import build_graph
-        from pathasst.tools.registry import default_registry
-
-        self.settings = settings
-        self.registry = registry if registry is not None else default_registry(settings)
         # a planner name (or None = settings.planner), or a ready planner object
-        self.planner = planner if hasattr(planner, "plan") else get_planner(planner or settings.planner, settings)
-        self.graph = build_graph(checkpointer)
+        system = build_system(settings, registry=registry, planner=planner)
+        self.settings, self.registry, self.planner = system.settings, system.registry, system.planner()
+        self.graph = system.graph(checkpointer)
 
     def run(
         self,

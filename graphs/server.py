@@ -24,6 +24,7 @@ from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
 from pathasst.agent.settings import PlannerName
+from pathasst.agent.system import System, build_system
 from pathasst.graphs.case_graph import wire
 from pathasst.graphs.state import CaseContext, CaseState
 
@@ -50,9 +51,7 @@ class ServerParts:
     ) -> None:
         self._fixed = (settings, registry, dict(planners or {}))
         self._lock = threading.Lock()
-        self._settings: Any | None = None
-        self._registry: Any | None = None
-        self._planners: dict[str, Any] = {}
+        self._system: System | None = None
 
     def _current_settings(self) -> Any:
         if self._fixed[0] is not None:
@@ -63,20 +62,13 @@ class ServerParts:
 
     def case_context(self, context: ServerContext | None) -> CaseContext:
         """A fresh ``CaseContext`` for one node, on the shared settings, registry and planner."""
-        from pathasst.agent.planners import get_planner
-        from pathasst.tools.registry import default_registry
-
         context = context if context is not None else ServerContext()
         settings = self._current_settings()
         with self._lock:
-            if settings is not self._settings:  # first use, or get_settings() was reset
-                self._settings = settings
-                self._registry = self._fixed[1] if self._fixed[1] is not None else default_registry(settings)
-                self._planners = dict(self._fixed[2])
-            name = context.planner or settings.planner
-            if name not in self._planners:
-                self._planners[name] = get_planner(name, settings)
-            registry, planner = self._registry, self._planners[name]
+            if self._system is None or settings is not self._system.settings:  # first use, or get_settings() reset
+                self._system = build_system(settings, registry=self._fixed[1], planners=self._fixed[2])
+            system = self._system
+        registry, planner = system.registry, system.planner(context.planner or settings.planner)
         cases_root = str(settings.cases_root) if settings.cases_root else None
         return CaseContext(settings=settings, registry=registry, planner=planner, cases_root=cases_root)
 

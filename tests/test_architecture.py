@@ -42,3 +42,36 @@ def test_a_contract_the_code_breaks_is_reported(tmp_path: Path) -> None:
     done = _lint(config)
     assert done.returncode == 1
     assert "0 kept, 1 broken" in done.stdout and "pathasst.tools.similar_cases -> pathasst.memory" in done.stdout
+
+
+def test_one_composition_root_builds_registry_and_planners() -> None:
+    """Front ends get their registry and planners from ``agent/system.build_system``; none assembles them itself
+    (the tools' evaluator, which needs only a registry, and the planner evaluator's tolerant loader excepted)."""
+    import re
+
+    allowed = {"agent/system.py", "tools/registry.py", "agent/planners/__init__.py", "tools/eval_cli.py",
+               "agent/cli_eval.py"}
+    calls = re.compile(r"\b(?:default_registry|get_planner)\(")
+    offenders = sorted(
+        str(p.relative_to(REPO)) for folder in ("agent", "graphs", "tools", "memory", "ui")
+        for p in (REPO / folder).rglob("*.py")
+        if str(p.relative_to(REPO)) not in allowed
+        and any(calls.search(line) and not line.lstrip().startswith(("def ", "#")) for line in p.read_text().splitlines())
+    )
+    assert offenders == []
+
+
+def test_build_system_wires_settings_registry_and_planners(settings) -> None:
+    from pathasst.agent.planners import PlannerError
+    from pathasst.agent.planners.rules import RulesPlanner
+    from pathasst.agent.runner import Engine
+    from pathasst.agent.system import build_system
+
+    system = build_system(settings, planner="rules")
+    assert system.settings is settings and "nuclei_segmentation" in system.registry
+    assert isinstance(system.planner(), RulesPlanner) and system.planner("rules") is system.planner("rules")
+    with pytest.raises(PlannerError, match="rules"):
+        system.planner("nope")  # the message lists the valid names
+    ready = RulesPlanner(settings)
+    engine = Engine(settings, planner=ready, registry=system.registry)
+    assert engine.planner is ready and engine.registry is system.registry

@@ -575,10 +575,10 @@ class Facade:
 
     def tools(self) -> list[ToolInfo]:
         from pathasst.tools.errors import ToolError
-        from pathasst.tools.registry import default_registry
+        from pathasst.agent.system import build_system
 
         try:
-            reg = self.registry if self.registry is not None else default_registry(self.settings)
+            reg = self.registry if self.registry is not None else build_system(self.settings).registry
         except (ToolError, ImportError) as exc:
             raise AnalysisError(f"the tool catalogue could not be loaded: {exc}") from exc
         return catalogue.tool_infos(reg, self.settings, self.out_dir, self.ui.accuracy_file)
