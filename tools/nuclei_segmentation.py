@@ -40,10 +40,8 @@ interior) are under-detected, and touching nuclei in dense epithelium are often 
 
 from __future__ import annotations
 
-import base64
 import io
 import zipfile
-import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -66,7 +64,6 @@ __all__ = [
     "NucleiSegmentationOutput",
     "NucleiSegmentationTool",
     "deconvolution_nuclei",
-    "encode_weights",
     "h_maxima_by_component",
     "load_weights",
     "nucleus_maps",
@@ -119,70 +116,14 @@ def sig(x: float | None, digits: int = 4) -> float | None:
 
 
 # ---- the embedded pixel classifier ---------------------------------------------------------------------------------
-# Reproducible with ``python -m pathasst.finetune.nuclei_pixel`` (model card: finetune/model_cards/
-# nuclei_pixel_classifier.md), which writes the same .npz format; ``python -m pathasst.tools.nuclei_segmentation
-# --embed FILE.npz`` prints the block below for such a file.
-# np.savez of the perceptron (mu, sd: float32 feature standardisation; w0, b0, w1, b1, w2, b2: float16 layers),
-# zlib-compressed, base64. Training: 3,000 random pixels per tile from the 336 tiles of the training source images,
-# targets = background / nucleus / nucleus border (``find_boundaries(mode="inner")``) and the distance to the border
-# normalised per nucleus; Adam (lr 3e-3, cosine schedule, 40 epochs, batch 8192), loss = cross-entropy + 2 x MSE of
-# sigmoid(distance output). Post-processing parameters were tuned on tiles of source images 2-14 (even) with a
+# tools/weights/nuclei_pixel.npz, written by ``python -m pathasst.finetune.nuclei_pixel`` (model card:
+# finetune/model_cards/nuclei_pixel_classifier.md): a perceptron (mu, sd: float32 feature standardisation; w0, b0, w1,
+# b1, w2, b2: float16 layers). Training: 3,000 random pixels per tile from the 336 tiles of the training source
+# images, targets = background / nucleus / nucleus border (``find_boundaries(mode="inner")``) and the distance to the
+# border normalised per nucleus; Adam (lr 3e-3, cosine schedule, 40 epochs, batch 8192), loss = cross-entropy + 2 x MSE
+# of sigmoid(distance output). Post-processing parameters were tuned on tiles of source images 2-14 (even) with a
 # model trained on the odd source images only.
-_WEIGHTS_B64 = (
-    "eNrNWHl0FMW3ngSQELYQCGFJQraZzNLdU9VdPTMJmUGCYUdQREA2AwQChBDWiKCsBkRZEwQJkGVIMktPT68zkw0hoCKbRAIEhAAisgiogAFR4SXP"
-    "6DE+3znvPP3jV33q1Onu+rpPfXXrfvfeUcNatcYVv7UoxblR0e2eNbfnFN0UcxcTGZlL/RRBiivNc34fc14cM2LUeD/FEsWyuOmpC6ctiEuIjEuc"
-    "geKwyLgZ8xYsWpCSMWXegumpTc8HpqQvTG18vjAtJTO18V5NIkyDRb4V+f9vgT3HT7J4hC8sL6x43kJ6lpjPrgqp/ODmEvOReyGV1uFZ5uNPule+"
-    "eLRxfCm0cnnKG+bdXGjl+BF+ZW8l3vVtcjl8XZdMM889HWjeYleUP36uIXHQ1SeVfte7mOXk0Kq0naP6jWrBi5B6Ke3PvCyc/p/Ky8kO71ty3xQs"
-    "I/NfszzZVm4xyA8sNzfxlgH66xa/l0ote8ZfsJRjOy07TUcsjGudZddo1uLeWmPO/fih+b3Bd80Zt3abY9ommZ8NXmnRGOaaT15Zbv6ZzzHHHNtm"
-    "XjjC+Bdeamb3SPozL1ngd15WPvfbnN/H/4UX8v/EC0VikST6J9QEruO3kVbbIH0PLhYfyDbglTjCLjimS4g+JtRHJwMtwykzVUP5pIQQrcR04PoK"
-    "L/huxz8WboDXXefxAPonfrUzX3jFboft9HlUFWuHeQzJ+zNZ+1qJg5Rvk718GDxEzwPdXEPcY8ExPgQrkr/Feku/8pRyhuYic1HjduzX7iLeK+at"
-    "XwndfEe0e8EqWFi0eo9BToMDxUvKcUXfGXOlEe53Stu6XuEbwCZvf34ySHLtA23EtS4dbeMc4n0+nboBZHuQtSAmRhNq68RZ7MXUHTZey8qhCCoP"
-    "cNXuGaqafTqXkNcBXfH210fYw/lH6l3cdj5GekS3BQqPimDV2dqlBa8RXxEz47oXRCn3YtW2i6zIXVc/sa6XVohBskJ+g/3VXm3o591I92IHx15g"
-    "Vuvz3bVcCJ8kOnlKrOP2Vyzj7sU/0TaACUSXyGnwXbaGeRFM0n/CfcZGxE7ML1c27FuhH7xroXNtwXYsRTlcKhQXeI65F+J3HTR+lHuL7Gq32ofI"
-    "lwqDyXn2U66PdcVClP4Qm6G0cvOJ7WKQN0W8GN9DGOMYST0EH3L3uUeaCuJTvlPpLfX14r4aqOpteKCn+EfY20y9yuxNduylS+Sc2DvOGAmAvdJQ"
-    "ZYQwwuBwvw+r3YNKs50T8E1gieMH8TbzJWcGOyO68uPBq8RlPnDfRe5zIU3sLz7mf5S2eO5REr/D9tixXcQNG0QeGw4vY63itkM/68vyY9AeH0pZ"
-    "lWts1cwIcjSbpMSkPda0kltkD3S5ZLl8H7yFK9F7bAO/oNdo3Q0pViJBAPeDqpXODd6nBsJzQj3xggoDpagYSuJVd6ywkDkBv3PP4zYzH0aLRDxq"
-    "w23govlx+AqMxO6CMfxR92Eihp4uf23M54eDQ1IVqPOecoWYjvNl0hR5v3hNHxRZC27j58U14lE2hDu5O0N4wI7iP3b0wi7rs0AmlQSucJ8Sb+Nq"
-    "0w9lPDHLnkt8pDYDA4M8J4UIrg0pkscdhPIpkEAMu4qdCUNdRv0lzUTTIq/W9Dl3hyHxYMc50RJrARGx3aU3CT9YxQ3CF+s7m0hfMXcIAnetk4kK"
-    "KuxiyIbj5Mv8Q1W0tA5w4qFiUXqEeoDvPWeJpVxl9C33KflD5RB2P5lJTBBWU/eYa6ijq8E93X5NKG2koxM2rshDnhBflZ7xPNVKfwmbK52GB4UM"
-    "10yxvaq3N17Yxk2TtsGpLkbdmdjsLFXeE87jH7BLtcViu8jdXKTvkLaavEjc0SZR7YlE7gi+0VNveIm0xoy0vq9GSn/umhCsX6My2ufmVevSS19l"
-    "f5BqyXinXigDM8FE13RhkncJ0QOeZsPFE65kTrK+KNXAeewJ7o227ZmvrdvJYXFFLjPoxuHgBBco5cIHEGgRZcIPkAXk1yBNPQZU2fej5fw06rRt"
-    "QuwFXa3rZ9QZbWSP8CtBV17je8gkcONhO3We0Mn1mX4mI7BzyHDyJ2Ul4Qj7oWeDjOgQ/TBb+5whTGx0Jj2+Ijlhc58oVY0rg52GBUTvFELj0vO/"
-    "LFwBrtryQCu1EWOZHwsj7Hvs1rDnS7tWvN+7teY6EQk+0HWAt2EK2Yt+TGZha5Wj+e5sVsxS8pzPHywis6SXXRfiPMWJO7RlYwWbKZhx0at4Hqbz"
-    "IeABtpzUYKMlWSm4auANlz+5g0x0XmNGUmOEya5T0jrNSRSHfuHqwvP07fYhMrvRk37kfAX2JB26asEMcqUwrlxIwwm8niV8txNvVm5zN9jrsBGa"
-    "GfaBmtklgfbd4ADRP+xu7Cz8oLL7nnTnHHx2n37auVEadZ30EKQJNfyoqKVR38etII8KkBrBatmfNdligG65MBAtRCclHVotbNc74SLtU+ksPd9t"
-    "w6r5nrbd7jmhQ/P6EJlENvme/ryUCQ4JudE3bA1sHpuLZ9iftw5iD5pa6lZyJZ/+Z92a+oduHWiec0Dx7+jWP9XzU0Lm3o9hb9QPGemxwA8VoWWU"
-    "wnSXWycVGoaCIfowaSk1UTlNyEMH2DC8gq41jBL1JXVoTvg6D0t/hVquO7gosriFXsM/9DqgWa8D/iW9psh/pNepumTmCBgk/thnJ6qmoGkrlAFn"
-    "r+KmE5GlDZp2INdjJ4fg0fAZvVn5GXZm21Y0hppN4vAoaUFHqYB9Y+PyXDNdAjzrt4vwV583Dsewkv5EJ2K0+m37AJ2J7IVV6DS6a9Q53ThVZ2Kp"
-    "0Ef/AroUnsx5Sa0xA4wlAlCqVIbpiR3sHZgNRlO3XFdtHQhG11Oo0VfIARoLoDgD8wU9mUwmg8BDkYF3jAO4/Wgj3GPSRt5DA+Tb+AkyDX0DqtBY"
-    "tM/Iw1mlrWIuWYv4xfwO7gy2Cg4XeXIJmstuKwLAybvIl6NDhVSyI2qN6Yh+2BO1Eeyn70ORLvSI9PfK04I5vhQphXr0ihwj74ARdkN5kJ50DdfW"
-    "i23oFElWvaeZ0hhR3GFXmbqIYQaV5zhBw+ekVtx88AKVaqjXueAA/evqr5299kwWhhA59AW5xrUKLCw0b4LEE2EI6EmclI4VLnFUGUq0b8eG4FWw"
-    "B1QUd1KXUKQ+g8ZAGJev68oOdrDaXCkxbhoSS3j1Wf0ANLf4/K4TRBdDbvwwxy9kBPXMVKtR4r2F466+/EHyczyQqkdEPB572MkS6Rjy6uSJ9lwQ"
-    "74nWJiBRlULSaDa8yv2inWK6wT+zB5JdTLdcD9wlLh94JpZbw6UhyhzCK2ZGJgmv8yo+H6QbagWNdlL87fBf7VonUM/Go7H7WBqRQgjQUjyO2mRM"
-    "ogdHtDaFGxe5kFDDZTFt3PWV9Y0e9Ywca0hDM6gGk0R1tvub3GJHYbHeT2rLHXFtZVIrVrIdG3fto0oCnJdrSLVhgG6ccyMf7/bu7im005X7xpQe"
-    "obugWDpL/xO7Q3LTJ5FF3g4Wcwvj2omfGY5JNyKjZAPZQZoZlkMuhuUJ/RKe55O5OYJLOpfYsHs1axcOglj0k9SeClOaucG2Rb4ysNkVZGof9YG0"
-    "BmSb2wqL3B+TY+kxZDX9FR9sK6LWwb10P24k8ZI+Gr8HXrY3EDa0JeqBpjtbyecalGiLMtN22j6QKdRepyocizit0x95mKVuDPO5jCAw9hlerx9I"
-    "1WCs6ZB2Ie4HFhNtNGslfw6Qm1idlyBvgs3Ktvhh8IOQpvLRN7GR+GW1BXzL3FAPxPJ7P4P34Ur8R+YCvGEIo6I5SB4C/cWPbCHuCudalM5OwC3k"
-    "ZuoM6Brnyy8qqsLf5b/QBSMNvR9OhGfkOe4tUAHLNMfwx/j7pu37JsvnUC94X7rJ1flaMeH06/ILIFP/avFHtkS4h1lAzTLSwkZ8fclkw1TKTYRI"
-    "nQXctLUxiroU/wxXmGK4zYbP4WRPGJ/kCZNiaB/cWwFEI74ytposNW7B2tNDzZ/23EmH44cTrfJJWMbcwWQSdywrvkFNVatN4ygPtZPeAEips9sk"
-    "+RNE/GH5G1dHmINhmBbUsIu4qQZ9CYMw/jrqRWwCqfgO4hXCimeRYcVZ+Eua/pSon4EpIpeJj8ERZz15CXRGU8hlkcHQU4IDwt0BrlVG8IPxHPgO"
-    "OYQ8DJwF1SCYxtgYWEsnoHcNHn2VFOX+BujxS/wdfr3QzruALgUbDZdVneP6CRpuqek8UghzHPV0G7SDnYYeMjORv22D2NX5mH66b7JJICdgW4kU"
-    "vCvk1QbiMqveG8K+E7mSXEWO1czk3+Dvov6mdDIdVdBJCdvgK/AYgctRvt6+DRiSg7EjwGVcDA5KyQJNPUUDyNX4jh33VZ95KuRk0wCpjt0LzpY8"
-    "KdtO9WDGgc0VnROme7PdJ8hVIK5kGnBT8eAr+BZjlb/jDtqycVx/0U6wFdwIw13iE/IDenrRESFEOISuwm2go1BmiDQsJ/qiI57Y/FQwCHWDX4IJ"
-    "ZJ+E1bEDmQKwnvN46x0HxUaLMg0VuxNT0EyHRat0jhCGRow3pgun2UJQa8zBw9kO7hT9nNIDXDiaGERFWtAE+ND9pHg8bAW/I9Ucq+/rGqrOtJWQ"
-    "82lV6GAdcr9LefUm9HWvOboIFEOW4I+lMu1YfpRLyxZqXtb9iOq4JagcrmZb0xF4W/4barDmE+8t9UVmpG5o1OvMFtBeqC7tRx6P21IQVVyZL2K/"
-    "uj/nKc9pWV2UEUbjwfGyKl9ozWMiTV1zjgRnSlv5xngfO4bJIwSzeNRKE8uie/Aa8hHmFGmW4DZKK10X5E/KyiR/Q6cygcclLJ5FmUyadxT5DhxY"
-    "spq+LNuogWUR5XtRTqOvSaKmi5N9ZdBZvC22Z5UxvuNeDzuIKGTzwH3nl8Q9cNb4mu2Q24Ne5bN8UVyyVIst4ny+nqgWVeBWeIvMETWoJ+glWQ1h"
-    "+AzjUzCMOaGZxWpMDBVtUKgbYJLwLZfKTlJtpjGrifocS+Fy5evgEjEHTOLacvfUO0BXg1p6tUTN+oG1Uh1fh0YLPzKfOp71uqOqiovWzIq3QId3"
-    "GrOA0RXUEF+6bXAoF6wR9LNp0bDTPs5mlTyGicYpTIx7AaGPNxFn6A7oM2WJI1w+RQRjnewHhT32W9zb0l2tXQigutgqXdnSBEM3Lpz4EraLnOcI"
-    "Bg79ZfdZ7Bth274K/uPSAlfLuOXcm/1+aRGvwf/UeO0gM4OIRMnoNek5OMe9xtVOWmM4Ba9IBFLQm4kVtBU5NXfxU1DnGk854WmSIfcIRuV2+hJ6"
-    "kUynONBy3c+d2fB8i3iN/CNe82uO1/z+hXWjfxquRQY+QnYqAzwhV5WPQ7sMVsNEKrvMwTxNTMUK4BrygGYRygBf6DvHfUvN8vbBaomR1AkhTDzl"
-    "2wUDBYk6ySUJicJqYSyhTAwU6jxvyku9CfF1xtsVJ9BBJp67KLT2sfKH7gt9zNJ2w3Qw0ZcNekTRYIPxjhBE9QiNQPOlp6I/swebTzyPBYj+3N3C"
-    "h54EX1C53bkudC72abSCNjZmGD952vqO64Z5zju3ckWqN8ANWsBvC7yYZ1PrN3H3pZnSkL5nxUkSJhUwur5Z6Nf9dmGVdFrsJ/tVpngIaaqcA9NJ"
-    "h2OYpzi8rSHKbQKX5a1CUFwo03LfvH7n81rY6x/7tr55znrFv7Jv/9BcIwNngWMlu1SjpVHD/PzxVi0rwVea65rNJbw/2dtvdeG/YpqqpH+P6dGI"
-    "+q1m+ldMUwWxqUbY1FtigL+iuZ74V0xT9nag+cy3xNxszF6m/i2mKfNpym2aekvMlXaK5jzof3DQ6HX+/j87gxXNPuivmKYT28RRU2+J2dJV0Xx+"
-    "/4ppspb1zTbREjM4RNFsO6OGtfnvVwGNV0HjtwO6N939F6y42PU="
-)
+PIXEL_WEIGHTS = Path(__file__).resolve().parent / "weights" / "nuclei_pixel.npz"
 
 
 #: arrays of the weights format (.npz): mu, sd (float32, length = number of features); w0, b0, w1, b1, w2, b2
@@ -229,14 +170,9 @@ def save_weights(path: str | Path, weights: dict[str, Any]) -> Path:
     return path
 
 
-def encode_weights(weights: dict[str, Any]) -> str:
-    """zlib + base64 of the .npz bytes: the ``_WEIGHTS_B64`` form."""
-    return base64.b64encode(zlib.compress(weights_npz_bytes(weights), 9)).decode("ascii")
-
-
 @lru_cache(maxsize=1)
 def _weights() -> dict[str, np.ndarray]:
-    return load_weights(zlib.decompress(base64.b64decode(_WEIGHTS_B64)))
+    return load_weights(PIXEL_WEIGHTS)
 
 
 def _norm_constants(hed: np.ndarray) -> tuple[float, float, float, float]:
@@ -760,20 +696,3 @@ class NucleiSegmentationTool(PathologyTool):
             parts.append("types by count " + " > ".join(ranked))
         parts.append(f"method {output.method}")
         return f"{self.name}: " + ", ".join(parts)
-
-
-def _main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m pathasst.tools.nuclei_segmentation")
-    parser.add_argument(
-        "--embed", type=Path, required=True, metavar="NPZ", help="print the _WEIGHTS_B64 block for this weights file"
-    )
-    args = parser.parse_args(argv)
-    b64 = encode_weights(load_weights(args.embed))
-    lines = "\n".join(f'    "{b64[i : i + 112]}"' for i in range(0, len(b64), 112))
-    print(f"_WEIGHTS_B64 = (\n{lines}\n)")
-
-
-if __name__ == "__main__":
-    _main()
