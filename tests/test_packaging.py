@@ -37,7 +37,8 @@ def test_wheel_has_only_the_pathasst_namespace_and_imports(tmp_path):
     assert not any(n.startswith(("pathasst/tests/", "pathasst/bench/")) for n in names)
     assert "pathasst/agent/data/planner_dev.jsonl" in names
     for shipped in ("data/ebhi_seg_split.json", "data/amibr_split.json", "weights/tissue_net.pt", "weights/mitosis_net.pt",
-                    "weights/slide_abmil.pt", "weights/slide_abmil_cv.pt", "weights/TISSUE_MODEL_CARD.md"):
+                    "weights/slide_abmil.pt", "weights/slide_abmil_cv.pt", "weights/TISSUE_MODEL_CARD.md",
+                    "weights/nuclei_pixel.npz"):
         assert f"pathasst/tools/{shipped}" in names, shipped  # the embedded backends work from a wheel
     sources = {
         "pathasst/" + p.relative_to(REPO).as_posix()
