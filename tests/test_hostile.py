@@ -466,7 +466,7 @@ FILE_OPENERS = {
     "ui/catalogue.py": "model cards of the package; reports in the output folder",
     "ui/review.py": "review files in the output folder",
     "ui/viewer.py": "overlays the product rendered into the output folder",
-    "tools/geojson.py": "package schema; GeoJSON the product wrote",
+    "tools/geojson_read.py": "package schema; GeoJSON the product wrote",
     "tools/base.py": "sha256 of configured weights",
     "tools/deep.py": "configured weights files",
     "tools/nuclei_segmentation.py": "shipped or configured weights",
