@@ -619,7 +619,7 @@ class NucleiNet:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         opts.inter_op_num_threads = 1
-        opts.enable_cpu_mem_arena = False  # the arena kept ~540 MB of activations through post-processing
+        opts.enable_cpu_mem_arena = False  # kept ~540 MB of activations through post-processing; off: 5-10% slower
         return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
     def _predict(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
