@@ -201,7 +201,9 @@ class IHCQuantificationTool(PathologyTool):
     H-score and Allred, PD-L1 TPS."""
 
     name = "ihc_quantification"
-    planning = PlanningHints(order=30, examples=(PlanExample(question="What fraction of tumour cells are Ki-67 positive?", stain="Ki-67", image="patch"),))
+    planning = PlanningHints(
+        order=30, examples=(PlanExample(question="What fraction of tumour cells are Ki-67 positive?", stain="Ki-67", image="patch"),)
+    )
     description = (
         "Count DAB-positive and negative nuclei in an IHC image (Ki-67, ER/PR, PD-L1); returns the positivity index "
         "(%), H-score and Allred (er_pr), TPS (pdl1), and one point per cell; withholds the index with a warning on "

@@ -110,7 +110,9 @@ class MitosisDetectionOutput(ToolOutput):
 
 class MitosisDetectionTool(DeepTool):
     name: ClassVar[str] = "mitosis_detection"
-    planning: ClassVar[PlanningHints] = PlanningHints(order=40, examples=(PlanExample(question="How many mitotic figures are there?", stain="H&E", image="wsi"),))
+    planning: ClassVar[PlanningHints] = PlanningHints(
+        order=40, examples=(PlanExample(question="How many mitotic figures are there?", stain="H&E", image="wsi"),)
+    )
     description: ClassVar[str] = (
         "Detects mitotic figures in an H&E image or slide region and reports each figure's centre, score and "
         "probability of being atypical, the count, the number of atypical figures, the count per mm^2 and per 10 "

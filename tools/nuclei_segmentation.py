@@ -547,7 +547,9 @@ class NucleiSegmentationTool(PathologyTool):
     """H&E nuclei instance segmentation (own nuclei network or classical) with counts, types and morphometry."""
 
     name = "nuclei_segmentation"
-    planning = PlanningHints(order=20, examples=(PlanExample(question="Segment the nuclei and report their mean area.", stain="H&E", image="patch"),))
+    planning = PlanningHints(
+        order=20, examples=(PlanExample(question="Segment the nuclei and report their mean area.", stain="H&E", image="patch"),)
+    )
     description = (
         "Segment cell nuclei in an H&E image (a small HoVer-Net-style network, or a classical pixel classifier + "
         "watershed); returns the nucleus count, density per mm^2, counts per nucleus type (other, inflammatory, "

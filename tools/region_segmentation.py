@@ -123,7 +123,9 @@ class RegionSegmentationOutput(ToolOutput):
 
 class RegionSegmentationTool(DeepTool):
     name: ClassVar[str] = "region_segmentation"
-    planning: ClassVar[PlanningHints] = PlanningHints(order=80, examples=(PlanExample(question="Measure the nodule at point (300, 410).", stain="H&E", image="patch"),))
+    planning: ClassVar[PlanningHints] = PlanningHints(
+        order=80, examples=(PlanExample(question="Measure the nodule at point (300, 410).", stain="H&E", image="patch"),)
+    )
     description: ClassVar[str] = (
         "Segments the single object or area the user points at and measures it: give a point [x, y] inside it "
         "(a nucleus, cell, gland, focus) or a box [x0, y0, x1, y1] around it, in the image's pixel coordinates. "

@@ -63,7 +63,9 @@ class SimilarCasesOutput(ToolOutput):
 
 class SimilarCasesTool(PathologyTool):
     name: ClassVar[str] = "similar_cases"
-    planning: ClassVar[PlanningHints] = PlanningHints(order=90, examples=(PlanExample(question="Show archive cases that resemble this one.", stain="H&E", image="patch"),))
+    planning: ClassVar[PlanningHints] = PlanningHints(
+        order=90, examples=(PlanExample(question="Show archive cases that resemble this one.", stain="H&E", image="patch"),)
+    )
     description: ClassVar[str] = (
         "Finds the k most similar past cases in the case library by image embedding (PathCLIP when configured, "
         "else the hed-texture colour/texture descriptor), optionally filtered by metadata (e.g. organ, stain), and "

@@ -72,7 +72,9 @@ class SlideClassificationOutput(ToolOutput):
 
 class SlideClassificationTool(DeepTool):
     name: ClassVar[str] = "slide_classification"
-    planning: ClassVar[PlanningHints] = PlanningHints(order=70, examples=(PlanExample(question="What is the overall diagnosis of this slide?", stain="H&E", image="wsi"),))
+    planning: ClassVar[PlanningHints] = PlanningHints(
+        order=70, examples=(PlanExample(question="What is the overall diagnosis of this slide?", stain="H&E", image="wsi"),)
+    )
     description: ClassVar[str] = (
         "Predicts a whole-slide or whole-image label by attention-based multi-instance learning (ABMIL) over the "
         "embeddings of its tissue tiles: by default benign vs malignant breast tissue (trained on breast tissue "

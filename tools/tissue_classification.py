@@ -163,7 +163,9 @@ class TissueClassificationOutput(ToolOutput):
 
 class TissueClassificationTool(DeepTool):
     name: ClassVar[str] = "tissue_classification"
-    planning: ClassVar[PlanningHints] = PlanningHints(order=50, examples=(PlanExample(question="Which tissue class does this tile show?", stain="H&E", image="patch"),))
+    planning: ClassVar[PlanningHints] = PlanningHints(
+        order=50, examples=(PlanExample(question="Which tissue class does this tile show?", stain="H&E", image="patch"),)
+    )
     description: ClassVar[str] = (
         "Classifies the tissue of an H&E image: by default with the project's own network trained on colorectal "
         "biopsies into six diagnostic classes (Normal, Polyp, Low-grade IN, High-grade IN, Adenocarcinoma, "

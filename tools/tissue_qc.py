@@ -145,7 +145,9 @@ class TissueQCTool(PathologyTool):
     """Tissue detection and quality control (classical)."""
 
     name = "tissue_qc"
-    planning = PlanningHints(order=10, examples=(PlanExample(question="Is the scan blurred or folded anywhere?", stain="H&E", image="wsi"),))
+    planning = PlanningHints(
+        order=10, examples=(PlanExample(question="Is the scan blurred or folded anywhere?", stain="H&E", image="wsi"),)
+    )
     description = (
         "Quality control of an image: tissue fraction and area, blur (variance of Laplacian), pen marks, "
         "stain strength; returns flags such as 'blurry', 'pen_marks', 'little_tissue', 'pale'."

@@ -100,7 +100,9 @@ class TumorSegmentationOutput(ToolOutput):
 
 class TumorSegmentationTool(DeepTool):
     name: ClassVar[str] = "tumor_segmentation"
-    planning: ClassVar[PlanningHints] = PlanningHints(order=60, examples=(PlanExample(question="How much of the section is necrotic?", stain="H&E", image="wsi"),))
+    planning: ClassVar[PlanningHints] = PlanningHints(
+        order=60, examples=(PlanExample(question="How much of the section is necrotic?", stain="H&E", image="wsi"),)
+    )
     description: ClassVar[str] = (
         "Finds and measures the tumour / lesion area of an H&E image or slide region: by default the project's own "
         "lesion map trained on colorectal biopsies (the glandular lesion pathologists outline: adenocarcinoma, "

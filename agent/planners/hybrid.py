@@ -244,7 +244,8 @@ class HybridPlanner(RulesPlanner):
             return tools, notes  # a question the rules recognise as needing no tool
         sentences = [s.strip() for s in _SENTENCE.findall(rules_text(question)) if re.search(r"[A-Za-z]{2}", s)]
         if len(sentences) > 1:  # only the sentences that on their own match nothing and ask for something
-            sentences = [s for s in sentences if _unplaced(RulesPlanner.tools_for(self, s, stain, image_kind, catalogue)[1])]
+            sentences = [s for s in sentences
+                         if _unplaced(RulesPlanner.tools_for(self, s, stain, image_kind, catalogue)[1])]
         elif tools:
             sentences = []  # one sentence, and the rules placed it
         asked = [s for s in sentences if not _NEG_BEFORE.search(s)]
