@@ -6,7 +6,7 @@ Each (tool, input) runs in its own ``python -c`` process, as the agent calls the
 settings: ``PATHASST_MAX_REGION_PIXELS`` 16.8 M at the tool's working resolution); the figure is that process's own
 high-water mark (``VmHWM``), which the issue's targets bound: < 4 GB for a slide call, < 2 GB for a plain image.
 Inputs: the two Aperio slides of ``../shared/data/slides`` and a 9400 x 9400 PNG written here (a few hundred KB).
-Measured on this 2-core machine (nuclei_segmentation on CMU-1 is the heaviest call: 3.3 GB, 125 s).
+Measured on this 2-core machine (nuclei_segmentation on CMU-1 is the heaviest call: 2.47 GB; the 9400 px PNG: nuclei 1.76 GB).
 """
 
 from __future__ import annotations
