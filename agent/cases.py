@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pathasst.agent.settings import Settings
 
 __all__ = [
     "PATCH_EXTENSIONS",
@@ -275,7 +276,7 @@ def discover_cases(cases_dir: Path) -> list[Path]:
     return sorted(p for p in cases_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def load_case(case_dir: Path, cases_root: Path | None = None, settings: Any | None = None) -> Case:
+def load_case(case_dir: Path, cases_root: Path | None = None, settings: Settings | None = None) -> Case:
     """Read one case folder. Raises ``CaseError`` subclasses for a bad folder; per-file problems are listed.
 
     Every image is checked when the case is loaded (size limits, header, decodability of patches, OpenSlide for
@@ -339,7 +340,7 @@ def check_image(path: Path, kind: str, max_pixels: int | None) -> None:
     verify_patch(path, max_pixels)
 
 
-def single_image_case(path: Path, meta: CaseMeta | None = None, settings: Any | None = None) -> Case:
+def single_image_case(path: Path, meta: CaseMeta | None = None, settings: Settings | None = None) -> Case:
     """A one-image case for ``pathasst ask IMAGE``: the image's folder is the root, the stem is the case id."""
     path = Path(path)
     if not path.is_file():

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
+from pathasst.agent.settings import Settings
 
 __all__ = ["catalogue_for_eval", "eval_app", "input_models_for_eval"]
 
@@ -25,7 +26,7 @@ def _eval_group() -> None:
     """Measure PathAsst components (planner tool choice)."""
 
 
-def _registry(settings: Any) -> tuple[Any, list[str]]:
+def _registry(settings: Settings) -> tuple[Any, list[str]]:
     """The tool registry, loading each entry point on its own so one tool that is not importable yet skips only
     itself (the skipped names are returned)."""
     from pathasst.tools.registry import ENTRY_POINT_GROUP, ToolRegistry, default_registry
@@ -43,13 +44,13 @@ def _registry(settings: Any) -> tuple[Any, list[str]]:
         return registry, skipped
 
 
-def catalogue_for_eval(settings: Any | None = None) -> list[dict[str, Any]]:
+def catalogue_for_eval(settings: Settings | None = None) -> list[dict[str, Any]]:
     """The registry's catalogue: the installed tools, their input schemas and planning hints."""
     registry, _ = _registry(settings)
     return registry.catalogue()
 
 
-def input_models_for_eval(settings: Any | None = None) -> dict[str, type[BaseModel]]:
+def input_models_for_eval(settings: Settings | None = None) -> dict[str, type[BaseModel]]:
     """Pydantic input models by tool name, for validating planned arguments."""
     registry, _ = _registry(settings)
     return {name: registry.tool_class(name).input_model for name in registry.names()}

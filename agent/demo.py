@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 from PIL import Image
+from pathasst.agent.settings import Settings
 
 __all__ = ["DEMO_DIAGNOSIS", "DEMO_MPP", "build_demo_cases", "build_demo_library", "write_pyramidal_tiff"]
 
@@ -103,7 +104,7 @@ def build_demo_cases(dest: Path) -> list[str]:
     return ids
 
 
-def build_demo_library(cases_dir: Path, library_dir: Path, settings: Any) -> Any:
+def build_demo_library(cases_dir: Path, library_dir: Path, settings: Settings) -> Any:
     """Embed the demo cases into an embedded case library at ``library_dir`` (idempotent); the ingestion report."""
     from pathasst.memory import open_library
 

@@ -27,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from pathasst.agent.settings import Settings
 
 __all__ = [
     "CaseJob",
@@ -126,11 +127,11 @@ class InlineExecutor:
 _WORKER_ENGINE: Any = None
 
 
-def _settings_key(settings: Any, planner: str) -> str:
+def _settings_key(settings: Settings, planner: str) -> str:
     return planner + "|" + settings.model_dump_json()
 
 
-def _engine_for(settings: Any, planner: str) -> Any:
+def _engine_for(settings: Settings, planner: str) -> Any:
     """This process's Engine for (settings, planner), built on first use and kept for later cases."""
     global _WORKER_ENGINE
     key = _settings_key(settings, planner)
@@ -146,11 +147,11 @@ def _engine_for(settings: Any, planner: str) -> Any:
     return _WORKER_ENGINE[1]
 
 
-def _process_case(settings: Any, planner: str, job: CaseJob) -> CaseWork:
+def _process_case(settings: Settings, planner: str, job: CaseJob) -> CaseWork:
     return analyse_case(_engine_for(settings, planner), job)
 
 
-def _planner_name(planner: Any, settings: Any) -> str:
+def _planner_name(planner: Any, settings: Settings) -> str:
     if planner is None:
         return str(settings.planner)
     if isinstance(planner, str):
@@ -166,7 +167,7 @@ class ProcessExecutor:
 
     name = "local"
 
-    def __init__(self, settings: Any, planner: Any = None, workers: int = 2) -> None:
+    def __init__(self, settings: Settings, planner: Any = None, workers: int = 2) -> None:
         if workers < 1:
             raise ExecutorError(f"workers must be >= 1, got {workers}")
         self.workers = workers
@@ -216,7 +217,7 @@ class ProcessExecutor:
 
 
 # ---- Ray -----------------------------------------------------------------------------------------------------------
-def _ray_case(settings: Any, planner: str, job: CaseJob) -> CaseWork:
+def _ray_case(settings: Settings, planner: str, job: CaseJob) -> CaseWork:
     """Body of the Ray case task: tile batches of big images go out as tile tasks while the case runs."""
     from pathasst.tools.backends.tiling import use_tile_mapper
 
@@ -273,7 +274,7 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, settings: Any, planner: Any = None, address: str | None = None) -> None:
+    def __init__(self, settings: Settings, planner: Any = None, address: str | None = None) -> None:
         try:
             import ray
         except ImportError as exc:
@@ -326,7 +327,7 @@ class RayExecutor:
 
 
 def make_executor(
-    kind: str, settings: Any, engine: Any = None, planner: Any = None, workers: int = 1, address: str | None = None
+    kind: str, settings: Settings, engine: Any = None, planner: Any = None, workers: int = 1, address: str | None = None
 ) -> Any:
     """``local`` (inline when ``workers == 1``, else worker processes) or ``ray``."""
     key = (kind or "local").strip().lower()

@@ -47,6 +47,7 @@ from pathasst.tools.base import PathologyTool, Region, ToolCallRecord, ToolInput
 from pathasst.tools.errors import ToolCallError, ToolExecutionError
 from pathasst.tools.imaging import ImageData
 from pathasst.tools.registry import ToolRegistry
+from pathasst.agent.settings import Settings
 
 __all__ = [
     "DEFAULT_PORT",
@@ -120,7 +121,7 @@ def _result_model(tool: PathologyTool) -> type[ToolCallResult]:
 
 
 # --- images ----------------------------------------------------------------------------------------------------
-def resolve_root(settings: Any, root: Path | None = None) -> Path:
+def resolve_root(settings: Settings, root: Path | None = None) -> Path:
     """The image root: ``root`` or ``settings.cases_root``, resolved; ``CaseError`` when unset or not a folder."""
     chosen = root if root is not None else getattr(settings, "cases_root", None)
     if chosen is None:
@@ -142,7 +143,7 @@ class RootImageResolver:
     ``relative`` holds the resolved image path relative to the root once resolved.
     """
 
-    def __init__(self, root: Path, settings: Any) -> None:
+    def __init__(self, root: Path, settings: Settings) -> None:
         self.root = Path(root).resolve()
         self.settings = settings
         self.relative: str | None = None
@@ -243,7 +244,7 @@ def _to_mcp_result(record: ToolCallRecord, result_model: type[ToolCallResult], i
     )
 
 
-def _mcp_tool(tool: PathologyTool, root: Path, settings: Any, slots: threading.BoundedSemaphore) -> Tool:
+def _mcp_tool(tool: PathologyTool, root: Path, settings: Settings, slots: threading.BoundedSemaphore) -> Tool:
     """The MCP tool of one pathology tool. A call takes one of the server's ``slots`` (the cap on concurrent calls
     across all tools) and this tool's lock (tools load lazily and keep state), runs in a worker thread under the
     call time limit, and stops at its next step when the client cancels or leaves."""
@@ -297,7 +298,7 @@ def _version() -> str:
         return "0"
 
 
-def build_server(settings: Any, root: Path | None = None, registry: ToolRegistry | None = None) -> MCPServer:
+def build_server(settings: Settings, root: Path | None = None, registry: ToolRegistry | None = None) -> MCPServer:
     """An MCP server with one tool per registered pathology tool, reading images under ``root``.
 
     ``root`` defaults to ``settings.cases_root``; ``CaseError`` when neither names a folder.
@@ -383,7 +384,7 @@ def run(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     *,
-    settings: Any | None = None,
+    settings: Settings | None = None,
     root: Path | None = None,
 ) -> None:
     """Build the server from ``settings`` (default: the process settings) and serve it."""
@@ -395,7 +396,7 @@ def run(
           allowed_hosts=getattr(settings, "mcp_allowed_hosts", ()))
 
 
-def mcp_token(settings: Any) -> str | None:
+def mcp_token(settings: Settings) -> str | None:
     """The bearer token HTTP clients must send (``PATHASST_MCP_TOKEN``), or None."""
     secret = getattr(settings, "mcp_token", None)
     value = secret.get_secret_value() if secret is not None else ""

@@ -17,6 +17,7 @@ from pathasst.agent.system import build_system
 from pathasst.tools.base import Region, call_tool
 from pathasst.tools.errors import ToolCallError
 from pathasst.tools.imaging import ImageData
+from pathasst.agent.settings import Settings
 
 __all__ = ["predict_folder", "save_labels_png"]
 
@@ -37,7 +38,7 @@ def predict_folder(
     tool_name: str,
     input_dir: Path,
     out_dir: Path,
-    settings: Any,
+    settings: Settings,
     mpp: float | None = None,
     extra_args: dict[str, Any] | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:

@@ -29,6 +29,7 @@ from pathasst.agent.cases import (
 from pathasst.tools.base import Region
 from pathasst.tools.errors import ToolCallError
 from pathasst.tools.imaging import ImageData, as_rgb_uint8, tissue_mask
+from pathasst.agent.settings import Settings
 
 __all__ = ["CaseImageResolver", "SlideReader", "TileSpec", "open_slide", "read_patch", "verify_patch"]
 
@@ -289,7 +290,7 @@ class CaseImageResolver:
     #: pixel budget for slide reads by tools with no working resolution (thumbnail-level analysis)
     THUMB_PIXELS = 2048 * 2048
 
-    def __init__(self, case: Case, settings: Any) -> None:
+    def __init__(self, case: Case, settings: Settings) -> None:
         self.case = case
         self.settings = settings
         self._patches: dict[str, ImageData] = {}

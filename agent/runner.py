@@ -22,6 +22,7 @@ from pathasst.agent.cases import discover_cases
 from pathasst.agent.outputs import atomic_write_text, case_is_done, clean_stale, write_case
 from pathasst.agent.report import Report
 from pathasst.agent.system import build_system
+from pathasst.agent.settings import Settings
 
 __all__ = ["BatchResult", "CaseOutcome", "Engine", "run_batch", "write_summary"]
 
@@ -55,7 +56,7 @@ class BatchResult:
 class Engine:
     """Holds the compiled graph, the registry and the planner for many case runs (tools load weights once)."""
 
-    def __init__(self, settings: Any, planner: Any = None, registry: Any = None, checkpointer: Any = None):
+    def __init__(self, settings: Settings, planner: Any = None, registry: Any = None, checkpointer: Any = None):
         # a planner name (or None = settings.planner), or a ready planner object
         system = build_system(settings, registry=registry, planner=planner)
         self.settings, self.registry, self.planner = system.settings, system.registry, system.planner()

@@ -27,6 +27,7 @@ from pathasst.agent.settings import PlannerName
 from pathasst.agent.system import System, build_system
 from pathasst.graphs.case_graph import wire
 from pathasst.graphs.state import CaseContext, CaseState
+from pathasst.agent.settings import Settings
 
 __all__ = ["ServerContext", "ServerParts", "build_server_graph", "graph"]
 
@@ -47,7 +48,7 @@ class ServerParts:
     """
 
     def __init__(
-        self, settings: Any | None = None, registry: Any | None = None, planners: dict[str, Any] | None = None
+        self, settings: Settings | None = None, registry: Any | None = None, planners: dict[str, Any] | None = None
     ) -> None:
         self._fixed = (settings, registry, dict(planners or {}))
         self._lock = threading.Lock()

@@ -12,6 +12,10 @@ from typing import Annotated, Any
 
 from typing_extensions import TypedDict  # typing.TypedDict hides the schema from langgraph's server on 3.11
 
+from pathasst.agent.planners.base import Planner
+from pathasst.agent.settings import Settings
+from pathasst.tools.registry import ToolRegistry
+
 __all__ = ["CaseContext", "CaseState"]
 
 
@@ -35,9 +39,9 @@ class CaseState(TypedDict, total=False):
 class CaseContext:
     """Runtime dependencies of one graph run (not checkpointed)."""
 
-    settings: Any
-    registry: Any  # pathasst.tools.registry.ToolRegistry
-    planner: Any  # pathasst.agent.planners.base.Planner
+    settings: Settings
+    registry: ToolRegistry
+    planner: Planner
     cases_root: str | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)  # call id -> ToolResult
     resolvers: dict[str, Any] = field(default_factory=dict)  # case id -> CaseImageResolver

@@ -7,12 +7,15 @@ review app) imports Chroma and the embedders on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["open_library"]
 
 
-def open_library(settings: Any, image_embedder_name: str | None = None, text_embedder_name: str | None = None) -> Any:
+def open_library(settings: Settings, image_embedder_name: str | None = None, text_embedder_name: str | None = None) -> Any:
     """The case library configured by ``settings`` (a :class:`pathasst.memory.library.CaseLibrary`)."""
     from pathasst.memory.library import open_library as _open
 

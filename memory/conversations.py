@@ -11,14 +11,17 @@ from __future__ import annotations
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["DEFAULT_DB_NAME", "case_thread_id", "conversations_path", "list_threads", "open_checkpointer", "thread_config"]
 
 DEFAULT_DB_NAME = "conversations.sqlite"
 
 
-def conversations_path(settings: Any) -> Path:
+def conversations_path(settings: Settings) -> Path:
     """``settings.conversations_path``, else ``<cache_dir>/conversations.sqlite``."""
     configured = getattr(settings, "conversations_path", None)
     return Path(configured) if configured else Path(settings.cache_dir) / DEFAULT_DB_NAME

@@ -20,9 +20,12 @@ from __future__ import annotations
 import threading
 from abc import ABC
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = [
     "IMAGE_EMBEDDERS",
@@ -128,19 +131,19 @@ class Embedder(ABC):
 
 
 # --- registry ---------------------------------------------------------------------------------------
-def _pathclip(settings: Any) -> Embedder:
+def _pathclip(settings: Settings) -> Embedder:
     from pathasst.memory.pathclip import PathCLIPEmbedder
 
     return PathCLIPEmbedder.from_settings(settings)
 
 
-def _hed(settings: Any) -> Embedder:
+def _hed(settings: Settings) -> Embedder:
     from pathasst.memory.descriptor import HEDTextureEmbedder
 
     return HEDTextureEmbedder()
 
 
-def _minilm(settings: Any) -> Embedder:
+def _minilm(settings: Settings) -> Embedder:
     from pathasst.memory.minilm import MiniLMEmbedder
 
     return MiniLMEmbedder(threads=getattr(settings, "torch_threads", None))
@@ -160,12 +163,12 @@ def list_embedders() -> dict[str, list[str]]:
     return {"image": sorted(IMAGE_EMBEDDERS), "text": sorted(TEXT_EMBEDDERS)}
 
 
-def default_image_embedder_name(settings: Any) -> str:
+def default_image_embedder_name(settings: Settings) -> str:
     """``pathclip`` when ``PATHASST_PATHCLIP_WEIGHTS`` is set, else ``hed-texture``."""
     return "pathclip" if getattr(settings, "pathclip_weights", None) else "hed-texture"
 
 
-def get_embedder(name: str, modality: Modality, settings: Any) -> Embedder:
+def get_embedder(name: str, modality: Modality, settings: Settings) -> Embedder:
     """The embedder registered as ``name`` for ``modality`` (cached per process and configuration)."""
     table = IMAGE_EMBEDDERS if modality == "image" else TEXT_EMBEDDERS
     key_name = (name or "").strip().lower()
@@ -182,11 +185,11 @@ def get_embedder(name: str, modality: Modality, settings: Any) -> Embedder:
         return _CACHE[key]
 
 
-def image_embedder(settings: Any, name: str | None = None) -> Embedder:
+def image_embedder(settings: Settings, name: str | None = None) -> Embedder:
     """The image embedder ``name``, or the default one for ``settings``."""
     return get_embedder(name or default_image_embedder_name(settings), "image", settings)
 
 
-def text_embedder(settings: Any, name: str | None = None) -> Embedder:
+def text_embedder(settings: Settings, name: str | None = None) -> Embedder:
     """The text embedder ``name`` (default ``minilm``)."""
     return get_embedder(name or "minilm", "text", settings)

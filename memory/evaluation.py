@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -29,6 +29,9 @@ from pydantic import BaseModel, Field
 from pathasst.agent.cases import PATCH_EXTENSIONS, CaseError, discover_cases, load_case
 from pathasst.memory.embedders import Embedder
 from pathasst.memory.ingest import case_image_vector, image_vectors
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["EvalResult", "evaluate_folders", "evaluate_vectors", "majority_vote", "read_labels", "retrieval_metrics"]
 
@@ -111,7 +114,7 @@ def _labelled(items: list[tuple[str, Path | None]], labels: dict[str, str], skip
 
 
 def _vectors(
-    embedder: Embedder, folder: Path, ids: list[tuple[str, Path | None]], settings: Any, skipped: list[str],
+    embedder: Embedder, folder: Path, ids: list[tuple[str, Path | None]], settings: Settings, skipped: list[str],
     progress: Callable[[int], None] | None,
 ) -> tuple[list[str], np.ndarray]:
     from pathasst.agent.readers import read_patch
@@ -186,7 +189,7 @@ def evaluate_folders(
     library: Path,
     queries: Path,
     labels_csv: Path,
-    settings: Any,
+    settings: Settings,
     k: int = 5,
     progress: Callable[[int], None] | None = None,
 ) -> EvalResult:

@@ -24,13 +24,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from pathasst.agent.cases import Case, CaseError, CaseImage, discover_cases, load_case
 from pathasst.memory.embedders import Embedder, l2_normalise
 from pathasst.memory.store import CaseStore
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = [
     "MAX_TILES",
@@ -103,7 +106,7 @@ def slide_tiles(embedder: Embedder, path: Path, mpp: float | None, max_pixels: i
         ]
 
 
-def case_image_tiles(embedder: Embedder, case: Case, image: CaseImage, settings: Any) -> list[np.ndarray]:
+def case_image_tiles(embedder: Embedder, case: Case, image: CaseImage, settings: Settings) -> list[np.ndarray]:
     """The tiles one case image (patch or slide) is embedded from. Raises ``CaseError`` for a bad file."""
     mpp = case.meta.mpp or getattr(settings, "default_mpp", None)
     if image.kind == "wsi":
@@ -133,7 +136,7 @@ def image_vectors(embedder: Embedder, images: Sequence[np.ndarray]) -> tuple[np.
     return embed_tile_groups(embedder, groups), [len(g) for g in groups]
 
 
-def case_image_vector(embedder: Embedder, case: Case, image: CaseImage, settings: Any) -> tuple[np.ndarray, int]:
+def case_image_vector(embedder: Embedder, case: Case, image: CaseImage, settings: Settings) -> tuple[np.ndarray, int]:
     """The vector of one case image (patch or slide) and its tile count. Raises ``CaseError`` for a bad file."""
     tiles = case_image_tiles(embedder, case, image, settings)
     return embed_tile_groups(embedder, [tiles])[0], len(tiles)
@@ -171,7 +174,7 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s)[:80] + "-" + hashlib.sha1(s.encode()).hexdigest()[:8]
 
 
-def write_thumbnail(case: Case, image: CaseImage, settings: Any, dest_dir: Path) -> Path | None:
+def write_thumbnail(case: Case, image: CaseImage, settings: Settings, dest_dir: Path) -> Path | None:
     """A PNG thumbnail (longer side 256 px) of a case image under ``dest_dir``; None if it cannot be made."""
     from PIL import Image
 
@@ -279,7 +282,7 @@ class _Pending:
 class _Ingestor:
     """Reads cases one by one and embeds/writes them in batches (``batch_cases`` at a time)."""
 
-    def __init__(self, store: CaseStore, settings: Any, image_embedder: Embedder, text_embedder: Embedder | None,
+    def __init__(self, store: CaseStore, settings: Settings, image_embedder: Embedder, text_embedder: Embedder | None,
                  thumbnails: Path | None, force: bool, done: Callable[[CaseIngest], None], batch_cases: int) -> None:
         self.store, self.settings, self.iemb, self.temb = store, settings, image_embedder, text_embedder
         self.thumbnails, self.force, self.done, self.batch_cases = thumbnails, force, done, batch_cases
@@ -349,7 +352,7 @@ class _QuietTextFiles(logging.Filter):
 def ingest_case(
     store: CaseStore,
     case: Case,
-    settings: Any,
+    settings: Settings,
     image_embedder: Embedder,
     text_embedder: Embedder | None,
     thumbnails: Path | None,
@@ -366,7 +369,7 @@ def ingest_case(
 def ingest_cases(
     store: CaseStore,
     cases_dir: Path,
-    settings: Any,
+    settings: Settings,
     image_embedder: Embedder,
     text_embedder: Embedder | None,
     thumbnails: Path | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -19,6 +19,9 @@ from pathasst.agent.cases import Case, EmptyCaseError
 from pathasst.memory.embedders import Embedder, image_embedder, text_embedder
 from pathasst.memory.ingest import CaseIngest, IngestReport, case_image_vector, image_vectors, ingest_case, ingest_cases
 from pathasst.memory.store import THUMBNAIL_DIR, CaseStore, Hit, StoreModality
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["RRF_K", "CaseLibrary", "SimilarCaseHit", "open_library"]
 
@@ -72,7 +75,7 @@ class CaseLibrary:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         image_embedder_name: str | Embedder | None = None,
         text_embedder_name: str | Embedder | None = None,
         store: CaseStore | None = None,
@@ -284,7 +287,7 @@ class CaseLibrary:
 
 
 def open_library(
-    settings: Any, image_embedder_name: str | None = None, text_embedder_name: str | None = None
+    settings: Settings, image_embedder_name: str | None = None, text_embedder_name: str | None = None
 ) -> CaseLibrary:
     """The case library configured by ``settings`` (used by the CLI, the graph, the tool and the review app)."""
     return CaseLibrary(settings, image_embedder_name, text_embedder_name)

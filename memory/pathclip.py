@@ -16,12 +16,15 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from pathasst.memory.embedders import Embedder, EmbedderError
 from pathasst.tools.errors import WeightsError
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["ARCHITECTURE", "PathCLIPEmbedder", "load_pathclip_state_dict"]
 
@@ -96,7 +99,7 @@ class PathCLIPEmbedder(Embedder):
         self._fingerprint: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> PathCLIPEmbedder:
+    def from_settings(cls, settings: Settings) -> PathCLIPEmbedder:
         path = getattr(settings, SETTING, None)
         if not path:
             raise EmbedderError(f"the pathclip embedder needs {ENV_VAR}: set it to the PathCLIP checkpoint (pathclip-base.pt)")

@@ -21,11 +21,14 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from pathasst.memory.embedders import Embedder
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = [
     "COLLECTION_PREFIX",
@@ -130,7 +133,7 @@ class CaseStore:
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, settings: Any) -> CaseStore:
+    def open(cls, settings: Settings) -> CaseStore:
         """Connect to the server named by ``chroma_host``/``chroma_port``, or open (creating) ``chroma_path``."""
         import chromadb
 
@@ -157,7 +160,7 @@ class CaseStore:
         return cls(client, str(path.resolve()), "embedded")
 
     @staticmethod
-    def exists(settings: Any) -> bool:
+    def exists(settings: Settings) -> bool:
         """True when a library may exist without creating one: a server is configured or the folder has a database."""
         if getattr(settings, "chroma_host", None):
             return True

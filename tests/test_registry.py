@@ -118,3 +118,15 @@ def test_entry_point_registry_holds_all_tools(settings: Any) -> None:
         assert entry["input_schema"]["properties"]["image"]
         assert entry["output_schema"]["properties"]["status"]
     assert [t.name for t in reg.tools()] == sorted(EXPECTED_TOOLS)
+
+
+def test_tools_run_only_with_explicit_settings() -> None:
+    """No hidden fallback to the environment deep in the tools: a registry without settings lists and describes its
+    tools, but running one needs the settings (front ends pass them through build_system)."""
+    reg = ToolRegistry()
+    reg.register(_Echo)
+    assert reg.names() == ["echo"] and reg.catalogue()[0]["name"] == "echo"
+    with pytest.raises(ToolError, match="has no settings.*cannot run 'echo'"):
+        reg.get("echo")
+    with pytest.raises(ToolError, match="echo needs the settings"):
+        _Echo(None)

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,6 +25,9 @@ from pathasst.tools.deadline import call_deadline
 from pathasst.tools.errors import ToolCallError, ToolError, ToolExecutionError, to_planner_message
 from pathasst.tools.imaging import ImageData
 from pathasst.tools.planning import PlanningHints
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = [
     "ImageResolver",
@@ -103,11 +106,10 @@ class PathologyTool(ABC):
     #: what planners need to call this tool: trigger patterns, example requests, its place in a plan
     planning: ClassVar[PlanningHints] = PlanningHints()
 
-    def __init__(self, settings: Any | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         if settings is None:
-            from pathasst.agent.settings import get_settings
-
-            settings = get_settings()
+            raise ToolError(f"tool {self.name} needs the settings: build tools through "
+                            "pathasst.agent.system.build_system(settings) or ToolRegistry(settings)")
         self.settings = settings
         self._loaded = False
 

@@ -32,10 +32,12 @@ from typing import Annotated, Any
 
 import typer
 
+from pathasst.agent.settings import Settings
+
 __all__ = ["EVALUATIONS", "run_evaluation", "tools_eval"]
 
 
-def _nuclei(tool: Any, data_dir: Path, settings: Any, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
+def _nuclei(tool: Any, data_dir: Path, settings: Settings, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
     from pathasst.tools.evaluate import CONSEP_MPP, consep_held_out_tiles, evaluate_nuclei
 
     if not (data_dir / "instances").is_dir() or not (data_dir / "images").is_dir():
@@ -48,7 +50,7 @@ def _nuclei(tool: Any, data_dir: Path, settings: Any, limit: int | None, mpp: fl
     return evaluate_nuclei(tool, data_dir, limit=limit, mpp=mpp or CONSEP_MPP, names=names)
 
 
-def _ihc(tool: Any, data_dir: Path, settings: Any, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
+def _ihc(tool: Any, data_dir: Path, settings: Settings, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
     from pathasst.tools.evaluate import DEEPLIIF_MPP, evaluate_ihc
 
     if held_out:
@@ -67,7 +69,7 @@ def _ihc(tool: Any, data_dir: Path, settings: Any, limit: int | None, mpp: float
 def _layout(module: str, evaluator: str, needs: tuple[str, ...], layout: str) -> Callable[..., dict[str, Any]]:
     """An evaluator of ``pathasst.tools.MODULE`` for folders holding every path in ``needs``."""
 
-    def run(tool: Any, data_dir: Path, settings: Any, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
+    def run(tool: Any, data_dir: Path, settings: Settings, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
         from importlib import import_module
 
         missing = [n for n in needs if not (data_dir / n).exists()]
@@ -95,7 +97,7 @@ EVALUATIONS: dict[str, tuple[str, Callable[..., dict[str, Any]]]] = {
 
 
 def run_evaluation(
-    tool_name: str, data_dir: Path, settings: Any, limit: int | None = None, mpp: float | None = None, per_item: bool = False,
+    tool_name: str, data_dir: Path, settings: Settings, limit: int | None = None, mpp: float | None = None, per_item: bool = False,
     held_out: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``tool_name`` on ``data_dir``; raises ``KeyError`` (no evaluation), ``UnknownToolError``,
@@ -147,7 +149,6 @@ def tools_eval(
 ) -> None:
     """Accuracy of a tool against ground truth in DATA_DIR, printed as JSON (nuclei: F1, PQ, AJI, Dice; IHC:
     positivity-index error, per-cell F1)."""
-    from pathasst.agent.settings import Settings
     from pathasst.tools.errors import ToolError, UnknownToolError
 
     try:

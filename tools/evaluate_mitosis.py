@@ -17,12 +17,15 @@ the fixed split (:func:`pathasst.tools.datasets.amibr_split`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathasst.tools.datasets import AMIBR_MPP, amibr_items
 from pathasst.tools.evaluate_tissue import case_bootstrap, run_on_file
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["MATCH_UM", "darkest_blob", "evaluate_mitosis", "match_crop", "score_figures"]
 
@@ -70,7 +73,7 @@ def darkest_blob(rgb: np.ndarray, mpp: float = AMIBR_MPP) -> np.ndarray:
     return np.array([[float(x), float(y)]])
 
 
-def evaluate_mitosis(tool: Any, data_dir: Path | str, settings: Any, held_out: bool = False, limit: int | None = None,
+def evaluate_mitosis(tool: Any, data_dir: Path | str, settings: Settings, held_out: bool = False, limit: int | None = None,
                      mpp: float | None = None) -> dict[str, Any]:
     """Score ``mitosis_detection`` on AMi-Br crops (see the module docstring)."""
     from pathasst.agent.readers import read_patch

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathasst.tools.datasets import read_csv_rows
 from pathasst.tools.evaluate_tissue import case_bootstrap, run_on_file
 from pathasst.tools.metrics import binary_auc
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["CV_HEADS", "evaluate_slide_classification"]
 
@@ -42,7 +45,7 @@ def _image(data_dir: Path, name: str) -> Path:
     raise FileNotFoundError(f"no image file for {name} in {data_dir / 'images'}")
 
 
-def _fold_tools(settings: Any, groups: set[str], tmp: Path) -> dict[str, Any]:
+def _fold_tools(settings: Settings, groups: set[str], tmp: Path) -> dict[str, Any]:
     """group -> a ``slide_classification`` tool configured with the fold head that never saw that group."""
     import torch
 
@@ -65,7 +68,7 @@ def _fold_tools(settings: Any, groups: set[str], tmp: Path) -> dict[str, Any]:
     return tools
 
 
-def evaluate_slide_classification(tool: Any, data_dir: Path | str, settings: Any, held_out: bool = False,
+def evaluate_slide_classification(tool: Any, data_dir: Path | str, settings: Settings, held_out: bool = False,
                                   limit: int | None = None, mpp: float | None = None) -> dict[str, Any]:
     """Score benign / malignant calls (see the module docstring)."""
     data_dir = Path(data_dir)

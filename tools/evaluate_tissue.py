@@ -18,18 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathasst.tools.datasets import EbhiItem, ebhi_items
 from pathasst.tools.metrics import classification_scores, dice, mask_iou
 
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
+
 __all__ = ["baseline_lesion_mask", "case_bootstrap", "evaluate_tissue_classification", "evaluate_tumor_segmentation",
            "run_on_file"]
 
 
-def run_on_file(tool: Any, path: Path, settings: Any, mpp: float | None = None, arguments: dict | None = None) -> Any:
+def run_on_file(tool: Any, path: Path, settings: Settings, mpp: float | None = None, arguments: dict | None = None) -> Any:
     """The tool's call record and result on one image file, read as ``tools predict`` reads it."""
     from pathasst.agent.readers import read_patch
     from pathasst.tools.base import call_tool
@@ -74,7 +77,7 @@ def _majority(data_dir: Path, labels: list[str]) -> str:
     return str(values[int(np.argmax(counts))])
 
 
-def evaluate_tissue_classification(tool: Any, data_dir: Path | str, settings: Any, held_out: bool = False,
+def evaluate_tissue_classification(tool: Any, data_dir: Path | str, settings: Settings, held_out: bool = False,
                                    limit: int | None = None, mpp: float | None = None) -> dict[str, Any]:
     """Score ``tissue_classification`` (see the module docstring); ``per_image`` rows carry the predictions."""
     data_dir = Path(data_dir)
@@ -132,7 +135,7 @@ def baseline_lesion_mask(rgb: np.ndarray) -> np.ndarray:
     return h > threshold_otsu(h) if np.ptp(h) > 0 else np.zeros(h.shape, bool)
 
 
-def evaluate_tumor_segmentation(tool: Any, data_dir: Path | str, settings: Any, held_out: bool = False,
+def evaluate_tumor_segmentation(tool: Any, data_dir: Path | str, settings: Settings, held_out: bool = False,
                                 limit: int | None = None, mpp: float | None = None) -> dict[str, Any]:
     """Score ``tumor_segmentation``'s lesion map (label map > 0) against the EBHI-Seg masks."""
     from PIL import Image

@@ -44,7 +44,7 @@ import io
 import zipfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 from pydantic import Field
@@ -53,6 +53,9 @@ from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.geojson import label_map_to_features
 from pathasst.tools.imaging import ImageData, by_rows
 from pathasst.tools.planning import PlanExample, PlanningHints
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = [
     "MODEL_MPP",
@@ -591,7 +594,7 @@ class NucleiSegmentationTool(PathologyTool):
             info["model"] = self._deep.describe()
         return info
 
-    def __init__(self, settings: Any | None = None, pixel_weights: str | Path | dict[str, Any] | None = None) -> None:
+    def __init__(self, settings: Settings, pixel_weights: str | Path | dict[str, Any] | None = None) -> None:
         """``pixel_weights``: a retrained classifier (.npz path from ``pathasst.finetune.nuclei_pixel``, or
         :func:`load_weights` arrays) instead of the embedded one."""
         super().__init__(settings)

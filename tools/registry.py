@@ -7,11 +7,14 @@ unknown name answers with the list of valid names.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput
 from pathasst.tools.errors import DuplicateToolError, ToolError, UnknownToolError
 from pathasst.tools.planning import PlanningHints
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["ENTRY_POINT_GROUP", "ToolRegistry", "default_registry"]
 
@@ -21,7 +24,8 @@ ENTRY_POINT_GROUP = "pathasst.tools"
 class ToolRegistry:
     """Tool classes by name; instances are created (lazily, once) with the registry's settings."""
 
-    def __init__(self, settings: Any | None = None) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        """``settings`` None: a registry that lists tools (names, classes, catalogue) but cannot run them."""
         self.settings = settings
         self._classes: dict[str, type[PathologyTool]] = {}
         self._instances: dict[str, PathologyTool] = {}
@@ -64,6 +68,9 @@ class ToolRegistry:
 
     def get(self, name: str) -> PathologyTool:
         cls = self.tool_class(name)
+        if self.settings is None:
+            raise ToolError(f"this registry has no settings, so it lists tools but cannot run {name!r}: build it with "
+                            "pathasst.agent.system.build_system(settings) or ToolRegistry(settings)")
         if name not in self._instances:
             self._instances[name] = cls(self.settings)
         return self._instances[name]
@@ -110,6 +117,7 @@ def _validate_tool_class(cls: Any) -> None:
         raise ToolError(f"tool {cls.name}: abstract methods not implemented: {sorted(cls.__abstractmethods__)}")
 
 
-def default_registry(settings: Any | None = None) -> ToolRegistry:
-    """A registry holding every tool installed under the ``pathasst.tools`` entry point group."""
+def default_registry(settings: Settings | None = None) -> ToolRegistry:
+    """A registry holding every tool installed under the ``pathasst.tools`` entry point group (without settings: for
+    listing them only)."""
     return ToolRegistry(settings).load_entry_points()

@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, Field
 
 from pathasst.agent.cases import Case, CaseError
+from pathasst.agent.settings import Settings
 
 __all__ = [
     "CaseLibrary",
@@ -51,7 +52,7 @@ class ToolInfo(BaseModel):
     output_schema: dict[str, Any]
 
 
-def open_case_library(settings: Any) -> CaseLibrary | None:
+def open_case_library(settings: Settings) -> CaseLibrary | None:
     """The case library of ``pathasst.memory``, or None while that package offers no store."""
     try:
         import pathasst.memory as memory
@@ -64,7 +65,7 @@ def open_case_library(settings: Any) -> CaseLibrary | None:
     return lib if isinstance(lib, CaseLibrary) else None
 
 
-def library_status(settings: Any) -> LibraryStatus:
+def library_status(settings: Settings) -> LibraryStatus:
     try:
         lib = open_case_library(settings)
         if lib is None:
@@ -131,7 +132,7 @@ def _backends_seen(out_dir: Path, limit: int = 200) -> dict[str, str]:
     return seen
 
 
-def _weights(settings: Any, setting: str | None) -> str:
+def _weights(settings: Settings, setting: str | None) -> str:
     from pathasst.tools.base import file_sha256
 
     if setting is None:
@@ -145,7 +146,7 @@ def _weights(settings: Any, setting: str | None) -> str:
     return f"configured: {Path(value).name} (sha256 {file_sha256(Path(value))[:12]})"
 
 
-def tool_infos(registry: Any, settings: Any, out_dir: Path, accuracy_file: Path | None) -> list[ToolInfo]:
+def tool_infos(registry: Any, settings: Settings, out_dir: Path, accuracy_file: Path | None) -> list[ToolInfo]:
     """The catalogue with each tool's schemas, last-seen backend, weights status and measured accuracy."""
     accuracy = _accuracy(accuracy_file)
     seen = _backends_seen(Path(out_dir))

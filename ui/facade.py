@@ -34,6 +34,7 @@ from pathasst.agent.cases import (
     load_case,
     read_case_meta,
 )
+from pathasst.agent.settings import Settings
 from pathasst.ui import catalogue, uploads
 from pathasst.ui import review as rv
 from pathasst.ui.catalogue import CaseLibrary, LibraryStatus, ToolInfo
@@ -142,11 +143,9 @@ class Facade:
     """Everything the pages do, for one cases root and one output folder. Thread-safe (one analysis at a time)."""
 
     def __init__(
-        self, settings: Any = None, ui_settings: UISettings | None = None, planner: Any = None, registry: Any = None
+        self, settings: Settings | None = None, ui_settings: UISettings | None = None, planner: Any = None, registry: Any = None
     ) -> None:
-        if settings is None:
-            from pathasst.agent.settings import Settings
-
+        if settings is None:  # the app's own process: the environment and .env
             settings = Settings()
         self.settings = settings
         self.ui = ui_settings if ui_settings is not None else UISettings()

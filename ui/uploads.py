@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from pathasst.agent.cases import PATCH_EXTENSIONS, SLIDE_EXTENSIONS, Case, CaseError, ensure_inside, load_case
+from pathasst.agent.settings import Settings
 
 __all__ = ["CASE_ID_RE", "UPLOAD_EXTENSIONS", "UploadError", "check_upload", "create_case"]
 
@@ -56,7 +57,7 @@ def create_case(
     case_id: str,
     files: list[tuple[str, bytes]],
     meta: dict[str, Any],
-    settings: Any,
+    settings: Settings,
     max_bytes: int,
 ) -> Path:
     """Create ``root/case_id`` from ``files`` (name, content) and ``meta`` (case.yaml keys); return the folder."""

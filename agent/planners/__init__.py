@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
 
 from pathasst.agent.planners.base import (
     PlanDecision,
@@ -15,6 +14,7 @@ from pathasst.agent.planners.base import (
     PlannerOutputError,
     PriorCall,
 )
+from pathasst.agent.settings import Settings
 
 __all__ = [
     "PLANNER_NAMES",
@@ -38,8 +38,8 @@ _BACKENDS: dict[str, tuple[str, str]] = {
 PLANNER_NAMES: tuple[str, ...] = tuple(sorted(_BACKENDS))
 
 
-def get_planner(name: str, settings: Any | None = None) -> Planner:
-    """The planner backend ``name`` built with ``settings`` (default: :func:`get_settings`).
+def get_planner(name: str, settings: Settings) -> Planner:
+    """The planner backend ``name`` built with ``settings`` (front ends: through ``agent.system.build_system``).
 
     Raises :class:`PlannerError` listing the valid names when ``name`` is unknown. Construction is cheap: models and
     clients load on first use.
@@ -47,10 +47,6 @@ def get_planner(name: str, settings: Any | None = None) -> Planner:
     key = (name or "").strip().lower()
     if key not in _BACKENDS:
         raise PlannerError(f"unknown planner {name!r}; valid planners: {', '.join(PLANNER_NAMES)}")
-    if settings is None:
-        from pathasst.agent.settings import get_settings
-
-        settings = get_settings()
     module_name, class_name = _BACKENDS[key]
     cls = getattr(import_module(module_name), class_name)
     return cls(settings)

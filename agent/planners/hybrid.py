@@ -64,6 +64,7 @@ from pathasst.agent.planners.rules import (
     order_tools,
     strip_injections,
 )
+from pathasst.agent.settings import Settings
 
 __all__ = [
     "EXAMPLES_FILE",
@@ -224,7 +225,7 @@ class HybridPlanner(RulesPlanner):
 
     def __init__(
         self,
-        settings: Any | None = None,
+        settings: Settings | None = None,
         *,
         index: ToolIndex | None = None,
         embed: Any | None = None,
@@ -292,11 +293,10 @@ class HybridPlanner(RulesPlanner):
             self._embed, self._fingerprint = embed, embedder.fingerprint()
         return self._embed
 
-    def _settings(self) -> Any:
+    def _settings(self) -> Settings:
         if self.settings is None:
-            from pathasst.agent.settings import get_settings
-
-            self.settings = get_settings()
+            raise PlannerError("the hybrid planner's fallback needs the settings (its embedder and index cache): "
+                               "build it through pathasst.agent.system.build_system(settings)")
         return self.settings
 
     def index(self) -> ToolIndex:

@@ -26,6 +26,7 @@ from typing import Any
 from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError
 from pathasst.agent.planners.parsing import parse_plan
 from pathasst.agent.planners.rules import order_tools
+from pathasst.agent.settings import Settings
 
 __all__ = [
     "FEW_SHOT",
@@ -190,17 +191,13 @@ class LlamaCppPlanner:
 
     def __init__(
         self,
-        settings: Any | None = None,
+        settings: Settings,
         *,
         model_path: Path | None = None,
         lora_path: Path | None = None,
         max_tokens: int = 80,
         use_shipped_adapter: bool | None = None,
     ) -> None:
-        if settings is None:
-            from pathasst.agent.settings import get_settings
-
-            settings = get_settings()
         self.settings = settings
         self.model_path = Path(model_path) if model_path else getattr(settings, "llamacpp_model_path", None)
         self.lora_path = Path(lora_path) if lora_path else getattr(settings, "llamacpp_lora_path", None)

@@ -24,6 +24,7 @@ from typing import Any
 
 from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError
 from pathasst.agent.planners.parsing import parse_plan
+from pathasst.agent.settings import Settings
 
 __all__ = ["OpenAIPlanner", "endpoint_slots", "function_specs", "inline_refs"]
 
@@ -156,11 +157,7 @@ class OpenAIPlanner:
 
     name = "openai"
 
-    def __init__(self, settings: Any | None = None, *, max_tokens: int = 256, client: Any | None = None) -> None:
-        if settings is None:
-            from pathasst.agent.settings import get_settings
-
-            settings = get_settings()
+    def __init__(self, settings: Settings, *, max_tokens: int = 256, client: Any | None = None) -> None:
         self.settings = settings
         self.max_tokens = max_tokens
         self._client = client

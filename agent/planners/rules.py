@@ -29,6 +29,7 @@ from typing import Any
 
 from pathasst.agent.planners.base import PlanDecision, PlannedCall, PlannerContext
 from pathasst.agent.planners.parsing import context_arguments, stain_enum, written_geometry
+from pathasst.agent.settings import Settings
 from pathasst.tools.planning import DEFAULT_ORDER, compiled_triggers
 
 __all__ = ["TOOL_ORDER", "RulesPlanner", "order_tools", "strip_injections"]
@@ -307,7 +308,7 @@ class RulesPlanner:
 
     name = "rules"
 
-    def __init__(self, settings: Any | None = None) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
 
     # ---- the decision --------------------------------------------------------------------------

@@ -28,13 +28,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathasst.tools.backends.runtime import Checkpoint, configure_threads, load_state, read_checkpoint, torch_device
 from pathasst.tools.deep import WeightsFormat
 from pathasst.tools.errors import WeightsError
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["EMBEDDERS", "ABMILConfig", "ABMILHead", "build_abmil"]
 
@@ -134,7 +137,7 @@ class ABMILHead:
         self.device = device
 
     @classmethod
-    def load(cls, path: Path, setting: str, fmt: WeightsFormat, settings: Any) -> ABMILHead:
+    def load(cls, path: Path, setting: str, fmt: WeightsFormat, settings: Settings) -> ABMILHead:
         configure_threads(settings)
         ckpt = read_checkpoint(path, setting, fmt)
         cfg = ABMILConfig.from_checkpoint(ckpt)

@@ -27,13 +27,16 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathasst.tools.backends.runtime import Checkpoint, configure_threads, load_state, read_checkpoint, torch_device
 from pathasst.tools.backends.tiling import dense_tiled
 from pathasst.tools.errors import WeightsError
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["ARCHITECTURE", "MitosisFigures", "MitosisNet", "MitosisNetConfig", "build_mitosis_net", "find_peaks"]
 
@@ -157,7 +160,7 @@ class MitosisNet:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: Path, setting: str, settings: Any = None) -> MitosisNet:
+    def load(cls, path: Path, setting: str, settings: Settings = None) -> MitosisNet:
         if settings is not None:
             configure_threads(settings)
         ckpt = read_checkpoint(Path(path), setting, "torch")

@@ -41,7 +41,7 @@ import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,6 +58,9 @@ from pathasst.tools.backends.runtime import (
 from pathasst.tools.backends.tiling import dense_tiled
 from pathasst.tools.errors import WeightsError
 from pathasst.tools.imaging import ImageData
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -537,7 +540,7 @@ class NucleiNet:
         self._session_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: Path, setting: str, settings: Any = None, fmt: str = "pytorch") -> NucleiNet:
+    def load(cls, path: Path, setting: str, settings: Settings = None, fmt: str = "pytorch") -> NucleiNet:
         """Load a checkpoint (WeightsError naming ``setting`` when it is not a nuclei-net checkpoint)."""
         configure_threads(settings)
         ckpt = read_checkpoint(Path(path), setting, fmt)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from pathasst.tools.backends.runtime import describe_setting, read_sidecar, side
 from pathasst.tools.backends.yolo import YoloBackend
 from pathasst.tools.errors import WeightsError
 from pathasst.tools.imaging import ImageData
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["NucleiYolo", "load_nuclei_backend"]
 
@@ -77,7 +80,7 @@ class NucleiYolo:
         return relabel_sequential(labels)[0].astype(np.uint32)
 
 
-def load_nuclei_backend(path: Path, settings: Any) -> NucleiYolo | NucleiNet | NucleiSam:
+def load_nuclei_backend(path: Path, settings: Settings) -> NucleiYolo | NucleiNet | NucleiSam:
     """Load ``PATHASST_NUCLEI_WEIGHTS``: the project's nuclei network, a segment-anything checkpoint (prompted by the
     shipped network, :mod:`pathasst.tools.backends.nuclei_sam`) or a YOLO-seg checkpoint, by content; WeightsError
     naming the setting otherwise."""

@@ -19,13 +19,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathasst.tools.backends.runtime import Checkpoint, configure_threads, read_checkpoint
 from pathasst.tools.deep import check_weights_file
 from pathasst.tools.errors import WeightsError
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = [
     "LOGIT_SCALE",
@@ -49,7 +52,7 @@ MIN_TISSUE = 0.5
 PROBE_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
-def pathclip_embedder(settings: Any) -> Any:
+def pathclip_embedder(settings: Settings) -> Any:
     """The process-wide PathCLIP embedder of the memory package for ``settings`` (loads lazily; WeightsError)."""
     from pathasst.memory.embedders import get_embedder
 

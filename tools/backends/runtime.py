@@ -15,13 +15,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathasst.tools.deep import WeightsFormat, settings_env_var
 from pathasst.tools.errors import WeightsError
 from pathasst.tools.imaging import ImageData
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = [
     "predict_padded",
@@ -69,7 +72,7 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool | None:
     return bool(flags & NATIVE_BF16_FLAGS)
 
 
-def configure_threads(settings: Any) -> None:
+def configure_threads(settings: Settings) -> None:
     """Apply ``Settings.torch_threads`` (None = torch's default) to torch's intra-op pool."""
     threads = getattr(settings, "torch_threads", None)
     if threads:

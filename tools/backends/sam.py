@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathasst.tools.backends.runtime import configure_threads, load_state, read_checkpoint, torch_device
 from pathasst.tools.deep import WeightsFormat
 from pathasst.tools.errors import WeightsError
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["SAM_VARIANTS", "SamResult", "SamSegmenter", "is_sam_checkpoint"]
 
@@ -79,7 +82,7 @@ class SamSegmenter:
         self.variant = variant
 
     @classmethod
-    def load(cls, path: Path, setting: str, fmt: WeightsFormat, settings: Any) -> SamSegmenter:
+    def load(cls, path: Path, setting: str, fmt: WeightsFormat, settings: Settings) -> SamSegmenter:
         configure_threads(settings)
         ckpt = read_checkpoint(path, setting, fmt, sidecar=False)
         patch = ckpt.state_dict.get(_PATCH_KEY)

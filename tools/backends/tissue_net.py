@@ -34,7 +34,7 @@ import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from pathasst.tools.backends.runtime import (
 )
 from pathasst.tools.backends.tiling import dense_tiled
 from pathasst.tools.errors import WeightsError
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +206,7 @@ class TissueNet:
         self._ood = (mean, prec) if np.any(prec) else None
 
     @classmethod
-    def load(cls, path: Path, setting: str, settings: Any = None) -> TissueNet:
+    def load(cls, path: Path, setting: str, settings: Settings = None) -> TissueNet:
         import torch
 
         if settings is not None:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pathasst.tools.backends.tissue_net import TissueNet
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = [
     "SHIPPED_TISSUE_WEIGHTS",
@@ -38,7 +41,7 @@ _LOCK = threading.Lock()
 _LOADED: dict[str, TissueNet] = {}
 
 
-def shipped_tissue_net(settings: Any = None) -> TissueNet:
+def shipped_tissue_net(settings: Settings = None) -> TissueNet:
     """The shipped tissue network, loaded once per process (thread-safe)."""
     key = str(SHIPPED_TISSUE_WEIGHTS)
     with _LOCK:

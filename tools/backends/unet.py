@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from pathasst.tools.backends.runtime import (
 from pathasst.tools.backends.tiling import dense_tiled
 from pathasst.tools.deep import WeightsFormat
 from pathasst.tools.errors import WeightsError
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["UNetConfig", "UNetSegmenter", "build_unet"]
 
@@ -135,7 +138,7 @@ class UNetSegmenter:
         self.device = device
 
     @classmethod
-    def load(cls, path: Path, setting: str, fmt: WeightsFormat, settings: Any, allowed: tuple[str, ...]) -> UNetSegmenter:
+    def load(cls, path: Path, setting: str, fmt: WeightsFormat, settings: Settings, allowed: tuple[str, ...]) -> UNetSegmenter:
         configure_threads(settings)
         ckpt = read_checkpoint(path, setting, fmt)
         cfg = UNetConfig.from_checkpoint(ckpt, allowed)

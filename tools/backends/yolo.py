@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from pathasst.tools.backends.runtime import configure_threads, describe_setting
 from pathasst.tools.backends.tiling import Detections, TiledDetections, detect_tiled
 from pathasst.tools.errors import WeightsError
 from pathasst.tools.imaging import ImageData
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["DEFAULT_IMGSZ", "YoloBackend"]
 
@@ -48,7 +51,7 @@ class YoloBackend:
 
     # ---- loading ------------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: Path, setting: str, settings: Any, tasks: tuple[str, ...]) -> YoloBackend:
+    def load(cls, path: Path, setting: str, settings: Settings, tasks: tuple[str, ...]) -> YoloBackend:
         """Load ``path`` (checked ultralytics ``.pt``); its task must be one of ``tasks``. Raises ``WeightsError``."""
         os.environ.setdefault("YOLO_OFFLINE", "1")
         where = describe_setting(setting, path)

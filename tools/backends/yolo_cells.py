@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from pathasst.tools.backends.yolo import YoloBackend
 from pathasst.tools.base import ToolInput, ToolResult
 from pathasst.tools.errors import WeightsError
 from pathasst.tools.imaging import ImageData
+
+if TYPE_CHECKING:
+    from pathasst.agent.settings import Settings
 
 __all__ = ["CellDetector", "analyze_ihc", "load_cell_detector"]
 
@@ -66,7 +69,7 @@ def _by_name(names: dict[int, str], wanted: list[Any], where: str, key: str) -> 
     return out
 
 
-def load_cell_detector(path: Path, settings: Any) -> CellDetector:
+def load_cell_detector(path: Path, settings: Settings) -> CellDetector:
     """Load and check the detector of ``PATHASST_IHC_WEIGHTS`` (the file was checked by the caller)."""
     where = describe_setting(SETTING, path)
     yolo = YoloBackend.load(path, SETTING, settings, tasks=("detect", "segment"))
