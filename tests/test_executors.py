@@ -151,6 +151,7 @@ def test_cli_runs_on_ray_and_refuses_unknown_executors(
 
     monkeypatch.setenv("PATHASST_CHROMA_PATH", str(tmp_path / "chroma"))
     monkeypatch.setenv("PATHASST_TORCH_THREADS", "1")
+    monkeypatch.setenv("PATHASST_MAX_REGION_PIXELS", "1048576")  # as batch_settings: the executor is under test
     runner = CliRunner()
     res = runner.invoke(app, ["run", str(demo_cases), "--out", str(tmp_path / "out"), "--executor", "ray",
                               "--planner", "rules"])
