@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
+
 from pathasst.agent.settings import Settings
 
 __all__ = ["catalogue_for_eval", "eval_app", "input_models_for_eval"]
@@ -52,7 +53,10 @@ def catalogue_for_eval(settings: Settings | None = None) -> list[dict[str, Any]]
 
 def input_models_for_eval(settings: Settings | None = None) -> dict[str, type[BaseModel]]:
     """Pydantic input models by tool name, for validating planned arguments."""
-    registry, _ = _registry(settings)
+    return _input_models(_registry(settings)[0])
+
+
+def _input_models(registry: Any) -> dict[str, type[BaseModel]]:
     return {name: registry.tool_class(name).input_model for name in registry.names()}
 
 
@@ -81,8 +85,7 @@ def planner_command(
         raise typer.Exit(2) from None
     for name in skipped:
         typer.echo(f"note: tool not importable, left out of the catalogue: {name}", err=True)
-    models = {name: registry.tool_class(name).input_model for name in registry.names()}
-    result = evaluate_planner(questions, backend, registry.catalogue(), input_models=models)
+    result = evaluate_planner(questions, backend, registry.catalogue(), input_models=_input_models(registry))
     result["questions"] = str(questions)
     if not show_failures:
         result.pop("failures", None)

@@ -13,11 +13,11 @@ from PIL import Image
 from pathasst.agent.cases import PATCH_EXTENSIONS, CaseError
 from pathasst.agent.outputs import atomic_write_text
 from pathasst.agent.readers import read_patch
+from pathasst.agent.settings import Settings
 from pathasst.agent.system import build_system
 from pathasst.tools.base import Region, call_tool
 from pathasst.tools.errors import ToolCallError
 from pathasst.tools.imaging import ImageData
-from pathasst.agent.settings import Settings
 
 __all__ = ["predict_folder", "save_labels_png"]
 

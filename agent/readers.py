@@ -26,10 +26,10 @@ from pathasst.agent.cases import (
     ImageTooLargeError,
     UnsupportedFormatError,
 )
+from pathasst.agent.settings import Settings
 from pathasst.tools.base import Region
 from pathasst.tools.errors import ToolCallError
 from pathasst.tools.imaging import ImageData, as_rgb_uint8, tissue_mask
-from pathasst.agent.settings import Settings
 
 __all__ = ["CaseImageResolver", "SlideReader", "TileSpec", "open_slide", "read_patch", "verify_patch"]
 

@@ -21,8 +21,8 @@ from typing import Any
 from pathasst.agent.cases import discover_cases
 from pathasst.agent.outputs import atomic_write_text, case_is_done, clean_stale, write_case
 from pathasst.agent.report import Report
-from pathasst.agent.system import build_system
 from pathasst.agent.settings import Settings
+from pathasst.agent.system import build_system
 
 __all__ = ["BatchResult", "CaseOutcome", "Engine", "run_batch", "write_summary"]
 

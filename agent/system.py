@@ -23,19 +23,19 @@ class System:
     """The wired parts: ``settings``, ``registry``, and planners by name (``planner()``: ``settings.planner``)."""
 
     def __init__(self, settings: Settings, registry: ToolRegistry, planners: Mapping[str, Planner] | None = None,
-                 default_planner: Planner | None = None) -> None:
+                 default: str | Planner | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self._planners: dict[str, Planner] = dict(planners or {})
-        self._default = default_planner
+        self._default = default  # a planner name, a ready planner, or None for settings.planner
         self._lock = threading.Lock()
 
     def planner(self, name: str | None = None) -> Planner:
-        """The planner called ``name`` (default: the one given to :func:`build_system`, else ``settings.planner``),
-        built on first use; ``PlannerError`` listing the valid names for an unknown one."""
-        if name is None and self._default is not None:
+        """The planner called ``name`` (default: the ``default`` given, else ``settings.planner``), built on first
+        use; ``PlannerError`` listing the valid names for an unknown one."""
+        if name is None and hasattr(self._default, "plan"):
             return self._default
-        name = name or self.settings.planner
+        name = name or self._default or self.settings.planner
         with self._lock:
             if name not in self._planners:
                 self._planners[name] = get_planner(name, self.settings)
@@ -55,7 +55,7 @@ def build_system(settings: Settings | None = None, *, registry: ToolRegistry | N
     ready ``planners`` by name."""
     settings = settings if settings is not None else get_settings()
     registry = registry if registry is not None else default_registry(settings)
-    system = System(settings, registry, planners, default_planner=planner if hasattr(planner, "plan") else None)
+    system = System(settings, registry, planners, default=planner)
     if isinstance(planner, str):
-        system._default = system.planner(planner)
+        system.planner()  # an unknown name fails here, not at the first case
     return system

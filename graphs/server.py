@@ -23,11 +23,10 @@ from typing import Any
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
-from pathasst.agent.settings import PlannerName
+from pathasst.agent.settings import PlannerName, Settings
 from pathasst.agent.system import System, build_system
 from pathasst.graphs.case_graph import wire
 from pathasst.graphs.state import CaseContext, CaseState
-from pathasst.agent.settings import Settings
 
 __all__ = ["ServerContext", "ServerParts", "build_server_graph", "graph"]
 

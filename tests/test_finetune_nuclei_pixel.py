@@ -132,7 +132,7 @@ def test_shipped_weights_round_trip_through_the_npz_format(tmp_path: Path) -> No
 
     embedded = _weights()
     assert sum(v.size for k, v in embedded.items() if k not in ("mu", "sd")) == 1988
-    assert ns.PIXEL_WEIGHTS.read_bytes() == weights_npz_bytes(embedded)
+    assert ns.SHIPPED_PIXEL_WEIGHTS.read_bytes() == weights_npz_bytes(embedded)
     path = save_weights(tmp_path / "embedded.npz", embedded)
     again = load_weights(path)
     assert all(np.array_equal(again[k], embedded[k]) for k in embedded)

@@ -126,7 +126,7 @@ def sig(x: float | None, digits: int = 4) -> float | None:
 # border normalised per nucleus; Adam (lr 3e-3, cosine schedule, 40 epochs, batch 8192), loss = cross-entropy + 2 x MSE
 # of sigmoid(distance output). Post-processing parameters were tuned on tiles of source images 2-14 (even) with a
 # model trained on the odd source images only.
-PIXEL_WEIGHTS = Path(__file__).resolve().parent / "weights" / "nuclei_pixel.npz"
+SHIPPED_PIXEL_WEIGHTS = Path(__file__).resolve().parent / "weights" / "nuclei_pixel.npz"
 
 
 #: arrays of the weights format (.npz): mu, sd (float32, length = number of features); w0, b0, w1, b1, w2, b2
@@ -175,7 +175,7 @@ def save_weights(path: str | Path, weights: dict[str, Any]) -> Path:
 
 @lru_cache(maxsize=1)
 def _weights() -> dict[str, np.ndarray]:
-    return load_weights(PIXEL_WEIGHTS)
+    return load_weights(SHIPPED_PIXEL_WEIGHTS)
 
 
 def _norm_constants(hed: np.ndarray) -> tuple[float, float, float, float]:
