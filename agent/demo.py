@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import yaml
 from PIL import Image
-from pathasst.agent.settings import Settings
+
+from pathasst.core.settings import Settings
 
 __all__ = ["DEMO_DIAGNOSIS", "DEMO_MPP", "build_demo_cases", "build_demo_library", "write_pyramidal_tiff"]
 

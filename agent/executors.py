@@ -27,7 +27,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from pathasst.agent.settings import Settings
+
+from pathasst.agent.engine import Engine
+from pathasst.core.settings import Settings
 
 __all__ = [
     "CaseJob",
@@ -65,7 +67,7 @@ class CaseWork:
     case_id: str
     status: Literal["ok", "failed"]
     reason: str = ""
-    report: Any = None  # pathasst.agent.report.Report
+    report: Any = None  # pathasst.planning.report.Report
     artifacts: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     worker: str = ""
@@ -88,7 +90,7 @@ def analyse_case(engine: Any, job: CaseJob) -> CaseWork:
     """Run one case with ``engine``; an input error or any exception becomes a failed :class:`CaseWork`."""
     import time
 
-    from pathasst.agent.cases import CaseError
+    from pathasst.core.cases import CaseError
 
     t0 = time.perf_counter()
     worker = f"{os.uname().nodename}:{os.getpid()}"
@@ -136,8 +138,6 @@ def _engine_for(settings: Settings, planner: str) -> Any:
     global _WORKER_ENGINE
     key = _settings_key(settings, planner)
     if _WORKER_ENGINE is None or _WORKER_ENGINE[0] != key:
-        from pathasst.agent.runner import Engine
-
         threads = getattr(settings, "torch_threads", None)
         if threads:
             import torch
@@ -336,9 +336,7 @@ def make_executor(
     if key == "local":
         if workers <= 1:
             if engine is None:
-                from pathasst.agent.runner import Engine
-
-                engine = Engine(settings, planner=planner)
+                        engine = Engine(settings, planner=planner)
             return InlineExecutor(engine)
         return ProcessExecutor(settings, planner=planner if planner is not None else engine and engine.planner,
                                workers=workers)

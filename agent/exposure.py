@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pathasst.agent.settings import is_loopback
+from pathasst.core.settings import is_loopback
 
 __all__ = ["SYSTEM_FOLDERS", "InsecureBindError", "check_bind", "refuse_system_root"]
 

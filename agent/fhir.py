@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pathasst.agent.report import PERCENT_FIELDS, Report
+from pathasst.planning.report import PERCENT_FIELDS, Report
 from pathasst.tools.base import ToolCallRecord
 
 __all__ = [

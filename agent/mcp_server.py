@@ -8,7 +8,7 @@ maps stay on the server). A bad call, a failed tool, a corrupt image and a tool 
 an MCP error result (``is_error``) with the planner message, never as a crash.
 
 The ``image`` argument is a path under the image root (``--root`` or ``PATHASST_CASES_ROOT``), relative to it or
-absolute inside it; :func:`pathasst.agent.cases.ensure_inside` refuses any path (or symlink) that leaves the root.
+absolute inside it; :func:`pathasst.core.cases.ensure_inside` refuses any path (or symlink) that leaves the root.
 The nearest ``case.yaml`` above the image (up to the root) supplies its resolution and stain, as in a batch run.
 """
 
@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mcp.server import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from pathasst.agent.exposure import InsecureBindError, check_bind, refuse_system_root
-from pathasst.agent.cases import (
+from pathasst.agent.system import build_system
+from pathasst.core.cases import (
     CaseError,
     PathEscapeError,
     UnreadablePathError,
@@ -41,13 +42,13 @@ from pathasst.agent.cases import (
     read_case_meta,
     single_image_case,
 )
-from pathasst.agent.readers import CaseImageResolver
-from pathasst.agent.system import build_system
-from pathasst.tools.base import PathologyTool, Region, ToolCallRecord, ToolInput, ToolOutput, call_tool
-from pathasst.tools.errors import ToolCallError, ToolExecutionError
-from pathasst.tools.imaging import ImageData
+from pathasst.core.errors import ToolCallError, ToolExecutionError
+from pathasst.core.imaging import ImageData
+from pathasst.core.readers import CaseImageResolver
+from pathasst.core.regions import Region
+from pathasst.core.settings import Settings
+from pathasst.tools.base import PathologyTool, ToolCallRecord, ToolInput, ToolOutput, call_tool
 from pathasst.tools.registry import ToolRegistry
-from pathasst.agent.settings import Settings
 
 __all__ = [
     "DEFAULT_PORT",
@@ -389,7 +390,7 @@ def run(
 ) -> None:
     """Build the server from ``settings`` (default: the process settings) and serve it."""
     if settings is None:
-        from pathasst.agent.settings import get_settings
+        from pathasst.core.settings import get_settings
 
         settings = get_settings()
     serve(build_server(settings, root), transport, host, port, mcp_token(settings),

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pathasst.agent.fhir import FHIR_FILE, diagnostic_report
-from pathasst.agent.report import Report, render_markdown
+from pathasst.planning.report import Report, render_markdown
 
 __all__ = ["atomic_write_text", "case_is_done", "clean_stale", "feature_collection", "write_case"]
 

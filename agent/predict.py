@@ -10,14 +10,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pathasst.agent.cases import PATCH_EXTENSIONS, CaseError
 from pathasst.agent.outputs import atomic_write_text
-from pathasst.agent.readers import read_patch
-from pathasst.agent.settings import Settings
 from pathasst.agent.system import build_system
-from pathasst.tools.base import Region, call_tool
-from pathasst.tools.errors import ToolCallError
-from pathasst.tools.imaging import ImageData
+from pathasst.core.cases import PATCH_EXTENSIONS, CaseError
+from pathasst.core.errors import ToolCallError
+from pathasst.core.imaging import ImageData
+from pathasst.core.readers import read_patch
+from pathasst.core.regions import Region
+from pathasst.core.settings import Settings
+from pathasst.tools.base import call_tool
 
 __all__ = ["predict_folder", "save_labels_png"]
 

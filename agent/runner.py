@@ -10,21 +10,18 @@ import csv
 import io
 import json
 import logging
-import time
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pathasst.agent.cases import discover_cases
+from pathasst.agent.engine import Engine
+from pathasst.agent.executors import CaseJob, InlineExecutor
 from pathasst.agent.outputs import atomic_write_text, case_is_done, clean_stale, write_case
-from pathasst.agent.report import Report
-from pathasst.agent.settings import Settings
-from pathasst.agent.system import build_system
+from pathasst.core.cases import discover_cases
 
-__all__ = ["BatchResult", "CaseOutcome", "Engine", "run_batch", "write_summary"]
+__all__ = ["BatchResult", "CaseOutcome", "run_batch", "write_summary"]
 
 log = logging.getLogger(__name__)
 STATE_DIR = ".pathasst"
@@ -51,56 +48,6 @@ class BatchResult:
         for o in self.outcomes:
             c[o.status] = c.get(o.status, 0) + 1
         return c
-
-
-class Engine:
-    """Holds the compiled graph, the registry and the planner for many case runs (tools load weights once)."""
-
-    def __init__(self, settings: Settings, planner: Any = None, registry: Any = None, checkpointer: Any = None):
-        # a planner name (or None = settings.planner), or a ready planner object
-        system = build_system(settings, registry=registry, planner=planner)
-        self.settings, self.registry, self.planner = system.settings, system.registry, system.planner()
-        self.graph = system.graph(checkpointer)
-
-    def run(
-        self,
-        *,
-        case: Any = None,
-        case_dir: Path | None = None,
-        image_path: Path | None = None,
-        question: str | None = None,
-        cases_root: Path | None = None,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
-        thread_id: str | None = None,
-    ) -> tuple[Report, dict[str, Any]]:
-        """Run one case (a prepared ``Case``, a folder or a single image); return the report and the artifacts."""
-        from pathasst.graphs.state import CaseContext
-
-        ctx = CaseContext(
-            settings=self.settings,
-            registry=self.registry,
-            planner=self.planner,
-            cases_root=str(cases_root) if cases_root else None,
-            on_event=on_event,
-        )
-        inputs: dict[str, Any] = {"question": question, "records": [], "decisions": [], "notes": [], "timings": {}}
-        if case is not None:
-            inputs["case"] = case.model_dump(mode="json")
-            inputs["case_dir"] = str(case.root)
-        elif image_path is not None:
-            inputs["image_path"] = str(image_path)
-            inputs["case_dir"] = str(Path(image_path).parent)
-        else:
-            inputs["case_dir"] = str(case_dir)
-        config = {"configurable": {"thread_id": thread_id or uuid.uuid4().hex}, "recursion_limit": 4 * 64 + 8}
-        t0 = time.perf_counter()
-        try:
-            state = self.graph.invoke(inputs, config=config, context=ctx)
-        finally:
-            ctx.close()
-        report = Report.model_validate(state["report"])
-        report.timings["total"] = time.perf_counter() - t0
-        return report, ctx.artifacts
 
 
 def _summary_row(out_dir: Path, case_id: str, failed_dir: Path) -> dict[str, Any]:
@@ -158,8 +105,6 @@ def run_batch(
     ``engine`` in this process. Whatever runs them, this function alone writes the outputs, atomically, in the order
     the cases finish, so a killed run leaves only complete case folders and a rerun finishes the rest.
     """
-    from pathasst.agent.executors import CaseJob, InlineExecutor
-
     if executor is None:
         if engine is None:
             raise ValueError("run_batch needs an engine or an executor")

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from pathasst.agent.planners import Planner, get_planner
-from pathasst.agent.settings import Settings, get_settings
+from pathasst.core.settings import Settings, get_settings
+from pathasst.planning import Planner, get_planner
 from pathasst.tools.registry import ToolRegistry, default_registry
 
 __all__ = ["System", "build_system"]

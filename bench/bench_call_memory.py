@@ -24,9 +24,9 @@ TOOLS = ("tissue_qc", "nuclei_segmentation", "ihc_quantification", "mitosis_dete
 _CALL = """
 import json, sys, time
 from pathlib import Path
-from pathasst.agent.cases import single_image_case
-from pathasst.agent.readers import CaseImageResolver
-from pathasst.agent.settings import Settings
+from pathasst.core.cases import single_image_case
+from pathasst.core.readers import CaseImageResolver
+from pathasst.core.settings import Settings
 from pathasst.tools.base import call_tool
 from pathasst.tools.registry import default_registry
 s = Settings(_env_file=None)

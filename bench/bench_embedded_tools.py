@@ -63,7 +63,7 @@ def _cmu1_x2() -> tuple[np.ndarray, float, str] | None:
     import openslide
     from skimage.transform import resize
 
-    from pathasst.agent.readers import SlideReader
+    from pathasst.core.readers import SlideReader
 
     with SlideReader(slide) as s:
         win, mpp = s.best_window(512, 512), float(s.mpp)
@@ -88,9 +88,9 @@ def _median(fn: Any, repeats: int, warm_up: bool = True) -> float:
 def _run_section(section: str, repeats: int, threads: int | None) -> dict[str, Any]:
     import torch
 
-    from pathasst.agent.settings import Settings
+    from pathasst.core.imaging import ImageData
+    from pathasst.core.settings import Settings
     from pathasst.tools.base import call_tool
-    from pathasst.tools.imaging import ImageData
     from pathasst.tools.registry import default_registry
 
     settings = Settings(_env_file=None, torch_threads=threads)

@@ -21,7 +21,7 @@ from scipy import ndimage as ndi  # noqa: E402
 from skimage.filters import gaussian  # noqa: E402
 from skimage.morphology import h_maxima  # noqa: E402
 
-import pathasst.tools.nuclei_segmentation as ns  # noqa: E402
+import pathasst.tools.nuclei_classical as ns  # noqa: E402
 
 
 def main() -> None:

@@ -68,9 +68,9 @@ def _rate(fn: Any, n: int, repeat: int = 1) -> float:
 def bench_embed(threads: int | None) -> dict[str, float]:
     import torch
 
-    from pathasst.memory.descriptor import HEDTextureEmbedder
-    from pathasst.memory.minilm import MiniLMEmbedder
-    from pathasst.memory.pathclip import PathCLIPEmbedder
+    from pathasst.core.descriptor import HEDTextureEmbedder
+    from pathasst.core.minilm import MiniLMEmbedder
+    from pathasst.core.pathclip import PathCLIPEmbedder
 
     out: dict[str, float] = {}
     tiles, what = _tiles(64)
@@ -108,7 +108,7 @@ def bench_embed(threads: int | None) -> dict[str, float]:
 def _bench_ingest(tiles: list[np.ndarray]) -> dict[str, float]:
     from PIL import Image
 
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
     from pathasst.memory import open_library
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -300,7 +300,7 @@ def consep_split(out: Path, fold: int = 0, n_folds: int = 3) -> tuple[Path, Path
 def _tissue_net_vectors(ids: list[str], images: list[np.ndarray]) -> tuple[Any, dict[str, np.ndarray]]:
     """Unit-normalised 256-d embeddings of the shipped tissue network (images as they are, 0.25 um/px), and a
     stand-in Embedder carrying its name and dimension for the scoring."""
-    from pathasst.memory.embedders import Embedder
+    from pathasst.core.embedders import Embedder
     from pathasst.tools.backends.tissue_tiles import shipped_tissue_net
 
     class TissueNetVectors(Embedder):
@@ -315,8 +315,8 @@ def _tissue_net_vectors(ids: list[str], images: list[np.ndarray]) -> tuple[Any, 
 
 
 def bench_consep(out: Path, folds: int, embedders: list[str], threads: int | None) -> None:
-    from pathasst.agent.settings import Settings
-    from pathasst.memory.embedders import image_embedder
+    from pathasst.core.embedders import image_embedder
+    from pathasst.core.settings import Settings
 
     if not (SHARED / "consep_train").is_dir():
         print("-- CoNSeP evaluation skipped: ../shared/data/consep_train not found")

@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import he_region, measure, rss_mib  # noqa: E402
 
-from pathasst.agent.settings import Settings  # noqa: E402
+from pathasst.core.imaging import ImageData  # noqa: E402
+from pathasst.core.settings import Settings  # noqa: E402
 from pathasst.tools.backends.runtime import cpu_native_bf16  # noqa: E402
 from pathasst.tools.base import ToolInput  # noqa: E402
 from pathasst.tools.evaluate import baseline_nuclei  # noqa: E402
-from pathasst.tools.imaging import ImageData  # noqa: E402
 from pathasst.tools.registry import default_registry  # noqa: E402
 
 

@@ -64,8 +64,8 @@ def main() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     from pathasst.agent.executors import InlineExecutor, ProcessExecutor, RayExecutor
-    from pathasst.agent.runner import Engine
-    from pathasst.agent.settings import Settings
+    from pathasst.agent.engine import Engine
+    from pathasst.core.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:

@@ -118,8 +118,8 @@ def _sam(folder: Path) -> Path:
 
 # ---- one tool in this process ---------------------------------------------------------------------------------------
 def _measure_tool(key: str, size: int, threads: int, folder: Path) -> dict[str, Any]:
-    from pathasst.agent.settings import Settings
-    from pathasst.tools.imaging import ImageData
+    from pathasst.core.imaging import ImageData
+    from pathasst.core.settings import Settings
     from pathasst.tools.registry import default_registry
 
     settings = Settings(_env_file=None, torch_threads=threads)
@@ -189,7 +189,7 @@ def _measure_tool(key: str, size: int, threads: int, folder: Path) -> dict[str, 
 
 def _tiling_overhead(key: str, tool: Any, rgb: np.ndarray) -> dict[str, Any]:
     """Tiled call vs one forward pass over a region that fits one pass (deep dense / detection backends)."""
-    from pathasst.tools.imaging import ImageData
+    from pathasst.core.imaging import ImageData
 
     if key == "tumor_segmentation":
         unet = tool._unet

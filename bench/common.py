@@ -39,7 +39,7 @@ def he_region(size: int = 2048) -> tuple[np.ndarray, float, str]:
     """A ``size`` x ``size`` RGB H&E region (CMU-1 small region, 20x, 0.499 mpp, level 0, most tissue) and its mpp."""
     slide = SHARED / "slides" / "cmu-1-small-region.svs"
     if slide.is_file():
-        from pathasst.agent.readers import SlideReader
+        from pathasst.core.readers import SlideReader
 
         with SlideReader(slide) as s:
             win = s.best_window(size, size)

@@ -5,7 +5,7 @@ evaluation (image-text retrieval R@1 / R@5 both ways, zero-shot accuracy on a la
 [--checkpoint pathclip-base.pt] [--zero-shot-dir LABELLED_DIR]`` (or ``python -m pathasst.finetune.clip``).
 
 The checkpoint written (``DIR/pathclip.pt``, a plain open_clip state dict) is the format ``memory``'s PathCLIP loader
-reads (:func:`pathasst.memory.pathclip.load_pathclip_state_dict`); at full scale (ViT-B-16, QuickGELU) it is a
+reads (:func:`pathasst.core.pathclip.load_pathclip_state_dict`); at full scale (ViT-B-16, QuickGELU) it is a
 drop-in ``PATHASST_PATHCLIP_WEIGHTS``. Multi-GPU runs at full scale use open_clip's own trainer
 (``open_clip_train``, see ``finetune/README.md``) on the same data converted to CSV; this module is the reference loop.
 """
@@ -31,7 +31,7 @@ def build_clip(model: str = "ViT-B-16", *, model_config: Path | None = None, che
     (its file stem becomes the model name); ``checkpoint`` is read with memory's PathCLIP loader."""
     import open_clip
 
-    from pathasst.memory.pathclip import load_pathclip_state_dict
+    from pathasst.core.pathclip import load_pathclip_state_dict
 
     if model_config is not None:
         open_clip.add_model_config(str(model_config))

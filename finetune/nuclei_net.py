@@ -636,7 +636,7 @@ def evaluate_held_out(ckpt: Path, data_dir: Path, every: int = 2) -> dict[str, A
     from unittest import mock
 
     import pathasst.tools.nuclei_segmentation as ns
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
     from pathasst.finetune.nuclei_pixel import held_out_tiles
     from pathasst.tools.backends.nuclei_net import NucleiNet
     from pathasst.tools.evaluate import evaluate_nuclei

@@ -130,7 +130,7 @@ def sample_pixels(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features ``(N, 24)`` float32, classes ``(N,)`` int64 and distances ``(N,)`` float32 of ``pixels_per_tile``
     random pixels (without replacement) per tile, tiles in the given order."""
-    from pathasst.tools.nuclei_segmentation import pixel_features
+    from pathasst.tools.nuclei_classical import pixel_features
 
     data_dir = Path(data_dir)
     bad = sorted({s for s in map(source_image, names) if not is_training_source(s)})
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     from pathasst.tools.evaluate import CONSEP_MPP, baseline_nuclei, evaluate_nuclei
-    from pathasst.tools.nuclei_segmentation import load_weights, save_weights, segment_nuclei
+    from pathasst.tools.nuclei_classical import load_weights, save_weights, segment_nuclei
 
     names = train_tiles(args.data)[: args.limit]
     log = sys.stderr

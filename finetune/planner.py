@@ -2,9 +2,9 @@
 
 ``pathasst-train planner --out DIR`` (or ``python -m pathasst.finetune.planner``):
 1. generates the tool-invocation samples from the registry's catalogue, leaving out every evaluation question
-   (``agent/data/planner_*.jsonl``) and near-copies of them, and keeps the train split;
+   (``planning/data/planner_*.jsonl``) and near-copies of them, and keeps the train split;
 2. loads the Gemma GGUF in transformers (dequantised to f32), adds a peft LoRA on all projections;
-3. trains on the prompt :func:`pathasst.agent.planners.llamacpp.build_tuned_prompt` -> ``{"tools": [...]}``, with the
+3. trains on the prompt :func:`pathasst.planning.llamacpp.build_tuned_prompt` -> ``{"tools": [...]}``, with the
    loss on the answer tokens only (the LM head runs only at those positions: ~10x cheaper than full logits);
 4. writes the adapter as GGUF (``DIR/gemma3-270m-planner-lora.gguf``), the peft adapter, and ``DIR/train_log.json``.
 
@@ -31,7 +31,7 @@ def eval_questions() -> list[str]:
     from importlib.resources import files
 
     out: list[str] = []
-    data = files("pathasst.agent") / "data"
+    data = files("pathasst.planning") / "data"
     for entry in data.iterdir():
         if entry.name.startswith("planner_") and entry.name.endswith(".jsonl"):
             out += [json.loads(line)["question"] for line in entry.read_text().splitlines() if line.strip()]
@@ -42,9 +42,9 @@ def build_planner_examples(
     catalogue: list[dict[str, Any]], *, seed: int = 0, split: str = "train", exclude: list[str] | None = None
 ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     """(prompt, target) pairs for the planner and a summary (counts, overlap with the evaluation sets)."""
-    from pathasst.agent.planners.base import PlannerContext
-    from pathasst.agent.planners.llamacpp import build_tuned_prompt
     from pathasst.finetune.data.toolcalls import generate_tool_samples, overlap_report, planner_target
+    from pathasst.planning.base import PlannerContext
+    from pathasst.planning.llamacpp import build_tuned_prompt
 
     exclude = eval_questions() if exclude is None else exclude
     samples = generate_tool_samples(catalogue, seed=seed, exclude=exclude)
@@ -89,8 +89,8 @@ def train_planner(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pathasst.agent.planners.llamacpp import SHIPPED_ADAPTER
     from pathasst.finetune.export import write_lora_gguf
+    from pathasst.planning.llamacpp import SHIPPED_ADAPTER
     from pathasst.tools.registry import default_registry
 
     out = Path(out)

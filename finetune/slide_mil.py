@@ -60,7 +60,7 @@ def tile_embedder(name: str, tile_mpp: float, embed_mpp: float | None) -> Any:
 
         return TissueNetEmbedder(shipped_tissue_net(), tile_mpp, embed_mpp)
     if name == "hed_texture":
-        from pathasst.memory.descriptor import HEDTextureEmbedder
+        from pathasst.core.descriptor import HEDTextureEmbedder
 
         return HEDTextureEmbedder()
     raise ValueError(f"embedder {name!r}: use tissue_net or hed_texture")
@@ -71,8 +71,8 @@ def embed_bags(data_dir: Path, views: int, tile_mpp: float, tile_size: int, min_
     """Embed every image's tiles (and ``views - 1`` augmented copies) as the tool does."""
     from PIL import Image
 
+    from pathasst.core.imaging import ImageData
     from pathasst.tools.datasets import read_csv_rows
-    from pathasst.tools.imaging import ImageData
     from pathasst.tools.slide_classification import pixel_tiles
 
     embed = tile_embedder(embedder, tile_mpp, embed_mpp)

@@ -329,10 +329,10 @@ def domain_report(data_root: Path, limit: int = 60) -> dict[str, Any]:
     tiles at 40x (with and without their mpp) and Ki-67 IHC. At most ``limit`` images per source, spread evenly."""
     from PIL import Image
 
-    from pathasst.agent.settings import Settings
+    from pathasst.core.imaging import ImageData
+    from pathasst.core.settings import Settings
     from pathasst.tools.base import call_tool
     from pathasst.tools.datasets import ebhi_items
-    from pathasst.tools.imaging import ImageData
     from pathasst.tools.tissue_classification import TissueClassificationTool
 
     tool = TissueClassificationTool(Settings(_env_file=None))

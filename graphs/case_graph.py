@@ -1,6 +1,6 @@
 """The compiled case graph: ``load_case -> retrieve -> plan <-> act -> report``.
 
-``langgraph.json`` serves the same wiring through ``graphs/server.py``.
+``langgraph.json`` serves the same wiring through ``agent/graph_server.py``.
 """
 
 from __future__ import annotations

@@ -8,19 +8,19 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from pathasst.agent.cases import Case, ensure_inside, load_case, single_image_case
-from pathasst.agent.planners.base import (
+from pathasst.core.cases import Case, ensure_inside, load_case, single_image_case
+from pathasst.core.errors import UnknownToolError, to_planner_message
+from pathasst.core.readers import CaseImageResolver
+from pathasst.graphs.state import CaseContext, CaseState
+from pathasst.planning.base import (
     PlanDecision,
     PlannedCall,
     PlannerContext,
     PlannerError,
     PriorCall,
 )
-from pathasst.agent.readers import CaseImageResolver
-from pathasst.agent.report import build_report
-from pathasst.graphs.state import CaseContext, CaseState
+from pathasst.planning.report import build_report
 from pathasst.tools.base import ToolCallRecord, call_tool
-from pathasst.tools.errors import UnknownToolError, to_planner_message
 
 __all__ = ["act", "default_question", "load_case_node", "plan", "report", "route_after_plan"]
 

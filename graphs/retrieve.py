@@ -14,7 +14,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from pathasst.agent.cases import Case, CaseError
+from pathasst.core.cases import Case, CaseError
 from pathasst.graphs.state import CaseContext, CaseState
 
 __all__ = ["RETRIEVE_K", "retrieve"]
@@ -26,9 +26,9 @@ RETRIEVE_K = 3
 def _library_errors() -> tuple[type[BaseException], ...]:
     from chromadb.errors import ChromaError
 
-    from pathasst.memory.embedders import EmbedderError
+    from pathasst.core.embedders import EmbedderError
+    from pathasst.core.errors import ToolError
     from pathasst.memory.store import StoreError
-    from pathasst.tools.errors import ToolError
 
     return (StoreError, EmbedderError, ToolError, CaseError, ChromaError, OSError)
 

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 from typing_extensions import TypedDict  # typing.TypedDict hides the schema from langgraph's server on 3.11
 
-from pathasst.agent.planners.base import Planner
-from pathasst.agent.settings import Settings
+from pathasst.core.settings import Settings
+from pathasst.planning.base import Planner
 from pathasst.tools.registry import ToolRegistry
 
 __all__ = ["CaseContext", "CaseState"]

@@ -1,8 +1,8 @@
-"""PathAsst case memory: embedders (PathCLIP, hed-texture, MiniLM), the Chroma case store, ingestion, retrieval,
-evaluation and conversation checkpoints.
+"""PathAsst case memory: the Chroma case store, ingestion, retrieval, evaluation and conversation checkpoints.
 
-Nothing heavy is imported here: ``open_library`` (used by the CLI, the graph, the ``similar_cases`` tool and the
-review app) imports Chroma and the embedders on first use.
+The embedders it uses live in :mod:`pathasst.core` (the tools use them too). Nothing heavy is imported here:
+``open_library`` (used by the CLI, the graph, the ``similar_cases`` tool and the review app) imports Chroma and the
+embedders on first use.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["open_library"]
 

@@ -1,4 +1,4 @@
-"""``pathasst library ...``: build, search, inspect and evaluate the case library (mounted by ``agent/cli.py``)."""
+"""``pathasst library ...``: build, search, inspect and evaluate the case library (mounted by ``cli/main.py``)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ WhereOpt = Annotated[
 
 
 def _settings(**overrides: Any) -> Any:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     s = Settings()
     return s.model_copy(update={k: v for k, v in overrides.items() if v is not None})
@@ -45,10 +45,10 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    from pathasst.agent.cases import CaseError
-    from pathasst.memory.embedders import EmbedderError
+    from pathasst.core.cases import CaseError
+    from pathasst.core.embedders import EmbedderError
+    from pathasst.core.errors import ToolError
     from pathasst.memory.store import StoreError
-    from pathasst.tools.errors import ToolError
 
     return (CaseError, EmbedderError, StoreError, ToolError, OSError)
 
@@ -91,7 +91,7 @@ def add(
 ) -> None:
     """Embed every case under CASES_DIR into the library (PATHASST_CHROMA_PATH, or the Chroma server of
     PATHASST_CHROMA_HOST). Resumable: unchanged cases are skipped; bad files are skipped and listed."""
-    from pathasst.agent.cases import discover_cases
+    from pathasst.core.cases import discover_cases
     from pathasst.memory.library import open_library
 
     settings = _settings()
@@ -136,7 +136,7 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the k most similar cases: case id, distance, diagnosis."""
-    from pathasst.agent.cases import PATCH_EXTENSIONS, SLIDE_EXTENSIONS
+    from pathasst.core.cases import PATCH_EXTENSIONS, SLIDE_EXTENSIONS
     from pathasst.memory.library import open_library
 
     settings = _settings()
@@ -150,7 +150,7 @@ def search(
         _fail(f"no case library at {settings.chroma_path}: run `pathasst library add CASES_DIR` first")
     try:
         if is_image:
-            from pathasst.agent.cases import single_image_case
+            from pathasst.core.cases import single_image_case
             from pathasst.memory.ingest import case_image_vector
 
             case = single_image_case(path, settings=settings)
@@ -236,7 +236,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Retrieval accuracy of an embedder: Acc@1, Acc@k and majority vote at k (mMV@k), with baselines."""
-    from pathasst.memory.embedders import image_embedder
+    from pathasst.core.embedders import image_embedder
     from pathasst.memory.evaluation import evaluate_folders
 
     settings = _settings()

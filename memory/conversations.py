@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["DEFAULT_DB_NAME", "case_thread_id", "conversations_path", "list_threads", "open_checkpointer", "thread_config"]
 

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from pathasst.agent.cases import PATCH_EXTENSIONS, CaseError, discover_cases, load_case
-from pathasst.memory.embedders import Embedder
+from pathasst.core.cases import PATCH_EXTENSIONS, CaseError, discover_cases, load_case
+from pathasst.core.embedders import Embedder
 from pathasst.memory.ingest import case_image_vector, image_vectors
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["EvalResult", "evaluate_folders", "evaluate_vectors", "majority_vote", "read_labels", "retrieval_metrics"]
 
@@ -117,7 +117,7 @@ def _vectors(
     embedder: Embedder, folder: Path, ids: list[tuple[str, Path | None]], settings: Settings, skipped: list[str],
     progress: Callable[[int], None] | None,
 ) -> tuple[list[str], np.ndarray]:
-    from pathasst.agent.readers import read_patch
+    from pathasst.core.readers import read_patch
 
     max_px = int(getattr(settings, "max_image_pixels", 120_000_000))
     keep, vecs = [], []

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pathasst.agent.cases import Case, CaseError, CaseImage, discover_cases, load_case
-from pathasst.memory.embedders import Embedder, l2_normalise
+from pathasst.core.cases import Case, CaseError, CaseImage, discover_cases, load_case
+from pathasst.core.embedders import Embedder, l2_normalise
 from pathasst.memory.store import CaseStore
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = [
     "MAX_TILES",
@@ -75,7 +75,7 @@ def _spread(items: Sequence[Any], n: int) -> list[Any]:
 
 def _tiles(pixels: np.ndarray, tile: int) -> list[np.ndarray]:
     """Native-resolution grid tiles of a large patch holding >= ``MIN_TISSUE`` tissue (all tiles if none do)."""
-    from pathasst.tools.imaging import tissue_mask
+    from pathasst.core.imaging import tissue_mask
 
     h, w = pixels.shape[:2]
     mask = tissue_mask(pixels)
@@ -92,8 +92,8 @@ def _patch_tiles(pixels: np.ndarray, embedder: Embedder) -> list[np.ndarray]:
 
 def slide_tiles(embedder: Embedder, path: Path, mpp: float | None, max_pixels: int) -> list[np.ndarray]:
     """Up to ``MAX_TILES`` tissue tiles of a whole slide read at ``SLIDE_MPP`` (the thumbnail if no tissue is found)."""
-    from pathasst.agent.readers import SlideReader
-    from pathasst.tools.base import Region
+    from pathasst.core.readers import SlideReader
+    from pathasst.core.regions import Region
 
     with SlideReader(path, mpp=mpp) as slide:
         ds = max(1.0, SLIDE_MPP / slide.mpp) if slide.mpp else 1.0
@@ -111,7 +111,7 @@ def case_image_tiles(embedder: Embedder, case: Case, image: CaseImage, settings:
     mpp = case.meta.mpp or getattr(settings, "default_mpp", None)
     if image.kind == "wsi":
         return slide_tiles(embedder, image.path, mpp, int(getattr(settings, "max_region_pixels", 16_777_216)))
-    from pathasst.agent.readers import read_patch
+    from pathasst.core.readers import read_patch
 
     px = read_patch(image.path, int(getattr(settings, "max_image_pixels", 120_000_000)), mpp=mpp).pixels
     return _patch_tiles(px, embedder)
@@ -182,12 +182,12 @@ def write_thumbnail(case: Case, image: CaseImage, settings: Settings, dest_dir: 
     dest = dest_dir / f"{_safe(case.id + '/' + image.name)}.png"
     try:
         if image.kind == "wsi":
-            from pathasst.agent.readers import SlideReader
+            from pathasst.core.readers import SlideReader
 
             with SlideReader(image.path) as s:
                 px = s.thumbnail(THUMB_SIZE)[0]
         else:
-            from pathasst.agent.readers import read_patch
+            from pathasst.core.readers import read_patch
 
             px = read_patch(image.path, int(getattr(settings, "max_image_pixels", 120_000_000))).pixels
         im = Image.fromarray(px)
@@ -393,7 +393,7 @@ def ingest_cases(
 
     ing = _Ingestor(store, settings, image_embedder, text_embedder, thumbnails, force, done, batch_cases)
     quiet = _QuietTextFiles()
-    case_log = logging.getLogger("pathasst.agent.cases")
+    case_log = logging.getLogger("pathasst.core.cases")
     case_log.addFilter(quiet)
     try:
         for d in dirs:

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pathasst.memory.embedders import Embedder
+from pathasst.core.embedders import Embedder
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = [
     "COLLECTION_PREFIX",

@@ -45,9 +45,9 @@ def _fields(data: Path) -> list[tuple[str, str, np.ndarray, float | None]]:
 
 
 def run(data: Path, weights: Path | None = None) -> dict:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.imaging import ImageData
+    from pathasst.core.settings import Settings
     from pathasst.tools.backends.mitosis_net import MitosisNet
-    from pathasst.tools.imaging import ImageData
     from pathasst.tools.mitosis_detection import MitosisDetectionInput, MitosisDetectionTool
 
     tool = MitosisDetectionTool(Settings(_env_file=None))

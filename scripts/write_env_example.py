@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pathasst.agent.settings import Settings
+from pathasst.core.settings import Settings
 from pathasst.ui.config import UISettings
 
 GROUPS = {

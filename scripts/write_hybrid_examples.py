@@ -1,4 +1,4 @@
-"""Regenerate agent/data/hybrid_examples.jsonl, the examples of the hybrid planner's nearest-neighbour fallback.
+"""Regenerate planning/data/hybrid_examples.jsonl, the examples of the hybrid planner's nearest-neighbour fallback.
 
 They are the train split of the tool-invocation data generated from the tool registry (the same samples as
 ``pathasst-train data tools``: ``generate_tool_samples`` with seed 0, the planner evaluation questions and near-copies
@@ -17,7 +17,7 @@ from pathasst.finetune.planner import eval_questions
 from pathasst.tools.registry import default_registry
 
 SEED = 0
-TARGET = Path(__file__).resolve().parents[1] / "agent" / "data" / "hybrid_examples.jsonl"
+TARGET = Path(__file__).resolve().parents[1] / "planning" / "data" / "hybrid_examples.jsonl"
 
 
 def render() -> str:

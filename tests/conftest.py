@@ -29,7 +29,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for key in list(os.environ):
         if key.startswith("PATHASST_") and key != "PATHASST_SHARED_DATA":
             monkeypatch.delenv(key, raising=False)
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     return Settings(
         _env_file=None,

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pathasst.agent.planners.llamacpp import worked_examples
-from pathasst.agent.planners.rules import RulesPlanner
+from pathasst.planning.llamacpp import worked_examples
+from pathasst.planning.rules import RulesPlanner
 from pathasst.tools.planning import PlanningHints
 
 TOOL_MODULE = '''
@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import Field
 
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
-from pathasst.tools.imaging import ImageData
+from pathasst.core.imaging import ImageData
 from pathasst.tools.planning import PlanExample, PlanningHints
 
 
@@ -72,7 +72,7 @@ def _run(args: list[str], site: Path, home: Path) -> subprocess.CompletedProcess
     env = {k: v for k, v in os.environ.items() if not k.startswith("PATHASST_")}
     env |= {"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "PATHASST_OUTPUT_DIR": str(home / "out"),
             "PATHASST_CHROMA_PATH": str(home / "chroma")}
-    cli = [sys.executable, "-c", "from pathasst.agent.cli import main; main()"]
+    cli = [sys.executable, "-c", "from pathasst.cli.main import main; main()"]
     return subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=300, cwd=home)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from pathasst.agent.cli import app
+from pathasst.cli.main import app
 
 
 @pytest.fixture()

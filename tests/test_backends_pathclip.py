@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tool_helpers import make_resolver
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.base import call_tool
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.slide_classification import SlideClassificationTool
 from pathasst.tools.tissue_classification import CRC100K_LABELS, TissueClassificationTool
-from tool_helpers import make_resolver
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
@@ -230,8 +230,8 @@ def test_whole_slide_path_reads_tissue_tiles_from_the_slide(
     clip_settings: Any, abmil_head: Path, shared_data: Path
 ) -> None:
     """With the slide attached to the analysed image, tiles are read from the slide at the head's resolution."""
-    from pathasst.agent.readers import SlideReader
-    from pathasst.tools.base import Region
+    from pathasst.core.readers import SlideReader
+    from pathasst.core.regions import Region
 
     s = clip_settings.model_copy(update={"slide_mil_weights": abmil_head})
     with SlideReader(shared_data / "slides" / "cmu-1-small-region.svs") as reader:

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tool_helpers import make_resolver
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.backends.sam import SamSegmenter
 from pathasst.tools.base import call_tool
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.region_segmentation import RegionSegmentationTool
-from tool_helpers import make_resolver
 
 
 class DiscPredictor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.backends.tiling import (
     Detections,
     Stitcher,
@@ -14,7 +15,6 @@ from pathasst.tools.backends.tiling import (
     merge_boxes,
     tile_grid,
 )
-from pathasst.tools.imaging import ImageData
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (50, 70), (128, 128), (129, 300), (1000, 257)])

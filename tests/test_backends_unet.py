@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from pathasst.tools.base import call_tool
-from pathasst.tools.imaging import ImageData
-from pathasst.tools.tumor_segmentation import UNET_CLASSES, TumorSegmentationTool
 from tool_helpers import make_resolver
+
+from pathasst.core.imaging import ImageData
+from pathasst.tools.base import call_tool
+from pathasst.tools.tumor_segmentation import UNET_CLASSES, TumorSegmentationTool
 
 torch = pytest.importorskip("torch")
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from pathasst.tools.base import Region, call_tool
-from pathasst.tools.imaging import ImageData
-from pathasst.tools.mitosis_detection import MitosisDetectionTool, mitosis_classes
 from tool_helpers import make_resolver
+
+from pathasst.core.imaging import ImageData
+from pathasst.core.regions import Region
+from pathasst.tools.base import call_tool
+from pathasst.tools.mitosis_detection import MitosisDetectionTool, mitosis_classes
 
 torch = pytest.importorskip("torch")
 IMGSZ = 128
@@ -163,9 +164,9 @@ def test_wrong_yolo_files_fail_naming_the_setting(settings: Any, yolo_weights: d
 def test_bad_sidecars_fail_naming_the_setting(
     settings: Any, yolo_weights: dict[str, Path], tmp_path: Path, sidecar: str, message: str
 ) -> None:
+    from pathasst.core.errors import WeightsError
     from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
     from pathasst.tools.backends.yolo_cells import load_cell_detector
-    from pathasst.tools.errors import WeightsError
 
     for kind, load, env in (("nuclei", load_nuclei_backend, "PATHASST_NUCLEI_WEIGHTS"),
                             ("cells", load_cell_detector, "PATHASST_IHC_WEIGHTS")):

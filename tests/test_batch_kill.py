@@ -36,7 +36,7 @@ def _cases(root: Path, n: int) -> list[str]:
 def _run(cases: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PATHASST_PLANNER": "rules", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "pathasst.agent.cli", "run", str(cases), "--out", str(out)],
+        [sys.executable, "-m", "pathasst.cli.main", "run", str(cases), "--out", str(out)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pathasst.agent.cases import (
+from pathasst.core.cases import (
     CaseError,
     EmptyCaseError,
     InvalidCaseFileError,
@@ -20,9 +20,9 @@ from pathasst.agent.cases import (
     load_case,
     single_image_case,
 )
-from pathasst.agent.readers import CaseImageResolver, SlideReader, read_patch
-from pathasst.tools.base import Region
-from pathasst.tools.errors import ToolCallError, ToolExecutionError
+from pathasst.core.errors import ToolCallError, ToolExecutionError
+from pathasst.core.readers import CaseImageResolver, SlideReader, read_patch
+from pathasst.core.regions import Region
 
 
 def _png(path: Path, size=(64, 48), value=128) -> Path:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pathasst.agent.grounding import ungrounded_numbers
-from pathasst.agent.report import Report
+from pathasst.planning.grounding import ungrounded_numbers
+from pathasst.planning.report import Report
 from pathasst.tools.evaluate import DEEPLIIF_MPP, ihc_ground_truth
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATHASST_PLANNER": "rules", "PATHASST_SIMILAR_K": "0",
            "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "pathasst.agent.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pathasst.cli.main", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=timeout)
 
 
@@ -133,7 +133,7 @@ def test_run_real_cases_every_report_is_grounded(tmp_path, shared_data):
 
 
 def test_eval_planner_cli():
-    p = cli("eval", "planner", str(REPO / "agent" / "data" / "planner_holdout.jsonl"), "--planner", "rules")
+    p = cli("eval", "planner", str(REPO / "planning" / "data" / "planner_holdout.jsonl"), "--planner", "rules")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     assert res["n"] == 40 and res["accuracy"] >= 0.85 and 0.9 <= res["valid_argument_rate"] <= 1.0

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from tool_helpers import make_resolver
 
+from pathasst.core.errors import WeightsError
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import check_weights_file, settings_env_var
 from pathasst.tools.base import call_tool
-from pathasst.tools.deep import check_weights_file, settings_env_var
-from pathasst.tools.errors import WeightsError
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.mitosis_detection import MitosisDetectionTool
 from pathasst.tools.region_segmentation import RegionSegmentationTool
 from pathasst.tools.similar_cases import SimilarCasesInput, SimilarCasesTool
@@ -25,7 +26,6 @@ from pathasst.tools.tissue_classification import (
     TissueClassificationTool,
 )
 from pathasst.tools.tumor_segmentation import TumorSegmentationTool
-from tool_helpers import make_resolver
 
 DEEP = [MitosisDetectionTool, TissueClassificationTool, TumorSegmentationTool, SlideClassificationTool]
 MESSAGES = {

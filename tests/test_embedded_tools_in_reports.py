@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from pathasst.agent.grounding import ungrounded_numbers
-from pathasst.agent.report import Report
-from pathasst.agent.runner import Engine, run_batch
+from pathasst.agent.engine import Engine
+from pathasst.agent.runner import run_batch
+from pathasst.planning.grounding import ungrounded_numbers
+from pathasst.planning.report import Report
 
 pytestmark = pytest.mark.data
 

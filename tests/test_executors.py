@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from pathasst.agent.executors import CaseJob, ExecutorError, ProcessExecutor, RayExecutor, make_executor
-from pathasst.agent.runner import Engine, run_batch
+from pathasst.agent.engine import Engine
+from pathasst.agent.runner import run_batch
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +148,7 @@ def test_cli_runs_on_ray_and_refuses_unknown_executors(
 ) -> None:
     from typer.testing import CliRunner
 
-    from pathasst.agent.cli import app
+    from pathasst.cli.main import app
 
     monkeypatch.setenv("PATHASST_CHROMA_PATH", str(tmp_path / "chroma"))
     monkeypatch.setenv("PATHASST_TORCH_THREADS", "1")

@@ -26,9 +26,9 @@ from tool_helpers import EXPECTED_TOOLS, loadable_tools
 
 from pathasst.agent.fhir import CASE_SYSTEM, FHIR_FILE, OUTPUT_SYSTEM, UNITLESS, UNITS, diagnostic_report
 from pathasst.agent.outputs import case_is_done, write_case
-from pathasst.agent.planners.base import PlanDecision, PlannedCall, PlannerContext
-from pathasst.agent.report import Measurement, Report, render_markdown
-from pathasst.agent.runner import Engine
+from pathasst.agent.engine import Engine
+from pathasst.planning.base import PlanDecision, PlannedCall, PlannerContext
+from pathasst.planning.report import Measurement, Report, render_markdown
 from pathasst.tools.base import PathologyTool, ToolCallRecord
 from pathasst.tools.registry import default_registry
 
@@ -94,7 +94,7 @@ def _unet_weights(path: Path) -> Path:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Case folders written by ``write_case`` from real graph runs, by scenario name."""
     from pathasst.agent.demo import build_demo_cases
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     root = tmp_path_factory.mktemp("fhir")
     cases, out = root / "cases", root / "out"

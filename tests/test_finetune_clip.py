@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA  # one place knows where ../shared/data is (PATHASST_SHARED_DATA overrides)
 
 CONSEP = SHARED_DATA / "consep_train"
@@ -62,8 +61,8 @@ def test_checkpoint_reloads_through_memorys_pathclip_loader(trained, monkeypatch
     import torch
     from PIL import Image
 
+    from pathasst.core import pathclip
     from pathasst.finetune.clip import build_clip
-    from pathasst.memory import pathclip
 
     root, _, res = trained
     model, _, eval_tf, _ = build_clip(model_config=TINY, checkpoint=Path(res["checkpoint"]))

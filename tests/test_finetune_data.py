@@ -11,7 +11,7 @@ from pathasst.finetune.data import DataError, generate_tool_samples, overlap_rep
 from pathasst.finetune.data.toolcalls import normalise_question
 from pathasst.tools.registry import default_registry
 
-DATA = Path(__file__).resolve().parents[1] / "agent" / "data"
+DATA = Path(__file__).resolve().parents[1] / "planning" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_generator_is_deterministic_deduplicated_and_split(catalogue):
 
 
 def test_samples_have_valid_calls_results_and_grounded_answers(catalogue):
-    from pathasst.agent.planner_eval import _arguments_valid  # the evaluator's own validity check
+    from pathasst.planning.planner_eval import _arguments_valid  # the evaluator's own validity check
 
     schemas = {t["name"]: t["input_schema"] for t in catalogue}
     reg = default_registry()

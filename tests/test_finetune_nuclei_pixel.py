@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pathasst.core.imaging import ImageData
 from pathasst.finetune import nuclei_pixel as npx
 from pathasst.tools.evaluate import CONSEP_MPP, evaluate_nuclei, nuclei_tiles
-from pathasst.tools.imaging import ImageData
-from pathasst.tools.nuclei_segmentation import (
-    NucleiSegmentationInput,
-    NucleiSegmentationTool,
-    _weights,
-    load_weights,
-    save_weights,
-    segment_nuclei,
-    weights_npz_bytes,
-)
+from pathasst.tools.nuclei_classical import _weights, load_weights, save_weights, segment_nuclei, weights_npz_bytes
+from pathasst.tools.nuclei_segmentation import NucleiSegmentationInput, NucleiSegmentationTool
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +121,7 @@ def test_cli_writes_a_loadable_file(consep: Path, tmp_path: Path, capsys: pytest
 def test_shipped_weights_round_trip_through_the_npz_format(tmp_path: Path) -> None:
     """The shipped pixel classifier is a file next to its model card (not a blob in the source), in the canonical
     .npz format ``save_weights`` writes."""
-    from pathasst.tools import nuclei_segmentation as ns
+    from pathasst.tools import nuclei_classical as ns
 
     embedded = _weights()
     assert sum(v.size for k, v in embedded.items() if k not in ("mu", "sd")) == 1988

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pathasst.agent.planners.base import PlannerContext
+from pathasst.planning.base import PlannerContext
 
 ADAPTER = Path(__file__).resolve().parents[1] / "finetune" / "adapters" / "gemma3-270m-planner-lora.gguf"
 
 
 def test_planner_examples_exclude_evaluation_questions_and_use_the_tuned_prompt():
-    from pathasst.agent.planners.llamacpp import build_tuned_prompt
     from pathasst.finetune.data.toolcalls import normalise_question
     from pathasst.finetune.planner import build_planner_examples, eval_questions
+    from pathasst.planning.llamacpp import build_tuned_prompt
     from pathasst.tools.registry import default_registry
 
     catalogue = default_registry().catalogue()
@@ -71,8 +71,8 @@ def test_lora_adapter_gguf_reproduces_peft_in_llama_cpp(tmp_path: Path):
 
 
 def test_llamacpp_planner_uses_the_shipped_adapter_by_default(tmp_path: Path):
-    from pathasst.agent.planners.llamacpp import LlamaCppPlanner, shipped_adapter
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
+    from pathasst.planning.llamacpp import LlamaCppPlanner, shipped_adapter
 
     if not ADAPTER.is_file():
         pytest.skip("no shipped adapter")
@@ -87,8 +87,8 @@ def test_llamacpp_planner_uses_the_shipped_adapter_by_default(tmp_path: Path):
 @pytest.mark.slow
 def test_tuned_gemma_plans_unseen_questions(tmp_path: Path):
     """Real Gemma 3 270M + the shipped adapter on questions in neither the training data nor the evaluation sets."""
-    from pathasst.agent.planners.llamacpp import LlamaCppPlanner
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
+    from pathasst.planning.llamacpp import LlamaCppPlanner
     from pathasst.tools.registry import default_registry
 
     if not ADAPTER.is_file():

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA  # one place knows where ../shared/data is (PATHASST_SHARED_DATA overrides)
 
 CONSEP = SHARED_DATA / "consep_train"
@@ -56,10 +55,10 @@ def test_stage2_reloads_and_answers_a_tool_question_with_a_valid_call(runs):
     import torch
     from PIL import Image
 
-    from pathasst.agent.planners.base import PlannerContext
-    from pathasst.agent.planners.parsing import parse_plan
     from pathasst.finetune.vlm.conversation import tokenize_conversation
     from pathasst.finetune.vlm.train import load_vlm, stage2_examples
+    from pathasst.planning.base import PlannerContext
+    from pathasst.planning.parsing import parse_plan
     from pathasst.tools.registry import default_registry
 
     root, _, s2, _ = runs

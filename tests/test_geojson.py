@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.geojson import feature_collection, label_map_to_features, mask_to_features, point_feature
-from pathasst.tools.imaging import ImageData
 
 
 def _signed_area(ring: list[list[float]]) -> float:

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from tool_helpers import make_resolver
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.base import ToolResult, call_tool
 from pathasst.tools.geojson import (
     GeoJSONError,
@@ -25,9 +27,7 @@ from pathasst.tools.geojson import (
     read_features,
     schema_errors,
 )
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.registry import ToolRegistry, default_registry
-from tool_helpers import make_resolver
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "tools" / "schemas" / "geojson.FeatureCollection.schema.json"
 
@@ -42,7 +42,7 @@ def image() -> ImageData:
 
 @pytest.fixture(scope="module")
 def registry() -> ToolRegistry:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     with pytest.MonkeyPatch.context() as mp:  # settings isolated from the user's PATHASST_* variables
         for key in [k for k in os.environ if k.startswith("PATHASST_") and k != "PATHASST_SHARED_DATA"]:

@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 from pydantic import Field
 
-from pathasst.agent.grounding import ungrounded_numbers
 from pathasst.agent.outputs import write_case
-from pathasst.agent.planners.base import PlanDecision, PlannedCall, PlannerContext, PlannerOutputError
-from pathasst.agent.report import render_markdown
-from pathasst.agent.runner import Engine, run_batch
+from pathasst.agent.engine import Engine
+from pathasst.agent.runner import run_batch
+from pathasst.planning.base import PlanDecision, PlannedCall, PlannerContext, PlannerOutputError
+from pathasst.planning.grounding import ungrounded_numbers
+from pathasst.planning.report import render_markdown
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.registry import ToolRegistry
 
@@ -219,7 +220,7 @@ def test_batch_isolation_summary_and_resume(tmp_path, settings, registry):
 def test_a_cases_root_confines_every_way_into_the_graph(tmp_path, settings, registry):
     """With a cases root (batch runs, the review app, the served graph), a single image or a prepared case outside
     it is refused like a case folder outside it; without one (``pathasst ask``) any readable image is allowed."""
-    from pathasst.agent.cases import PathEscapeError, load_case
+    from pathasst.core.cases import PathEscapeError, load_case
 
     inside = _case(tmp_path / "cases", "c1")
     outside = _case(tmp_path / "elsewhere", "c2")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathasst.agent.grounding import fmt_number, numbers_in_text, source_numbers, ungrounded_numbers
+from pathasst.planning.grounding import fmt_number, numbers_in_text, source_numbers, ungrounded_numbers
 
 
 def test_numbers_in_text_skip_identifiers_and_versions():

@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 from skimage.filters import gaussian
 from skimage.morphology import h_maxima
 
-from pathasst.tools.nuclei_segmentation import deconvolution_nuclei, h_maxima_by_component
+from pathasst.tools.nuclei_classical import deconvolution_nuclei, h_maxima_by_component
 
 
 def _energy(rgb: np.ndarray) -> np.ndarray:

@@ -26,12 +26,12 @@ import pytest
 from mcp import Client
 from PIL import Image
 
-from pathasst.agent.cases import EmptyCaseError, load_case
 from pathasst.agent.mcp_server import build_server
+from pathasst.core.cases import EmptyCaseError, load_case
+from pathasst.core.deadline import check_deadline
+from pathasst.core.errors import CallTimeoutError
+from pathasst.core.imaging import ImageData
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
-from pathasst.tools.deadline import check_deadline
-from pathasst.tools.errors import CallTimeoutError
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.registry import ToolRegistry
 
 SECRET = "TOP-SECRET-LINE-7f3a"
@@ -164,7 +164,7 @@ def test_a_huge_valid_image_is_analysed_within_the_pixel_budget(settings, hostil
 def test_an_image_over_the_budget_is_not_kept_for_the_case(settings, tmp_path):
     """The resolver keeps decoded images for the case's next call only when they fit the analysis budget: a huge
     PNG is decoded per call and only the analysed window outlives it (its full pixels would hold 265 MB at 9400 px)."""
-    from pathasst.agent.readers import CaseImageResolver
+    from pathasst.core.readers import CaseImageResolver
 
     (tmp_path / "case").mkdir()
     (tmp_path / "case" / "big.png").write_bytes(_png(np.full((600, 500, 3), 200, np.uint8)))
@@ -272,7 +272,7 @@ def _cli(args: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PATHASST_")}
     base |= {"HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1", "PATHASST_CACHE_DIR": str(tmp / "cache"),
              "PATHASST_CHROMA_PATH": str(tmp / "chroma"), **env}
-    return subprocess.run([sys.executable, "-m", "pathasst.agent.cli_mcp", *args], env=base, cwd=tmp,
+    return subprocess.run([sys.executable, "-m", "pathasst.cli.mcp", *args], env=base, cwd=tmp,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -312,7 +312,7 @@ def test_http_server_refuses_foreign_host_origin_and_malformed_json_then_stops_o
     base = {k: v for k, v in os.environ.items() if not k.startswith("PATHASST_")}
     env = base | {"HF_HUB_OFFLINE": "1", "PATHASST_CACHE_DIR": str(tmp_path / "c"),
                   "PATHASST_CHROMA_PATH": str(tmp_path / "chroma")}
-    cmd = [sys.executable, "-m", "pathasst.agent.cli_mcp", "--transport", "http", "--host", "127.0.0.2",
+    cmd = [sys.executable, "-m", "pathasst.cli.mcp", "--transport", "http", "--host", "127.0.0.2",
            "--port", str(port), "--root", str(hostile_root)]
     url = f"http://127.0.0.2:{port}/mcp"
     hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
@@ -380,7 +380,7 @@ def test_pathasst_run_on_hostile_cases_finishes_and_writes_nothing_from_outside(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PATHASST_")}
     env |= {"HF_HUB_OFFLINE": "1", "PATHASST_CACHE_DIR": str(tmp_path / "c"), "PATHASST_SIMILAR_K": "0",
             "PATHASST_CHROMA_PATH": str(tmp_path / "chroma"), "PATHASST_PLANNER": "rules"}
-    done = subprocess.run([sys.executable, "-c", "from pathasst.agent.cli import main; main()", "run",
+    done = subprocess.run([sys.executable, "-c", "from pathasst.cli.main import main; main()", "run",
                            str(hostile_root), "--out", str(out), "--question", "Assess tissue quality."],
                           env=env, capture_output=True, text=True, timeout=600)
     written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix in
@@ -406,9 +406,9 @@ def test_a_9400_pixel_square_png_stays_under_2_gb(tmp_path):
     del img
     script = (
         "import sys\n"
-        "from pathasst.agent.settings import Settings\n"
-        "from pathasst.agent.cases import EmptyCaseError, load_case\n"
-        "from pathasst.agent.readers import CaseImageResolver\n"
+        "from pathasst.core.settings import Settings\n"
+        "from pathasst.core.cases import EmptyCaseError, load_case\n"
+        "from pathasst.core.readers import CaseImageResolver\n"
         "from pathasst.tools.base import call_tool\n"
         "from pathasst.tools.registry import default_registry\n"
         f"s = Settings(_env_file=None, cache_dir={str(tmp_path / 'c')!r}, chroma_path={str(tmp_path / 'ch')!r})\n"
@@ -456,8 +456,8 @@ def test_review_app_case_list_never_reads_case_yaml_from_outside(settings, tmp_p
 #: product's own package data. A new module that opens files must be added here, with the origin of its paths.
 FILE_OPENERS = {
     # case input, contained
-    "agent/cases.py": "case.yaml and slide probes of paths checked by ensure_inside / ensure_companions_inside",
-    "agent/readers.py": "images and slides listed by load_case or located by RootImageResolver",
+    "core/cases.py": "case.yaml and slide probes of paths checked by ensure_inside / ensure_companions_inside",
+    "core/readers.py": "images and slides listed by load_case or located by RootImageResolver",
     "memory/ingest.py": "report/caption texts of a loaded case (Case.root, symlinks skipped)",
     "ui/facade.py": "case.yaml via read_case_meta; reports, GeoJSON and failure records in the output folder",
     # operator-configured files and outputs
@@ -474,13 +474,13 @@ FILE_OPENERS = {
     "tools/backends/runtime.py": "shipped or configured weights",
     "tools/backends/sam.py": "configured weights",
     "tools/backends/yolo.py": "configured weights",
-    "memory/pathclip.py": "configured PathCLIP weights",
+    "core/pathclip.py": "configured PathCLIP weights",
     "memory/store.py": "the configured case library",
     "memory/migrate.py": "the configured case library",
-    "agent/planners/hybrid.py": "the package's planner examples",
+    "planning/hybrid.py": "the package's planner examples",
     "agent/demo.py": "writes the demo cases it creates",
     # evaluation commands: datasets the operator names on the command line
-    "agent/planner_eval.py": "the package's planner question sets",
+    "planning/planner_eval.py": "the package's planner question sets",
     "memory/evaluation.py": "an operator-named evaluation set",
     "tools/datasets.py": "operator-named datasets",
     "tools/evaluate.py": "operator-named datasets",
@@ -497,7 +497,7 @@ def test_every_module_that_opens_files_is_reviewed():
 
     package = Path(__file__).resolve().parents[1]
     found = set()
-    for folder in ("agent", "graphs", "memory", "tools", "ui"):
+    for folder in ("core", "memory", "tools", "planning", "graphs", "agent", "ui", "cli"):
         for path in (package / folder).rglob("*.py"):
             if re.search(_OPENS, path.read_text(encoding="utf-8")):
                 found.add(path.relative_to(package).as_posix())
@@ -510,8 +510,8 @@ def test_a_slide_call_is_bounded_at_the_tools_working_resolution(settings, share
     """CMU-1 is 20x (0.499 um/px); a 40x tool enlarges what it reads 2x, so the budget is applied after that: the
     window read holds at most a quarter of the budget in level-0 pixels (measured: nuclei_segmentation on the whole
     slide peaks at 3.3 GB RSS with the default budget, 4.5 GB before)."""
-    from pathasst.agent.cases import single_image_case
-    from pathasst.agent.readers import CaseImageResolver
+    from pathasst.core.cases import single_image_case
+    from pathasst.core.readers import CaseImageResolver
 
     settings.max_region_pixels = 1_000_000
     case = single_image_case(shared_data / "slides" / "cmu-1-small-region.svs", settings=settings)
@@ -522,7 +522,7 @@ def test_a_slide_call_is_bounded_at_the_tools_working_resolution(settings, share
         enlarged = h * w * (data.mpp / 0.25) ** 2
         assert enlarged <= 1_000_000 * 1.01 and data.mpp == pytest.approx(0.499, rel=0.01)
         assert any("window" in n for n in data.notes)
-        from pathasst.tools.base import Region
+        from pathasst.core.regions import Region
 
         big = resolver(case.images[0].name, Region(x=0, y=0, width=2000, height=2000), 0.25)  # a region too big
         assert big.shape[0] * big.shape[1] * (big.mpp / 0.25) ** 2 <= 1_000_000 * 1.01

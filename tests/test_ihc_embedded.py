@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tool_helpers import make_resolver
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.base import call_tool
 from pathasst.tools.evaluate import ihc_ground_truth
 from pathasst.tools.evaluate_ihc import scale_stains
 from pathasst.tools.ihc_quantification import IHCQuantificationInput, IHCQuantificationTool
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.nuclei_segmentation import NucleiSegmentationInput, NucleiSegmentationTool
-from tool_helpers import make_resolver
 
 
 def _rgb(path: Path) -> np.ndarray:

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
+from tool_helpers import example_arguments, loadable_tools, make_resolver, tool_registry
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.base import ToolCallRecord, ToolResult
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.langchain_adapter import to_langchain_tool, to_langchain_tools
 from pathasst.tools.mitosis_detection import MitosisDetectionTool
 from pathasst.tools.region_segmentation import RegionSegmentationTool
 from pathasst.tools.similar_cases import SimilarCasesTool
-from tool_helpers import example_arguments, loadable_tools, make_resolver, tool_registry
 
 TOOLS, _ = loadable_tools()
 

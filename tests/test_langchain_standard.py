@@ -22,11 +22,11 @@ from langchain_core.messages import ToolMessage
 from langchain_tests.integration_tests import ToolsIntegrationTests
 from langchain_tests.unit_tests import ToolsUnitTests
 from PIL import Image
+from tool_helpers import EXPECTED_TOOLS
 
 from pathasst.tools.base import PathologyTool, call_tool
 from pathasst.tools.langchain_adapter import to_langchain_tool
 from pathasst.tools.registry import ToolRegistry, default_registry
-from tool_helpers import EXPECTED_TOOLS
 
 pytestmark = [
     pytest.mark.asyncio,
@@ -67,8 +67,8 @@ def case_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def real_parts(settings: Any, case_image: Path):
     """(registry, resolver): the default registry and the project's resolver for the case image (mpp 0.5)."""
-    from pathasst.agent.cases import CaseMeta, single_image_case
-    from pathasst.agent.readers import CaseImageResolver
+    from pathasst.core.cases import CaseMeta, single_image_case
+    from pathasst.core.readers import CaseImageResolver
 
     case = single_image_case(case_image, CaseMeta(stain="H&E", mpp=0.5), settings)
     resolver = CaseImageResolver(case, settings)

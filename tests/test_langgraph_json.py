@@ -103,7 +103,7 @@ def test_dependencies_are_installable(config: dict[str, Any]) -> None:
                 distribution(re.split(r"[<>=!~\[ ;]", dep, maxsplit=1)[0])
             except PackageNotFoundError:
                 pytest.fail(f"dependency {dep!r} is not installed")
-    assert "." in deps, "the project itself must be installed for 'pathasst.graphs.server' to import"
+    assert "." in deps, "the project itself must be installed for 'pathasst.agent.graph_server' to import"
 
 
 def test_env_entries(config: dict[str, Any]) -> None:
@@ -153,7 +153,7 @@ def test_input_and_output_schemas_the_server_publishes(served: Pregel) -> None:
 @pytest.fixture()
 def env_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Process settings from PATHASST_* variables, as the server reads them; a fresh ``get_settings`` around."""
-    from pathasst.agent.settings import get_settings
+    from pathasst.core.settings import get_settings
 
     for key in list(os.environ):
         if key.startswith("PATHASST_") and key != "PATHASST_SHARED_DATA":
@@ -183,8 +183,8 @@ def case_dir(tmp_path: Path) -> Path:
 
 def _direct_nuclei_count(case_dir: Path, settings: Any, mpp: float | None) -> int:
     """The nuclei_segmentation count on the same image, called directly (the expected value)."""
+    from pathasst.core.imaging import ImageData
     from pathasst.tools.base import call_tool
-    from pathasst.tools.imaging import ImageData
     from pathasst.tools.registry import default_registry
 
     pixels = np.asarray(Image.open(case_dir / "ihc.png").convert("RGB"))
@@ -197,7 +197,7 @@ def _direct_nuclei_count(case_dir: Path, settings: Any, mpp: float | None) -> in
 
 
 def test_served_graph_runs_a_real_case(served: Pregel, env_settings: Any, case_dir: Path) -> None:
-    from pathasst.agent.report import Report
+    from pathasst.planning.report import Report
 
     state = served.invoke({"case_dir": str(case_dir)}, context={"planner": "rules"})
     json.dumps(state)  # the server sends the state as JSON: nothing else may be in it
@@ -228,7 +228,7 @@ def test_served_graph_with_the_servers_checkpointer(served: Pregel, env_settings
 
 
 def test_unknown_planner_in_context_is_a_clear_error(served: Pregel, env_settings: Any, case_dir: Path) -> None:
-    from pathasst.agent.planners import PlannerError
+    from pathasst.planning import PlannerError
 
     with pytest.raises(PlannerError, match=r"unknown planner 'oracle'; valid planners: hybrid, llamacpp, openai, rules"):
         served.invoke({"case_dir": str(case_dir)}, context={"planner": "oracle"})

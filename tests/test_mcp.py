@@ -25,11 +25,11 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult
 from PIL import Image
-
-from pathasst.agent.cases import CaseError
-from pathasst.agent.mcp_server import build_server
-from pathasst.tools.registry import default_registry
 from tool_helpers import EXPECTED_TOOLS
+
+from pathasst.agent.mcp_server import build_server
+from pathasst.core.cases import CaseError
+from pathasst.tools.registry import default_registry
 
 TOOL_NAMES = set(EXPECTED_TOOLS)
 IHC = "case1/ihc.png"
@@ -213,11 +213,11 @@ class StdioRun:
 
 @pytest.fixture(scope="module")
 def stdio_run(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> StdioRun:
-    """One ``python -m pathasst.agent.cli_mcp --root ROOT`` session over stdio, listing the tools and calling them."""
+    """One ``python -m pathasst.cli.mcp --root ROOT`` session over stdio, listing the tools and calling them."""
     tmp = tmp_path_factory.mktemp("stdio")
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "pathasst.agent.cli_mcp", "--root", str(image_root)],
+        args=["-m", "pathasst.cli.mcp", "--root", str(image_root)],
         env=_server_env(tmp),
         cwd=str(tmp),  # no stray .env is read
     )
@@ -315,7 +315,7 @@ def _wait_for_port(proc: subprocess.Popen, port: int, timeout: float = 45.0) -> 
 def test_streamable_http_on_loopback(image_root, tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PATHASST_")} | _server_env(tmp_path)
-    cmd = [sys.executable, "-m", "pathasst.agent.cli_mcp", "--transport", "http", "--port", str(port)]
+    cmd = [sys.executable, "-m", "pathasst.cli.mcp", "--transport", "http", "--port", str(port)]
     cmd += ["--root", str(image_root)]
     with open(tmp_path / "stderr.txt", "w+", encoding="utf-8") as errlog:
         proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=errlog)
@@ -350,7 +350,7 @@ def test_streamable_http_with_a_token_refuses_requests_without_it(image_root, tm
     url = f"http://127.0.0.1:{port}/mcp"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PATHASST_")} | _server_env(tmp_path)
     env["PATHASST_MCP_TOKEN"] = "s3cret-token"
-    cmd = [sys.executable, "-m", "pathasst.agent.cli_mcp", "--transport", "http", "--port", str(port)]
+    cmd = [sys.executable, "-m", "pathasst.cli.mcp", "--transport", "http", "--port", str(port)]
     cmd += ["--root", str(image_root)]
     hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
     with open(tmp_path / "stderr.txt", "w+", encoding="utf-8") as errlog:
@@ -401,8 +401,8 @@ def test_bearer_token_middleware_refuses_an_empty_token_and_passes_lifespan():
 @pytest.mark.data
 def test_held_out_consep_tile_and_slide_over_mcp(settings, shared_data):
     """The MCP result is the tool's own result (same count), near the ground truth, and slides are read."""
-    from pathasst.agent.cases import single_image_case
-    from pathasst.agent.readers import CaseImageResolver
+    from pathasst.core.cases import single_image_case
+    from pathasst.core.readers import CaseImageResolver
     from pathasst.tools.base import call_tool
 
     tile = "consep_train/images/train_18_005.jpg"  # source image 18: never used for training or tuning

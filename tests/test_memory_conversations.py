@@ -17,9 +17,9 @@ from pathasst.memory.conversations import case_thread_id, list_threads, open_che
 SCRIPT = r'''
 import json, sys
 from pathlib import Path
-from pathasst.agent.settings import Settings
-from pathasst.agent.planners.rules import RulesPlanner
-from pathasst.agent.runner import Engine
+from pathasst.core.settings import Settings
+from pathasst.planning.rules import RulesPlanner
+from pathasst.agent.engine import Engine
 from pathasst.graphs.state import CaseContext
 from pathasst.memory.conversations import case_thread_id, open_checkpointer, thread_config
 from pathasst.tools.base import PathologyTool, ToolOutput, ToolResult

@@ -7,8 +7,9 @@ from typing import ClassVar
 import pytest
 
 from pathasst.agent.demo import DEMO_DIAGNOSIS, build_demo_cases, build_demo_library
-from pathasst.agent.planners.rules import RulesPlanner
-from pathasst.agent.runner import Engine, run_batch
+from pathasst.agent.engine import Engine
+from pathasst.agent.runner import run_batch
+from pathasst.planning.rules import RulesPlanner
 from pathasst.tools.base import PathologyTool, ToolOutput, ToolResult
 from pathasst.tools.registry import ToolRegistry
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathasst.memory.descriptor import BLOCKS, HEDTextureEmbedder, hed_texture_descriptor
-from pathasst.memory.embedders import EmbedderError, image_embedder, list_embedders, text_embedder
-from pathasst.tools.errors import WeightsError
+from pathasst.core.descriptor import BLOCKS, HEDTextureEmbedder, hed_texture_descriptor
+from pathasst.core.embedders import EmbedderError, image_embedder, list_embedders, text_embedder
+from pathasst.core.errors import WeightsError
 
 
 def _ihc() -> np.ndarray:
@@ -128,7 +128,7 @@ def test_pathclip_loads_checkpoint_and_reproduces_the_model(pathclip_checkpoint,
 def test_pathclip_checkpoint_formats(tmp_path):
     import torch
 
-    from pathasst.memory.pathclip import load_pathclip_state_dict
+    from pathasst.core.pathclip import load_pathclip_state_dict
 
     wrapped = tmp_path / "epoch_10.pt"  # open_clip_train checkpoint, DistributedDataParallel names
     torch.save({"epoch": 10, "state_dict": {"module.logit_scale": torch.ones(())}}, wrapped)
@@ -172,7 +172,7 @@ def test_importing_memory_loads_no_heavy_module():
     import sys
 
     code = (
-        "import sys, pathasst.memory, pathasst.memory.embedders, pathasst.memory.store, pathasst.memory.library;"
+        "import sys, pathasst.memory, pathasst.core.embedders, pathasst.memory.store, pathasst.memory.library;"
         "heavy=[m for m in ('torch','chromadb','open_clip','sentence_transformers') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pathasst.agent.cli import app
+from pathasst.cli.main import app
 from pathasst.memory.evaluation import majority_vote, read_labels, retrieval_metrics
 
 
@@ -87,7 +87,7 @@ def test_eval_command(eval_dirs, settings):
 
 
 def test_eval_refuses_leakage(eval_dirs, settings):
-    from pathasst.memory.descriptor import HEDTextureEmbedder
+    from pathasst.core.descriptor import HEDTextureEmbedder
     from pathasst.memory.evaluation import evaluate_folders
 
     with pytest.raises(ValueError, match="leakage"):

@@ -17,13 +17,13 @@ import pytest
 from PIL import Image
 from pydantic import Field
 
-from pathasst.agent.cases import load_case
-from pathasst.agent.grounding import ungrounded_numbers
-from pathasst.agent.planners.base import PlanDecision, PlannerContext
-from pathasst.agent.planners.rules import RulesPlanner
-from pathasst.agent.readers import CaseImageResolver
-from pathasst.agent.report import render_markdown
-from pathasst.agent.runner import Engine
+from pathasst.agent.engine import Engine
+from pathasst.core.cases import load_case
+from pathasst.core.readers import CaseImageResolver
+from pathasst.planning.base import PlanDecision, PlannerContext
+from pathasst.planning.grounding import ungrounded_numbers
+from pathasst.planning.report import render_markdown
+from pathasst.planning.rules import RulesPlanner
 from pathasst.tools.base import PathologyTool, ToolOutput, ToolResult, call_tool
 from pathasst.tools.mitosis_detection import MitosisDetectionTool
 from pathasst.tools.registry import ToolRegistry
@@ -71,7 +71,7 @@ class Obedient:
     def plan(self, ctx: PlannerContext) -> PlanDecision:
         if ctx.step:
             return PlanDecision.finish()
-        from pathasst.agent.planners.base import PlannedCall
+        from pathasst.planning.base import PlannedCall
 
         calls = [PlannedCall(tool=t, arguments={"image": ctx.images[0]}) for t in ctx.tool_names if t in ctx.question]
         return PlanDecision(action="call_tools", calls=calls) if calls else PlanDecision.finish()
@@ -191,7 +191,7 @@ def test_injected_archived_report_has_no_effect_on_the_plan(archive, registry, t
     assert strip_ids(with_lib.answer) == strip_ids(without_lib.answer) and "malignant" not in with_lib.answer
     assert [c["case_id"] for c in with_lib.similar_cases][0] == "arch_1"
     # an LLM planner's prompt quotes it as DATA, after the instructions, never as the question
-    from pathasst.agent.planners.llamacpp import build_prompt
+    from pathasst.planning.llamacpp import build_prompt
 
     prompt = build_prompt(spy.seen[0])
     line = next(ln for ln in prompt.splitlines() if "IGNORE PREVIOUS" in ln)

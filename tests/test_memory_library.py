@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pathasst.agent.cli import app
+from pathasst.cli.main import app
 
 
 def _ihc() -> np.ndarray:
@@ -110,7 +110,7 @@ def test_add_search_stats_delete(cases, lib_env):
 
 
 def test_library_api_metadata_slides_and_similar_to_case(cases, lib_env):
-    from pathasst.agent.cases import load_case
+    from pathasst.core.cases import load_case
     from pathasst.memory import open_library
 
     lib = open_library(lib_env)
@@ -146,7 +146,7 @@ def test_search_without_library_fails_clearly(lib_env, tmp_path):
 
 
 def test_add_case_raises_when_nothing_can_be_embedded(cases, lib_env):
-    from pathasst.agent.cases import EmptyCaseError, load_case
+    from pathasst.core.cases import EmptyCaseError, load_case
     from pathasst.memory import open_library
 
     case = load_case(cases / "ihc_a", cases, lib_env)

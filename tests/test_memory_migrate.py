@@ -20,13 +20,13 @@ from typing import ClassVar
 import numpy as np
 import pytest
 from PIL import Image
+from test_memory_store import _free_port, _start_server, _stop, chroma_server  # noqa: F401 - shared `chroma run`
 from typer.testing import CliRunner
 
-from pathasst.agent.cli import app
-from pathasst.memory.embedders import Embedder
+from pathasst.cli.main import app
+from pathasst.core.embedders import Embedder
 from pathasst.memory.migrate import Endpoint, migrate
 from pathasst.memory.store import CaseStore, LibraryUnavailableError, MixedEmbeddersError
-from test_memory_store import _free_port, _start_server, _stop, chroma_server  # noqa: F401 - shared `chroma run`
 
 N_BULK = 2500
 BULK = "pathasst-img-bulk-384d"
@@ -57,7 +57,7 @@ def source(tmp_path_factory) -> SimpleNamespace:
     """An embedded library: three real cases (images + reports) and 2,500 explicit 384-d vectors."""
     from skimage import data
 
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
     from pathasst.memory import open_library
 
     root = tmp_path_factory.mktemp("migrate-src")
@@ -158,7 +158,7 @@ def test_migrate_to_server_and_back(source, server, tmp_path):
         assert here == there == exact
         filtered = [h.id for h in server.store.query("image", emb, q, k=5, where={"organ": "skin"})]
         assert filtered == [h.id for h in s_store.query("image", emb, q, k=5, where={"organ": "skin"})]
-    from pathasst.agent.cases import load_case
+    from pathasst.core.cases import load_case
     from pathasst.memory import open_library
 
     on_disk = open_library(source.settings)

@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from pathasst.memory.embedders import Embedder
+from pathasst.core.embedders import Embedder
 from pathasst.memory.store import CaseStore, MixedEmbeddersError, StoreError, normalise_where
 
 CHROMA = Path(sys.executable).parent / "chroma"
@@ -233,7 +233,7 @@ def test_library_ingests_and_retrieves_through_the_server(chroma_server, setting
     from PIL import Image
     from skimage import data
 
-    from pathasst.agent.cases import load_case
+    from pathasst.core.cases import load_case
     from pathasst.memory import open_library
 
     ihc = np.asarray(data.immunohistochemistry())

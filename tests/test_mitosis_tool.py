@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tool_helpers import make_resolver
 from typer.testing import CliRunner
 
-from pathasst.tools.base import Region, call_tool
-from pathasst.tools.imaging import ImageData
+from pathasst.core.imaging import ImageData
+from pathasst.core.regions import Region
+from pathasst.tools.base import call_tool
 from pathasst.tools.mitosis_detection import MitosisDetectionTool
-from tool_helpers import make_resolver
 
 #: held-out floors (model card: tools/weights/MITOSIS_MODEL_CARD.md)
 FLOOR_RECALL = 0.91  # measured 0.931
@@ -123,7 +124,7 @@ def test_unknown_mpp_is_taken_as_40x_and_said(settings: Any) -> None:
 @pytest.mark.data
 def test_held_out_figures_and_tools_predict_reproduces_tools_eval(settings: Any, shared_data: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from pathasst.agent.cli import app
+    from pathasst.cli.main import app
     from pathasst.tools.evaluate_mitosis import evaluate_mitosis
 
     m = evaluate_mitosis(MitosisDetectionTool(settings), shared_data / "mitosis_amibr", settings, held_out=True)

@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tool_helpers import make_resolver
 
+from pathasst.core.errors import WeightsError
+from pathasst.core.imaging import ImageData
 from pathasst.tools.backends.nuclei_net import (
     ARCHITECTURE,
     NucleiNet,
@@ -21,9 +24,6 @@ from pathasst.tools.backends.nuclei_net import (
     instance_types,
 )
 from pathasst.tools.base import call_tool
-from pathasst.tools.errors import WeightsError
-from pathasst.tools.imaging import ImageData
-from tool_helpers import make_resolver
 
 TINY_WIDTHS = [4, 8, 16]
 
@@ -475,7 +475,7 @@ def test_onnxruntime_runs_the_network_with_torchs_maps_and_follows_the_setting(s
 def test_shipped_network_in_bfloat16_scores_like_float32_on_held_out_tiles(shared_data: Path, settings: Any) -> None:
     from pathasst.finetune.nuclei_pixel import held_out_tiles
     from pathasst.tools.evaluate import evaluate_nuclei
-    from pathasst.tools.nuclei_segmentation import SHIPPED_NET_WEIGHTS
+    from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS
 
     if not SHIPPED_NET_WEIGHTS.is_file():
         pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
@@ -496,7 +496,8 @@ def test_shipped_network_in_bfloat16_scores_like_float32_on_held_out_tiles(share
 @pytest.fixture
 def shipped_tool(settings: Any) -> Any:
     """The nuclei tool in ``auto`` with the shipped network as its default (skipped when the weights are absent)."""
-    from pathasst.tools.nuclei_segmentation import SHIPPED_NET_WEIGHTS, NucleiSegmentationTool
+    from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS
+    from pathasst.tools.nuclei_segmentation import NucleiSegmentationTool
 
     if not SHIPPED_NET_WEIGHTS.is_file():
         pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
@@ -513,13 +514,8 @@ def test_domain_guard_falls_back_on_a_stain_without_eosin_but_not_on_a_near_empt
     from skimage import data
 
     from pathasst.finetune.nuclei_pixel import _load_tile
-    from pathasst.tools.nuclei_segmentation import (
-        AUTO_MIN_DENSITY_MM2,
-        AUTO_MIN_NUCLEI,
-        NucleiSegmentationInput,
-        _looks_like_he,
-        segment_nuclei,
-    )
+    from pathasst.tools.nuclei_classical import AUTO_MIN_NUCLEI, _looks_like_he, segment_nuclei
+    from pathasst.tools.nuclei_segmentation import AUTO_MIN_DENSITY_MM2, NucleiSegmentationInput
 
     tool = shipped_tool
     ihc = ImageData(np.asarray(data.immunohistochemistry()), name="ihc", mpp=0.25)
@@ -552,8 +548,8 @@ def test_domain_guard_keeps_the_network_on_a_sparse_tile_with_pigment_but_not_on
 
     from pathasst.finetune.nuclei_pixel import _load_tile
     from pathasst.tools.metrics import object_f1
-    from pathasst.tools.nuclei_segmentation import (AUTO_AGREEMENT, AUTO_MIN_NUCLEI, NucleiSegmentationInput,
-                                                    segment_nuclei)
+    from pathasst.tools.nuclei_classical import AUTO_AGREEMENT, AUTO_MIN_NUCLEI, segment_nuclei
+    from pathasst.tools.nuclei_segmentation import NucleiSegmentationInput
 
     tool = shipped_tool
     rgb, truth = _load_tile(shared_data / "consep_train", "train_4_001")
@@ -580,13 +576,10 @@ def test_shipped_network_and_its_guard_resample_a_20x_image_once(shared_data: Pa
     network's input. Same nuclei as the network's own ``segment`` on the image (which resamples by itself)."""
     import skimage.transform
 
-    from pathasst.agent.readers import SlideReader
-    from pathasst.tools.base import Region
-    from pathasst.tools.nuclei_segmentation import (
-        SHIPPED_NET_WEIGHTS,
-        NucleiSegmentationInput,
-        NucleiSegmentationTool,
-    )
+    from pathasst.core.readers import SlideReader
+    from pathasst.core.regions import Region
+    from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS
+    from pathasst.tools.nuclei_segmentation import NucleiSegmentationInput, NucleiSegmentationTool
 
     if not SHIPPED_NET_WEIGHTS.is_file():
         pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
@@ -845,7 +838,8 @@ def test_post_processing_is_tuned_on_validation_and_training_tiles_never_held_ou
 def test_shipped_network_beats_the_classical_method_on_held_out_tiles(shared_data: Path, settings: Any) -> None:
     from pathasst.finetune.nuclei_pixel import held_out_tiles
     from pathasst.tools.evaluate import evaluate_nuclei
-    from pathasst.tools.nuclei_segmentation import SHIPPED_NET_WEIGHTS, NucleiSegmentationInput, NucleiSegmentationTool
+    from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS
+    from pathasst.tools.nuclei_segmentation import NucleiSegmentationInput, NucleiSegmentationTool
 
     if not SHIPPED_NET_WEIGHTS.is_file():
         pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")

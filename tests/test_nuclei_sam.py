@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tool_helpers import make_resolver
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.backends.nuclei_sam import NucleiSam
 from pathasst.tools.backends.sam import SamSegmenter, is_sam_checkpoint
 from pathasst.tools.base import call_tool
-from pathasst.tools.imaging import ImageData
-from tool_helpers import make_resolver
 
 
 def _disc(shape: tuple[int, int], cx: float, cy: float, r: float) -> np.ndarray:
@@ -175,7 +175,8 @@ def test_real_vit_b_checkpoint_outlines_nuclei_through_the_tool(settings: Any, t
     torch = pytest.importorskip("torch")
     from segment_anything import sam_model_registry
 
-    from pathasst.tools.nuclei_segmentation import SHIPPED_NET_WEIGHTS, NucleiSegmentationTool
+    from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS
+    from pathasst.tools.nuclei_segmentation import NucleiSegmentationTool
 
     if not SHIPPED_NET_WEIGHTS.is_file():
         pytest.skip("no shipped nuclei network")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-AREAS = ("agent", "tools", "graphs", "memory", "finetune", "ui")
+AREAS = ("core", "memory", "tools", "planning", "graphs", "agent", "ui", "cli", "finetune")
 
 
 def test_editable_install_imports_every_area():
@@ -35,7 +35,7 @@ def test_wheel_has_only_the_pathasst_namespace_and_imports(tmp_path):
     for area in AREAS:
         assert f"pathasst/{area}/__init__.py" in names
     assert not any(n.startswith(("pathasst/tests/", "pathasst/bench/")) for n in names)
-    assert "pathasst/agent/data/planner_dev.jsonl" in names
+    assert "pathasst/planning/data/planner_dev.jsonl" in names
     for shipped in ("data/ebhi_seg_split.json", "data/amibr_split.json", "weights/tissue_net.pt", "weights/mitosis_net.pt",
                     "weights/slide_abmil.pt", "weights/slide_abmil_cv.pt", "weights/TISSUE_MODEL_CARD.md",
                     "weights/nuclei_pixel.npz"):

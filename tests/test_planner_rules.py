@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pathasst.agent.planners import PlannerError, get_planner
-from pathasst.agent.planners.base import Planner, PlannerContext, PriorCall
-from pathasst.agent.planners.rules import RulesPlanner, strip_injections
+from pathasst.planning import PlannerError, get_planner
+from pathasst.planning.base import Planner, PlannerContext, PriorCall
+from pathasst.planning.rules import RulesPlanner, strip_injections
 from pathasst.tools.registry import default_registry
 
 CATALOGUE = default_registry().catalogue()  # the installed tools, as planners see them
@@ -152,7 +152,7 @@ def test_get_planner_factory(settings):
 
 
 def test_image_file_names_do_not_trigger_tools():
-    from pathasst.agent.planners.rules import RulesPlanner
+    from pathasst.planning.rules import RulesPlanner
 
     p = RulesPlanner()
     assert p.tools_for("Measure the region at point (10, 20) on ihc.png", "H&E", "patch")[0] == ["region_segmentation"]

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 from pydantic import ValidationError
-
-from pathasst.tools.base import call_tool
-from pathasst.tools.imaging import ImageData
-from pathasst.tools.region_segmentation import RegionSegmentationInput, RegionSegmentationTool
 from tool_helpers import make_resolver
+
+from pathasst.core.imaging import ImageData
+from pathasst.tools.base import call_tool
+from pathasst.tools.region_segmentation import RegionSegmentationInput, RegionSegmentationTool
 
 
 def _disc_image(radius: float, centre: tuple[int, int] = (128, 128), size: int = 256, seed: int = 0):

@@ -6,13 +6,13 @@ from importlib.metadata import EntryPoint
 from typing import Any, ClassVar
 
 import pytest
+from tool_helpers import EXPECTED_TOOLS
 
+from pathasst.core.errors import DuplicateToolError, ToolCallError, ToolError, UnknownToolError
+from pathasst.core.imaging import ImageData
 from pathasst.tools import registry as registry_module
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
-from pathasst.tools.errors import DuplicateToolError, ToolCallError, ToolError, UnknownToolError
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.registry import ENTRY_POINT_GROUP, ToolRegistry, default_registry
-from tool_helpers import EXPECTED_TOOLS
 
 
 class _Echo(PathologyTool):

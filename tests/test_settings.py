@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pathasst.agent.settings import Settings
+from pathasst.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pathasst.tools.imaging import ImageData
+from pathasst.core.imaging import ImageData
 from pathasst.tools.tissue_qc import TissueQCInput, TissueQCOutput, TissueQCTool, blur_score, pen_mask
 
 TILES = ("train_3_008", "train_10_003", "train_20_010", "train_6_005")
@@ -120,7 +120,7 @@ def test_per_pixel_maps_in_bands_equal_skimage_on_the_whole_image(monkeypatch: p
     the same values as skimage's ``rgb2hsv`` and a direct computation, across band borders and a ragged last band."""
     from skimage.color import rgb2hsv
 
-    from pathasst.tools import imaging
+    from pathasst.core import imaging
     from pathasst.tools.tissue_qc import optical_density, saturation
 
     monkeypatch.setattr(imaging, "BAND_ROWS", 37)

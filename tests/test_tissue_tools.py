@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tool_helpers import make_resolver
 from typer.testing import CliRunner
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.backends.tissue_net import EBHI_CLASSES
 from pathasst.tools.base import call_tool
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.tissue_classification import TissueClassificationTool
 from pathasst.tools.tumor_segmentation import TumorSegmentationTool
-from tool_helpers import make_resolver
 
 #: held-out floors (model card: tools/weights/TISSUE_MODEL_CARD.md); the baselines must stay far below them
 FLOOR_BALANCED_ACCURACY = 0.85  # measured 0.872
@@ -159,9 +159,9 @@ def test_huge_images_are_classified_on_an_even_sample_of_tiles() -> None:
 
 @pytest.mark.data
 def test_a_slide_with_no_tissue_is_reported_as_such(settings: Any, tmp_path: Path) -> None:
-    from pathasst.agent.cases import single_image_case
     from pathasst.agent.demo import write_pyramidal_tiff
-    from pathasst.agent.readers import CaseImageResolver
+    from pathasst.core.cases import single_image_case
+    from pathasst.core.readers import CaseImageResolver
 
     write_pyramidal_tiff(tmp_path / "blank.tif", np.full((1024, 1024, 3), 242, np.uint8), mpp=0.5, levels=2)
     resolver = CaseImageResolver(single_image_case(tmp_path / "blank.tif", settings=settings), settings)
@@ -198,7 +198,7 @@ def test_tools_predict_reproduces_tools_eval(settings: Any, shared_data: Path, t
 
     from PIL import Image
 
-    from pathasst.agent.cli import app
+    from pathasst.cli.main import app
     from pathasst.tools.metrics import dice
 
     monkeypatch.setenv("PATHASST_OUTPUT_DIR", str(settings.output_dir))

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 from pydantic import BaseModel
-
-from pathasst.tools.base import PathologyTool, ToolCallRecord, ToolInput, ToolOutput, ToolResult, call_tool
-from pathasst.tools.imaging import ImageData
 from tool_helpers import HEAVY_MODULES, example_arguments, loadable_tools, make_resolver
+
+from pathasst.core.imaging import ImageData
+from pathasst.tools.base import PathologyTool, ToolCallRecord, ToolInput, ToolOutput, ToolResult, call_tool
 
 TOOLS, BROKEN = loadable_tools()
 NAMES = sorted(TOOLS)
@@ -132,7 +132,7 @@ def heavy_imports() -> dict[str, list[str]]:
         f"""
         import json, sys
         from importlib.metadata import entry_points
-        from pathasst.agent.settings import Settings
+        from pathasst.core.settings import Settings
         heavy = {HEAVY_MODULES!r}
         settings = Settings(_env_file=None)
         out = {{}}

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.evaluate import CONSEP_MPP, baseline_nuclei, evaluate_ihc, evaluate_nuclei, nuclei_tiles
 from pathasst.tools.ihc_quantification import IHCQuantificationInput, IHCQuantificationOutput, IHCQuantificationTool
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.nuclei_segmentation import NucleiSegmentationInput, NucleiSegmentationTool
 
 pytestmark = pytest.mark.data
@@ -37,7 +37,7 @@ def _read(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def nuclei_scores(shared_data: Path) -> dict[str, dict]:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     data = shared_data / "consep_train"
     names = held_out_tiles(data)
@@ -125,7 +125,7 @@ def _numbers_come_from_output(text: str, output: dict) -> None:
 
 @pytest.fixture(scope="module")
 def ihc_scores(shared_data: Path) -> dict:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     return evaluate_ihc(IHCQuantificationTool(Settings(_env_file=None)), shared_data / "deepliif_ki67")
 
@@ -196,9 +196,9 @@ def test_intensity_bins_and_allred() -> None:
 
 def test_auto_nuclei_generalise_to_another_scanner(shared_data):
     """A 20x Aperio H&E region (CMU-1, skin): the learned default must not collapse outside CoNSeP's domain."""
-    from pathasst.agent.readers import SlideReader
-    from pathasst.tools.base import Region
-    from pathasst.tools.nuclei_segmentation import segment_nuclei
+    from pathasst.core.readers import SlideReader
+    from pathasst.core.regions import Region
+    from pathasst.tools.nuclei_classical import segment_nuclei
 
     with SlideReader(shared_data / "slides" / "cmu-1-small-region.svs") as s:
         img = s.read_region(Region(x=1024, y=1943, width=512, height=512), 1.0, 512 * 512)
@@ -221,7 +221,7 @@ def test_default_nuclei_on_he_from_other_sources_keep_the_network(shared_data, s
     """H&E from other sources and scanners than CoNSeP (no ground truth here): the default keeps the network's
     answer (no fallback), finds about as many nuclei as the unsupervised deconvolution (measured 473 vs 471 and 338
     vs 307; by eye the outlines follow the nuclei) with a nucleus-like mean area, and types them."""
-    from pathasst.tools.nuclei_segmentation import segment_nuclei
+    from pathasst.tools.nuclei_classical import segment_nuclei
 
     rgb = _read(shared_data / "tiles" / name)
     tool = NucleiSegmentationTool(settings)

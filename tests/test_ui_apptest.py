@@ -82,7 +82,7 @@ def _ask(at: AppTest, question: str) -> AppTest:
 
 
 def _facade(env: dict[str, Path]):
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
     from pathasst.ui.config import UISettings
     from pathasst.ui.facade import Facade
 
@@ -279,8 +279,8 @@ def test_review_survives_a_crash_between_new_outputs_and_restore(env):
 def test_a_batch_run_report_becomes_the_ai_draft(env):
     """Cases run with ``pathasst run`` (no review files yet) open with their report as the AI draft."""
     from pathasst.agent.outputs import write_case
-    from pathasst.agent.runner import Engine
-    from pathasst.agent.settings import Settings
+    from pathasst.agent.engine import Engine
+    from pathasst.core.settings import Settings
 
     settings = Settings(_env_file=None)
     report, artifacts = Engine(settings, planner="rules").run(
@@ -336,7 +336,7 @@ def test_login_locks_out_after_repeated_failures(login_env, monkeypatch):
 
 
 def test_uploads_are_checked_and_stay_in_the_cases_root(env, monkeypatch):
-    from pathasst.agent.cases import CaseError
+    from pathasst.core.cases import CaseError
     from pathasst.ui.facade import UploadError
 
     monkeypatch.setenv("PATHASST_UI_MAX_UPLOAD_MB", "1")
@@ -430,7 +430,7 @@ def test_tools_page_lists_the_catalogue(env, tmp_path, monkeypatch):
 def test_cli_ui_binds_loopback_with_usage_stats_off(env, monkeypatch):
     from typer.testing import CliRunner
 
-    import pathasst.agent.cli as cli
+    import pathasst.cli.main as cli
 
     seen: dict = {}
 
@@ -469,14 +469,14 @@ def test_cli_ui_binds_loopback_with_usage_stats_off(env, monkeypatch):
 
 
 def test_cli_does_not_import_streamlit():
-    code = "import sys, pathasst.agent.cli; sys.exit(1 if 'streamlit' in sys.modules else 0)"
+    code = "import sys, pathasst.cli.main; sys.exit(1 if 'streamlit' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
 def test_cli_ui_refuses_a_missing_cases_folder(env, tmp_path):
     from typer.testing import CliRunner
 
-    import pathasst.agent.cli as cli
+    import pathasst.cli.main as cli
 
     res = CliRunner().invoke(cli.app, ["ui", "--cases", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "cases folder not found" in res.output
@@ -532,7 +532,7 @@ def test_cli_hash_password_makes_a_usable_bcrypt_hash():
     import bcrypt
     from typer.testing import CliRunner
 
-    import pathasst.agent.cli as cli
+    import pathasst.cli.main as cli
 
     res = CliRunner().invoke(cli.app, ["ui", "--hash-password"], input="pw 1\npw 1\n")
     assert res.exit_code == 0, res.output

@@ -63,7 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         HF_HUB_OFFLINE="1", YOLO_OFFLINE="1", ANONYMIZED_TELEMETRY="False",
     )
     exe = Path(sys.executable).with_name("pathasst")
-    head = [str(exe)] if exe.is_file() else [sys.executable, "-m", "pathasst.agent.cli"]
+    head = [str(exe)] if exe.is_file() else [sys.executable, "-m", "pathasst.cli.main"]
     cmd = [*head, "ui", "--cases", str(base / "cases"), "--out", str(base / "out"), "--port", str(port),
            "--planner", "rules"]
     log = open(ARTIFACTS / "server.log", "w")  # noqa: SIM115 - closed in teardown

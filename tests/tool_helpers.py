@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from pathasst.tools.base import PathologyTool, Region
-from pathasst.tools.errors import ToolCallError, ToolError
-from pathasst.tools.imaging import ImageData
+from pathasst.core.errors import ToolCallError, ToolError
+from pathasst.core.imaging import ImageData
+from pathasst.core.regions import Region
+from pathasst.tools.base import PathologyTool
 from pathasst.tools.registry import ENTRY_POINT_GROUP, ToolRegistry
 
 __all__ = [

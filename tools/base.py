@@ -8,7 +8,6 @@ resolved, errors are typed and converted to planner messages, and a :class:`Tool
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 import uuid
@@ -21,36 +20,27 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pathasst.tools.deadline import call_deadline
-from pathasst.tools.errors import ToolCallError, ToolError, ToolExecutionError, to_planner_message
-from pathasst.tools.imaging import ImageData
+from pathasst.core.deadline import call_deadline
+from pathasst.core.errors import ToolCallError, ToolError, ToolExecutionError, to_planner_message
+from pathasst.core.imaging import ImageData
+from pathasst.core.regions import Region
+from pathasst.core.weights import file_sha256
 from pathasst.tools.planning import PlanningHints
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = [
+    "sig",
     "ImageResolver",
     "PathologyTool",
-    "Region",
     "ToolCallRecord",
     "ToolInput",
     "ToolOutput",
     "ToolResult",
     "bounded_arguments",
     "call_tool",
-    "file_sha256",
 ]
-
-
-class Region(BaseModel):
-    """A rectangle in level-0 pixel coordinates of the source image."""
-
-    model_config = ConfigDict(extra="forbid")
-    x: int = Field(..., ge=0, description="Left edge, level-0 pixels.")
-    y: int = Field(..., ge=0, description="Top edge, level-0 pixels.")
-    width: int = Field(..., gt=0, description="Width, level-0 pixels.")
-    height: int = Field(..., gt=0, description="Height, level-0 pixels.")
 
 
 class ToolInput(BaseModel):
@@ -165,22 +155,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-_SHA_CACHE: dict[tuple[str, float, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached by (path, mtime, size)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime, st.st_size)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
 class ToolCallRecord(BaseModel):
     """One tool call in the trace: inputs, outputs, timing, version, and what the planner was told."""
 
@@ -213,7 +187,7 @@ def call_tool(
     timeout_s: float | None = None, cancel: threading.Event | None = None,
 ) -> tuple[ToolCallRecord, ToolResult | None]:
     """Validate, resolve, run and record one tool call. Never raises for tool-side problems. With ``timeout_s`` (or
-    once ``cancel`` is set) the call stops at its next step (:mod:`pathasst.tools.deadline`) and fails with the
+    once ``cancel`` is set) the call stops at its next step (:mod:`pathasst.core.deadline`) and fails with the
     reason."""
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"tool": tool.name, "arguments": bounded_arguments(arguments), "tool_version": tool.version}
@@ -260,3 +234,13 @@ def call_tool(
         notes=list(image.notes),
     )
     return record, result
+
+
+def sig(x: float | None, digits: int = 4) -> float | None:
+    """Round to ``digits`` significant digits and return a plain float (None stays None)."""
+    if x is None:
+        return None
+    x = float(x)
+    if x == 0 or not np.isfinite(x):
+        return x
+    return float(f"{x:.{digits}g}")

@@ -17,91 +17,17 @@ Format checks read only a few bytes (and, for torch zip archives, the zip direct
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
+from pathasst.core.errors import ToolExecutionError
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import WeightsFormat, check_weights_file, settings_env_var
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
-from pathasst.tools.errors import ToolExecutionError, WeightsError
-from pathasst.tools.imaging import ImageData
 
 __all__ = [
-    "WEIGHTS_SUFFIXES",
     "DeepTool",
-    "WeightsFormat",
-    "check_weights_file",
-    "settings_env_var",
-    "sniff_weights_format",
 ]
-
-WeightsFormat = Literal["torch", "safetensors"]
-
-#: file suffix -> the format its bytes must have
-WEIGHTS_SUFFIXES: dict[str, WeightsFormat] = {
-    ".pt": "torch",
-    ".pth": "torch",
-    ".ckpt": "torch",
-    ".bin": "torch",
-    ".safetensors": "safetensors",
-}
-
-_FORMAT_WORDS: dict[WeightsFormat, str] = {
-    "torch": "a torch checkpoint (zip archive with data.pkl, or legacy pickle)",
-    "safetensors": "a safetensors file",
-}
-
-
-def settings_env_var(setting: str) -> str:
-    """The environment variable of a settings field: ``mitosis_weights`` -> ``PATHASST_MITOSIS_WEIGHTS``."""
-    return f"PATHASST_{setting.upper()}"
-
-
-def sniff_weights_format(path: Path, head: bytes, size: int) -> WeightsFormat | None:
-    """The format the first bytes of ``path`` show, or None when they match none we know."""
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return None
-        return "torch" if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names) else None
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "torch"  # legacy (pre-1.6) torch.save: a pickle stream
-    if len(head) >= 9:
-        header_len = int.from_bytes(head[:8], "little")
-        if 0 < header_len <= size - 8 and head[8:9] == b"{":
-            return "safetensors"
-    return None
-
-
-def check_weights_file(path: Path, setting: str, suffixes: tuple[str, ...]) -> WeightsFormat:
-    """Check that ``path`` exists, is a non-empty readable file of an accepted kind; return its format.
-
-    Raises :class:`WeightsError` whose message names the setting, its environment variable and the path.
-    """
-    where = f"{settings_env_var(setting)} ({setting}) = {str(path)!r}"
-    if not path.exists():
-        raise WeightsError(f"weights file not found: {where}")
-    if not path.is_file():
-        raise WeightsError(f"weights path is not a file: {where}")
-    suffix = path.suffix.lower()
-    if suffix not in suffixes:
-        raise WeightsError(f"weights file {where} has suffix {suffix!r}; expected one of {', '.join(suffixes)}")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError as exc:
-        raise WeightsError(f"cannot read weights file {where}: {exc}") from exc
-    if size == 0:
-        raise WeightsError(f"weights file is empty: {where}")
-    expected = WEIGHTS_SUFFIXES[suffix]
-    found = sniff_weights_format(path, head, size)
-    if found != expected:
-        got = f"looks like {_FORMAT_WORDS[found]}" if found else "unrecognised or corrupt content"
-        raise WeightsError(f"weights file {where} is not {_FORMAT_WORDS[expected]} ({got})")
-    return found
-
 
 class DeepTool(PathologyTool):
     """A tool whose only backend is a network loaded from ``weights_setting``.
@@ -145,7 +71,7 @@ class DeepTool(PathologyTool):
 
     def model_info(self) -> dict[str, Any]:
         """Base info (tool, version, weights, sha256) plus, once loaded, a description of the model."""
-        from pathasst.tools.base import file_sha256
+        from pathasst.core.weights import file_sha256
 
         info = super().model_info()
         shipped = self.shipped_weights() if self.configured_weights() is None else None

@@ -32,7 +32,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pathasst.agent.settings import Settings
+from pathasst.core.settings import Settings
 
 __all__ = ["EVALUATIONS", "run_evaluation", "tools_eval"]
 
@@ -149,7 +149,7 @@ def tools_eval(
 ) -> None:
     """Accuracy of a tool against ground truth in DATA_DIR, printed as JSON (nuclei: F1, PQ, AJI, Dice; IHC:
     positivity-index error, per-cell F1)."""
-    from pathasst.tools.errors import ToolError, UnknownToolError
+    from pathasst.core.errors import ToolError, UnknownToolError
 
     try:
         result = run_evaluation(tool, data_dir, Settings(), limit=limit, mpp=mpp, per_item=per_item, held_out=held_out)

@@ -49,8 +49,8 @@ def _read(path: Path) -> np.ndarray:
 def _read_rgb(path: Path) -> np.ndarray:
     """An image decoded as the product decodes case images (``read_patch``: uint8 RGB from grey, palette, RGBA or
     TIFF files, the pixel limit of the default settings); ``[..., :3]`` would cut a grey image's columns."""
-    from pathasst.agent.readers import read_patch
-    from pathasst.agent.settings import Settings
+    from pathasst.core.readers import read_patch
+    from pathasst.core.settings import Settings
 
     return read_patch(path, Settings.model_fields["max_image_pixels"].default).pixels
 
@@ -110,8 +110,8 @@ def _image_path(folder: Path, name: str) -> Path:
 
 
 def _nuclei_predictor(tool: Any, mpp: float) -> Callable[[np.ndarray], np.ndarray]:
+    from pathasst.core.imaging import ImageData
     from pathasst.tools.base import PathologyTool
-    from pathasst.tools.imaging import ImageData
 
     if isinstance(tool, PathologyTool):
         tool.load()
@@ -285,8 +285,8 @@ def ihc_ground_truth(gt_rgb: np.ndarray, min_area_px: int = 10) -> tuple[np.ndar
 
 
 def _ihc_predictor(tool: Any, mpp: float) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    from pathasst.core.imaging import ImageData
     from pathasst.tools.base import PathologyTool
-    from pathasst.tools.imaging import ImageData
 
     if isinstance(tool, PathologyTool):
         tool.load()

@@ -38,7 +38,7 @@ def scale_stains(rgb: np.ndarray, h: float = 1.0, d: float = 1.0) -> np.ndarray:
 
 def _read(tool: Any, rgb: np.ndarray, mpp: float, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cell centres (N, 2) and normalised DAB fractions (N,) of one image read by ``tool``."""
-    from pathasst.tools.imaging import ImageData
+    from pathasst.core.imaging import ImageData
 
     args = tool.input_model(image="ihc", **({"dab_fraction_threshold": threshold} if threshold else {}))
     out = tool.analyze(ImageData(rgb, name="ihc", mpp=mpp), args).output

@@ -23,7 +23,7 @@ from pathasst.tools.evaluate_tissue import case_bootstrap, run_on_file
 from pathasst.tools.metrics import binary_auc
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["CV_HEADS", "evaluate_slide_classification"]
 

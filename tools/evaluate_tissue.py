@@ -1,7 +1,7 @@
 """Accuracy of ``tissue_classification`` and ``tumor_segmentation`` on an EBHI-Seg folder (``shared/data/ebhi_seg``).
 
 Each image is read and analysed exactly as ``pathasst tools predict TOOL DIR`` does for a user who passes no
-``--mpp`` (:func:`pathasst.agent.readers.read_patch`, then :func:`pathasst.tools.base.call_tool`), so ``predict`` on
+``--mpp`` (:func:`pathasst.core.readers.read_patch`, then :func:`pathasst.tools.base.call_tool`), so ``predict`` on
 the same files reproduces every figure here. ``held_out=True`` scores only the held-out cases of the fixed split
 (:func:`pathasst.tools.datasets.ebhi_split`); otherwise every image in the folder (another cohort: all of it is
 unseen).
@@ -26,7 +26,7 @@ from pathasst.tools.datasets import EbhiItem, ebhi_items
 from pathasst.tools.metrics import classification_scores, dice, mask_iou
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["baseline_lesion_mask", "case_bootstrap", "evaluate_tissue_classification", "evaluate_tumor_segmentation",
            "run_on_file"]
@@ -34,9 +34,9 @@ __all__ = ["baseline_lesion_mask", "case_bootstrap", "evaluate_tissue_classifica
 
 def run_on_file(tool: Any, path: Path, settings: Settings, mpp: float | None = None, arguments: dict | None = None) -> Any:
     """The tool's call record and result on one image file, read as ``tools predict`` reads it."""
-    from pathasst.agent.readers import read_patch
+    from pathasst.core.errors import ToolCallError
+    from pathasst.core.readers import read_patch
     from pathasst.tools.base import call_tool
-    from pathasst.tools.errors import ToolCallError
 
     image = read_patch(path, settings.max_image_pixels, mpp=mpp or settings.default_mpp)
 
@@ -140,7 +140,7 @@ def evaluate_tumor_segmentation(tool: Any, data_dir: Path | str, settings: Setti
     """Score ``tumor_segmentation``'s lesion map (label map > 0) against the EBHI-Seg masks."""
     from PIL import Image
 
-    from pathasst.agent.readers import read_patch
+    from pathasst.core.readers import read_patch
 
     data_dir = Path(data_dir)
     items = [it for it in _items(data_dir, held_out, None) if it.mask is not None][:limit]

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.geojson_read import (
     GeoJSONError,
     GeoJSONSchemaError,
@@ -30,7 +31,6 @@ from pathasst.tools.geojson_read import (
     read_features,
     schema_errors,
 )
-from pathasst.tools.imaging import ImageData
 
 __all__ = [
     "CLASS_COLORS",

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pathasst.tools.imaging import ImageData
+from pathasst.core.imaging import ImageData
 
 __all__ = [
     "GeoJSONError",

@@ -31,18 +31,30 @@ nuclei (membranous or cytoplasmic). Evaluation: :mod:`pathasst.tools.evaluate_ih
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from pathasst.core.errors import ToolExecutionError
+from pathasst.core.imaging import ImageData, looks_like_he
+from pathasst.core.weights import check_weights_file
+from pathasst.core.regions import Region
 from pathasst.tools.backends.render import caption
-from pathasst.tools.base import PathologyTool, Region, ToolInput, ToolOutput, ToolResult
-from pathasst.tools.errors import ToolExecutionError
+from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
+from pathasst.tools.backends.yolo_cells import analyze_ihc, load_cell_detector
 from pathasst.tools.geojson import label_map_to_features, polygon_feature
+from pathasst.tools.ihc_models import (
+    Cell,
+    IHCQuantificationInput,
+    IHCQuantificationOutput,
+    allred_score,
+    intensity_bins,
+)
 from pathasst.tools.ihc_nuclei import dab_fraction, dab_outside_nuclei, has_dab, hot_spot, index_heatmap, stain_maps
-from pathasst.tools.imaging import ImageData
-from pathasst.tools.nuclei_segmentation import MODEL_MPP, outline_overlay, sig
+from pathasst.tools.backends.render import outline_overlay
+from pathasst.tools.base import sig
+from pathasst.tools.nuclei_classical import MODEL_MPP
+from pathasst.tools.nuclei_segmentation import NucleiSegmentationInput, NucleiSegmentationTool
 from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
@@ -54,9 +66,6 @@ __all__ = [
     "intensity_bins",
 ]
 
-Mode = Literal["ki67", "er_pr", "pdl1"]
-#: normalised DAB fraction above which a nucleus is positive (leave-one-image-out choice on DeepLIIF: README)
-DEFAULT_DAB_FRACTION = 0.5
 #: above this many pixels at the working resolution (2048^2), the stain pattern is checked on a sample first
 LARGE_IMAGE_PX = 2048 * 2048
 #: sample windows (pixels at the working resolution) read before counting a large image
@@ -71,129 +80,8 @@ MAX_DAB_COVER = 0.6
 #: reads as a membranous or cytoplasmic stain (DeepLIIF Ki-67: <= 0.15 and <= 0.03; scikit-image sample 0.34, 0.10)
 MEMBRANOUS_SHARE = 0.25
 MEMBRANOUS_COVER = 0.05
-Intensity = Literal[0, 1, 2, 3]
 _POS_COLOR = (220, 30, 30)
 _NEG_COLOR = (40, 80, 230)
-
-
-def _hed(rgb: np.ndarray) -> np.ndarray:
-    from skimage.color import rgb2hed
-
-    return rgb2hed(np.clip(np.asarray(rgb)[..., :3], 1, 255).astype(np.uint8))
-
-
-def intensity_bins(dab_od: np.ndarray, positive_threshold: float) -> np.ndarray:
-    """0 negative, 1 weak, 2 moderate, 3 strong from mean DAB OD (cut-offs 1x, 1.5x, 2.2x ``positive_threshold``)."""
-    edges = np.round(np.array([1.0, 1.5, 2.2]) * positive_threshold, 9)
-    return np.searchsorted(edges, np.asarray(dab_od, dtype=float), side="right").astype(int)
-
-
-def allred_score(percent_positive: float, mean_intensity: float) -> int:
-    """Allred score (0-8): proportion score (0-5) + intensity score (0-3, rounded mean intensity of positives)."""
-    p = percent_positive
-    if p <= 0:
-        proportion = 0
-    elif p < 1:
-        proportion = 1
-    elif p <= 10:
-        proportion = 2
-    elif p <= 33:
-        proportion = 3
-    elif p <= 66:
-        proportion = 4
-    else:
-        proportion = 5
-    intensity = int(round(mean_intensity)) if proportion else 0
-    return proportion + intensity
-
-
-class Cell(BaseModel):
-    """One detected nucleus."""
-
-    model_config = ConfigDict(extra="forbid")
-    x: float = Field(..., description="Centroid x, pixels of the analysed image.")
-    y: float = Field(..., description="Centroid y, pixels of the analysed image.")
-    positive: bool = Field(..., description="True if the mean DAB optical density is above the positive threshold.")
-    intensity: Intensity = Field(..., description="0 negative, 1 weak, 2 moderate, 3 strong.")
-    dab_od: float = Field(..., description="Mean DAB optical density of the nucleus (rgb2hed units).")
-    dab_fraction: float | None = Field(
-        None, ge=0, le=1, description="Normalised DAB fraction of the nucleus (embedded backend; positive above the "
-        "threshold); None from the YOLO backend."
-    )
-    area_px: int = Field(..., ge=1, description="Nucleus area in pixels.")
-    cell_class: str | None = Field(
-        None, description="Cell class named by the deep cell detector (e.g. 'positive tumor cell'); None when classical."
-    )
-    score: float | None = Field(None, ge=0, le=1, description="Deep cell detector's confidence; None when classical.")
-
-
-class IHCQuantificationInput(ToolInput):
-    """Arguments of ``ihc_quantification``."""
-
-    mode: Mode = Field(
-        "ki67", description="Marker: 'ki67' (proliferation index), 'er_pr' (percent + H-score + Allred), 'pdl1' (TPS)."
-    )
-    positive_threshold: float = Field(
-        0.10, gt=0.0, le=2.0, description="Mean nuclear DAB optical density of the weak (1+) bin; moderate and strong "
-        "start at 1.5x and 2.2x (intensity for H-score and Allred; the YOLO backend's positivity cut-off)."
-    )
-    dab_fraction_threshold: float = Field(
-        DEFAULT_DAB_FRACTION, gt=0.0, lt=1.0, description="Normalised DAB fraction of a nucleus above which it is "
-        "positive (stain-strength independent; default chosen leave-one-image-out on DeepLIIF Ki-67)."
-    )
-    min_area_px: int | None = Field(
-        None, ge=1, le=100_000, description="Smallest nucleus kept in pixels (default 3.75 um^2)."
-    )
-    assumed_mpp: float = Field(
-        0.25, gt=0.05, le=4.0, description="Microns per pixel assumed when the image's resolution is unknown."
-    )
-    hotspot_nuclei: int = Field(
-        500, ge=20, le=5000, description="Nuclei per hot-spot field: the hot spot is the highest index over the "
-        "neighbourhoods of this many nuclei (clinical practice: 500); none when the image holds fewer."
-    )
-
-
-class IHCQuantificationOutput(ToolOutput):
-    """Positive / negative cell counts and the marker's scores."""
-
-    mode: Mode = Field(..., description="Marker scored.")
-    positive_cells: int = Field(..., ge=0, description="Nuclei with DAB above the threshold.")
-    negative_cells: int = Field(..., ge=0, description="Nuclei without DAB.")
-    total_cells: int = Field(..., ge=0, description="All nuclei detected.")
-    positivity_index: float | None = Field(
-        ..., ge=0, le=100, description="Percent positive nuclei (Ki-67 index, ER/PR %); None when withheld (warnings)."
-    )
-    weak_cells: int = Field(..., ge=0, description="Positive nuclei of weak (1+) intensity.")
-    moderate_cells: int = Field(..., ge=0, description="Positive nuclei of moderate (2+) intensity.")
-    strong_cells: int = Field(..., ge=0, description="Positive nuclei of strong (3+) intensity.")
-    h_score: float | None = Field(None, ge=0, le=300, description="H-score 0-300 (er_pr mode; None otherwise).")
-    allred: int | None = Field(None, ge=0, le=8, description="Allred score 0-8 (er_pr mode; None otherwise).")
-    tps: float | None = Field(
-        None, ge=0, le=100, description="PD-L1 tumour proportion score approximation, % (pdl1 mode; None otherwise)."
-    )
-    density_per_mm2: float | None = Field(None, description="Nuclei per mm^2; None when mpp unknown.")
-    mpp: float = Field(..., description="Microns per pixel used for the size parameters.")
-    mpp_assumed: bool = Field(..., description="True when the image had no mpp and assumed_mpp was used.")
-    cells: list[Cell] = Field(default_factory=list, description="Every nucleus with its position and class.")
-    hotspot_index: float | None = Field(
-        None, ge=0, le=100, description="Highest positivity index (%) over neighbourhoods of hotspot_nuclei nuclei; "
-        "None when fewer nuclei were found or the index is withheld."
-    )
-    hotspot_region: Region | None = Field(None, description="Bounding box of the hot-spot nuclei, level-0 pixels.")
-    in_domain: bool | None = Field(
-        None, description="False when the image is not a DAB immunostain the index can be read on (H&E, no DAB, DAB "
-        "everywhere, DAB outside nuclei in a nuclear mode); then positivity_index is None. None: deep backend."
-    )
-    warnings: list[str] = Field(default_factory=list, description="Why the reading may be unreliable or was withheld.")
-    dab_outside_nuclei: float | None = Field(
-        None, ge=0, le=1, description="Share of the DAB-dominant pixels away from every nucleus (nuclear markers: "
-        "small; membrane / cytoplasm stains: large)."
-    )
-    cell_counts: dict[str, int] | None = Field(
-        None,
-        description="Deep backend only: detected cells per detector class, scored or not (e.g. lymphocytes and "
-        "fibroblasts, which the index leaves out); None when classical.",
-    )
 
 
 class IHCQuantificationTool(PathologyTool):
@@ -221,9 +109,6 @@ class IHCQuantificationTool(PathologyTool):
     def _load(self) -> None:
         path = self.weights_path()
         if path is not None:
-            from pathasst.tools.backends.yolo_cells import load_cell_detector
-            from pathasst.tools.deep import check_weights_file
-
             check_weights_file(path, "ihc_weights", (".pt",))
             self._cells = load_cell_detector(path, self.settings)
 
@@ -237,8 +122,6 @@ class IHCQuantificationTool(PathologyTool):
         from scipy import ndimage as ndi
 
         if self.weights_path() is not None:  # deep backend
-            from pathasst.tools.backends.yolo_cells import analyze_ihc
-
             self.load()
             return analyze_ihc(self._cells, image, args)
         a = cast(IHCQuantificationInput, args)
@@ -329,7 +212,6 @@ class IHCQuantificationTool(PathologyTool):
         """Nuclei of the image exactly as ``nuclei_segmentation`` finds them (one detector for both tools)."""
         from skimage.segmentation import relabel_sequential
 
-        from pathasst.tools.nuclei_segmentation import NucleiSegmentationInput, NucleiSegmentationTool
 
         if getattr(self, "_nuclei_tool", None) is None:
             self._nuclei_tool = NucleiSegmentationTool(self.settings)
@@ -373,7 +255,6 @@ class IHCQuantificationTool(PathologyTool):
     @staticmethod
     def _warnings(rgb: np.ndarray, maps: Any, mode: str, n: int, share: float, cover: float) -> list[str]:
         """Why no index can be read on this image (empty: it can)."""
-        from pathasst.tools.imaging import looks_like_he
 
         stained = -np.log(np.maximum(np.asarray(rgb)[..., :3].astype(np.float32), 1.0) / 255.0).sum(-1) > 0.3
         if int(stained.sum()) < 100:

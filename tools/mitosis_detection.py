@@ -27,10 +27,11 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from pathasst.core.errors import WeightsError
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import WeightsFormat
 from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
-from pathasst.tools.deep import DeepTool, WeightsFormat
-from pathasst.tools.errors import WeightsError
-from pathasst.tools.imaging import ImageData
+from pathasst.tools.deep import DeepTool
 from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
@@ -159,9 +160,9 @@ class MitosisDetectionTool(DeepTool):
         return self._net
 
     def _analyze_embedded(self, image: ImageData, args: ToolInput) -> ToolResult:
+        from pathasst.core.imaging import looks_like_he
         from pathasst.tools.backends.render import caption
         from pathasst.tools.backends.runtime import working_image
-        from pathasst.tools.imaging import looks_like_he
         from pathasst.tools.tissue_qc import blur_score, tissue_mask
 
         assert isinstance(args, MitosisDetectionInput)

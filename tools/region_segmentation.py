@@ -22,10 +22,11 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
+from pathasst.core.errors import ToolCallError, ToolExecutionError
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import WeightsFormat
 from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
-from pathasst.tools.deep import DeepTool, WeightsFormat
-from pathasst.tools.errors import ToolCallError, ToolExecutionError
-from pathasst.tools.imaging import ImageData
+from pathasst.tools.deep import DeepTool
 from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [

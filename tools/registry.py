@@ -9,12 +9,12 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from pathasst.core.errors import DuplicateToolError, ToolError, UnknownToolError
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput
-from pathasst.tools.errors import DuplicateToolError, ToolError, UnknownToolError
 from pathasst.tools.planning import PlanningHints
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["ENTRY_POINT_GROUP", "ToolRegistry", "default_registry"]
 

@@ -12,9 +12,9 @@ from typing import Any, ClassVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pathasst.core.errors import ToolExecutionError
+from pathasst.core.imaging import ImageData
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
-from pathasst.tools.errors import ToolExecutionError
-from pathasst.tools.imaging import ImageData
 from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = ["NOT_CONFIGURED_MESSAGE", "SimilarCase", "SimilarCasesInput", "SimilarCasesOutput", "SimilarCasesTool"]
@@ -86,7 +86,7 @@ class SimilarCasesTool(PathologyTool):
         return info
 
     def analyze(self, image: ImageData, args: ToolInput) -> ToolResult:
-        from pathasst.memory.embedders import EmbedderError
+        from pathasst.core.embedders import EmbedderError
         from pathasst.memory.ingest import image_vectors
         from pathasst.memory.library import open_library
         from pathasst.memory.store import StoreError

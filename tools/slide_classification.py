@@ -11,7 +11,7 @@ features in the cross-validation, see the model card). Configured: the ABMIL hea
 Where the tiles come from:
 
 * when the analysed image carries its whole slide (an ``image.slide`` attribute with ``mpp``, ``tissue_tiles`` and
-  ``read_region``, as :class:`pathasst.agent.readers.SlideReader` has), every tissue tile of the slide (or of the
+  ``read_region``, as :class:`pathasst.core.readers.SlideReader` has), every tissue tile of the slide (or of the
   requested region) is read at ``tile_mpp``: the whole-slide path;
 * otherwise the tiles are cut from the analysed pixels, resampled to ``tile_mpp`` when their mpp is known (for a
   slide the resolver reads at 0.5 um/px; a slide larger than its pixel budget is then analysed in its
@@ -31,10 +31,12 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import ConfigDict, Field
 
-from pathasst.tools.base import Region, ToolInput, ToolOutput, ToolResult
-from pathasst.tools.deep import DeepTool, WeightsFormat, settings_env_var
-from pathasst.tools.errors import ToolExecutionError
-from pathasst.tools.imaging import ImageData
+from pathasst.core.errors import ToolExecutionError
+from pathasst.core.imaging import ImageData
+from pathasst.core.regions import Region
+from pathasst.core.weights import WeightsFormat, settings_env_var
+from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
+from pathasst.tools.deep import DeepTool
 from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = ["MAX_TILES", "SHIPPED_SLIDE_WEIGHTS", "SlideClassificationInput", "SlideClassificationOutput",
@@ -119,7 +121,7 @@ class SlideClassificationTool(DeepTool):
 
                 head = ABMILHead.load(SHIPPED_SLIDE_WEIGHTS, "shipped slide head", "torch", self.settings)
                 self._shipped_head = (head, self._embedder_for(head))
-        from pathasst.tools.imaging import looks_like_he
+        from pathasst.core.imaging import looks_like_he
 
         self._head, self._embedder = self._shipped_head
         self.model_description = self._head.describe()
@@ -135,14 +137,14 @@ class SlideClassificationTool(DeepTool):
 
     def _embedder_for(self, head: Any) -> Any:
         """The tile embedder the head was trained on (None: PathCLIP, not configured)."""
-        from pathasst.tools.errors import WeightsError
+        from pathasst.core.errors import WeightsError
 
         if head.config.embedder == "tissue_net":
             from pathasst.tools.backends.tissue_tiles import TissueNetEmbedder, shipped_tissue_net
 
             embedder = TissueNetEmbedder(shipped_tissue_net(self.settings), head.config.tile_mpp, head.config.embed_mpp)
         elif head.config.embedder == "hed_texture":
-            from pathasst.memory.descriptor import HEDTextureEmbedder
+            from pathasst.core.descriptor import HEDTextureEmbedder
 
             embedder = HEDTextureEmbedder()
         elif not self._pathclip_configured():

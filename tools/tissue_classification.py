@@ -30,11 +30,12 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from pathasst.core.errors import ToolExecutionError
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import WeightsFormat
 from pathasst.tools.backends.tissue_net import EBHI_CLASSES
 from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
-from pathasst.tools.deep import DeepTool, WeightsFormat
-from pathasst.tools.errors import ToolExecutionError
-from pathasst.tools.imaging import ImageData
+from pathasst.tools.deep import DeepTool
 from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [

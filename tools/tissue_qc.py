@@ -23,10 +23,11 @@ from typing import Literal, cast
 import numpy as np
 from pydantic import Field
 
+from pathasst.core.imaging import ImageData, by_rows
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.geojson import mask_to_features
-from pathasst.tools.imaging import ImageData, by_rows
-from pathasst.tools.nuclei_segmentation import remove_small_labels, sig
+from pathasst.tools.base import sig
+from pathasst.tools.nuclei_classical import remove_small_labels
 from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [

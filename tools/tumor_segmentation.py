@@ -27,9 +27,10 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import ConfigDict, Field
 
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import WeightsFormat
 from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
-from pathasst.tools.deep import DeepTool, WeightsFormat
-from pathasst.tools.imaging import ImageData
+from pathasst.tools.deep import DeepTool
 from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
@@ -134,10 +135,10 @@ class TumorSegmentationTool(DeepTool):
         from skimage.morphology import remove_small_holes, remove_small_objects
         from skimage.transform import resize
 
+        from pathasst.core.errors import ToolExecutionError
         from pathasst.tools.backends.render import caption, class_map_overlay, heatmap_overlay
         from pathasst.tools.backends.runtime import working_image
         from pathasst.tools.backends.tissue_tiles import MIN_SIDE_PX, domain_check, shipped_tissue_net, tissue_tiles
-        from pathasst.tools.errors import ToolExecutionError
         from pathasst.tools.geojson import mask_to_features
         from pathasst.tools.tissue_qc import tissue_mask
 

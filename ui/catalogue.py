@@ -9,8 +9,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
-from pathasst.agent.cases import Case, CaseError
-from pathasst.agent.settings import Settings
+from pathasst.core.cases import Case, CaseError
+from pathasst.core.settings import Settings
 
 __all__ = [
     "CaseLibrary",
@@ -133,7 +133,7 @@ def _backends_seen(out_dir: Path, limit: int = 200) -> dict[str, str]:
 
 
 def _weights(settings: Settings, setting: str | None) -> str:
-    from pathasst.tools.base import file_sha256
+    from pathasst.core.weights import file_sha256
 
     if setting is None:
         return "none needed"

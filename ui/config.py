@@ -1,6 +1,6 @@
 """Settings of the review app, read from the environment (prefix ``PATHASST_UI_``) and ``.env``.
 
-They sit beside ``pathasst.agent.settings.Settings`` (cases root, output folder, planner, limits), which the app
+They sit beside ``pathasst.core.settings.Settings`` (cases root, output folder, planner, limits), which the app
 reads as well. Nothing is read at import time.
 """
 

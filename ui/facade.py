@@ -1,7 +1,7 @@
 """The one module the app's pages call for anything but layout.
 
 It lists cases with their review status, loads cases and their pixels (window by window), runs the graph through
-``pathasst.agent.runner.Engine`` with an event callback, reads and writes the review state (``ui/review.py``),
+``pathasst.agent.engine.Engine`` with an event callback, reads and writes the review state (``ui/review.py``),
 exports reports (``ui/export.py``), checks logins, accepts uploads, and reports on the case library
 (``pathasst.memory``) and the tool catalogue. No Streamlit import here: the pages own the layout.
 
@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from pathasst.agent.cases import (
+from pathasst.core.cases import (
     PATCH_EXTENSIONS,
     SLIDE_EXTENSIONS,
     Case,
@@ -34,7 +34,7 @@ from pathasst.agent.cases import (
     load_case,
     read_case_meta,
 )
-from pathasst.agent.settings import Settings
+from pathasst.core.settings import Settings
 from pathasst.ui import catalogue, uploads
 from pathasst.ui import review as rv
 from pathasst.ui.catalogue import CaseLibrary, LibraryStatus, ToolInfo
@@ -227,7 +227,7 @@ class Facade:
         img = self._image(case, name)
         mpp = case.meta.mpp or self.settings.default_mpp
         if img.kind == "wsi":
-            from pathasst.agent.readers import SlideReader
+            from pathasst.core.readers import SlideReader
 
             with SlideReader(img.path, mpp=mpp) as s:
                 return ImageInfo(name, "wsi", *s.dimensions, mpp=s.mpp, level_downsamples=s.level_downsamples)
@@ -235,7 +235,7 @@ class Facade:
         return ImageInfo(name, "patch", w, h, mpp=mpp)
 
     def _patch(self, path: Path) -> np.ndarray:
-        from pathasst.agent.readers import read_patch
+        from pathasst.core.readers import read_patch
 
         key = (str(path), path.stat().st_mtime)
         with self._patch_lock:
@@ -270,8 +270,8 @@ class Facade:
         out_h = max(1, round(win.height * view_px / win.width))
         level = None
         if info.kind == "wsi":
-            from pathasst.agent.readers import SlideReader
-            from pathasst.tools.base import Region
+            from pathasst.core.readers import SlideReader
+            from pathasst.core.regions import Region
 
             with SlideReader(self._image(case, name).path, mpp=info.mpp) as s:
                 ds = max([d for d in s.level_downsamples if d <= max(1.0, win.width / view_px)] or [1.0])
@@ -374,10 +374,9 @@ class Facade:
     def engine(self) -> Any:
         with self._engine_lock:
             if self._engine is None:
-                from pathasst.agent.planners.base import PlannerError
-                from pathasst.agent.runner import Engine
-
+                from pathasst.agent.engine import Engine
                 from pathasst.memory.conversations import conversations_path, open_checkpointer
+                from pathasst.planning.base import PlannerError
 
                 try:
                     # every analysis is a thread in the SQLite conversation store, so it survives a restart
@@ -415,9 +414,9 @@ class Facade:
     ) -> ChatTurn:
         """Run the graph on the case; write its outputs; record the turn and the new AI draft. Raises AnalysisError."""
         from pathasst.agent.outputs import write_case
-        from pathasst.agent.planners.base import PlannerError
-        from pathasst.agent.report import render_markdown
         from pathasst.memory.conversations import case_thread_id
+        from pathasst.planning.base import PlannerError
+        from pathasst.planning.report import render_markdown
 
         try:
             case = self.load_case(case_id)
@@ -573,8 +572,8 @@ class Facade:
         return catalogue.add_cases(lib, pairs, len(pairs), progress)
 
     def tools(self) -> list[ToolInfo]:
-        from pathasst.tools.errors import ToolError
         from pathasst.agent.system import build_system
+        from pathasst.core.errors import ToolError
 
         try:
             reg = self.registry if self.registry is not None else build_system(self.settings).registry

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from pathasst.agent.cases import PATCH_EXTENSIONS, SLIDE_EXTENSIONS, Case, CaseError, ensure_inside, load_case
-from pathasst.agent.settings import Settings
+from pathasst.core.cases import PATCH_EXTENSIONS, SLIDE_EXTENSIONS, Case, CaseError, ensure_inside, load_case
+from pathasst.core.settings import Settings
 
 __all__ = ["CASE_ID_RE", "UPLOAD_EXTENSIONS", "UploadError", "check_upload", "create_case"]
 

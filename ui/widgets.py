@@ -19,7 +19,7 @@ _ANCHOR_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 @st.cache_resource(show_spinner=False)
 def _facade(key: str) -> Facade:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
     from pathasst.ui.config import UISettings
 
     return Facade(Settings(), UISettings())
@@ -27,7 +27,7 @@ def _facade(key: str) -> Facade:
 
 def facade() -> Facade:
     """The facade for the current environment (one per distinct configuration, shared by all sessions)."""
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
     from pathasst.ui.config import UISettings
 
     s, u = Settings(), UISettings()

@@ -331,8 +331,8 @@ def generate_tool_samples(
     samples; ``combos`` two-tool samples. Questions in ``exclude`` (e.g. the evaluation sets) and near-copies of them
     (difflib ratio >= ``exclude_cutoff`` on normalised text) are left out.
     """
-    from pathasst.agent.planners.base import PlannerContext
-    from pathasst.agent.planners.parsing import parse_plan
+    from pathasst.planning.base import PlannerContext
+    from pathasst.planning.parsing import parse_plan
 
     rng = random.Random(seed)
     names = [t["name"] for t in catalogue]

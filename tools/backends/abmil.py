@@ -13,7 +13,7 @@ key              required  meaning
 ``min_tissue``   no (0.5)  smallest tissue fraction of a tile that is used
 ``embedder``     no        ``"pathclip"`` (PathCLIP's image tower, 512-d), ``"tissue_net"`` (the shipped tissue
                            network's pooled features, 256-d) or ``"hed_texture"`` (the weight-free ``hed-texture-v1``
-                           descriptor of stain, texture and nuclear shape, 171-d; :mod:`pathasst.memory.descriptor`)
+                           descriptor of stain, texture and nuclear shape, 171-d; :mod:`pathasst.core.descriptor`)
 ``embed_mpp``    no        tiles of known mpp are resampled to this before embedding (default: as cut)
 ``feature_mean`` no        per-dimension mean and standard deviation the embeddings are standardised with
 ``feature_std``            before the head (lists of ``in_dim`` numbers; default: none)
@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pathasst.tools.backends.runtime import Checkpoint, configure_threads, load_state, read_checkpoint, torch_device
-from pathasst.tools.deep import WeightsFormat
-from pathasst.tools.errors import WeightsError
+from pathasst.core.errors import WeightsError
+from pathasst.core.weights import Checkpoint, WeightsFormat, read_checkpoint
+from pathasst.tools.backends.runtime import configure_threads, load_state, torch_device
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["EMBEDDERS", "ABMILConfig", "ABMILHead", "build_abmil"]
 

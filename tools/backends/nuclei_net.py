@@ -45,26 +45,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pathasst.core.errors import WeightsError
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import Checkpoint, read_checkpoint
 from pathasst.tools.backends.runtime import (
-    Checkpoint,
     configure_threads,
     cpu_native_bf16,
     load_state,
     predict_padded,
-    read_checkpoint,
     torch_device,
     working_image,
 )
 from pathasst.tools.backends.tiling import dense_tiled
-from pathasst.tools.errors import WeightsError
-from pathasst.tools.imaging import ImageData
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "SHIPPED_NET_WEIGHTS",
     "ARCHITECTURE",
     "DEFAULT_TYPE_CLASSES",
     "EDGE_MODES",
@@ -83,6 +83,10 @@ __all__ = [
     "to_image_labels",
     "vote_instances",
 ]
+
+#: the project's own nuclei network, shipped with the package (see tools/weights/NUCLEI_MODEL_CARD.md)
+SHIPPED_NET_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "nuclei_net.pt"
+
 
 ARCHITECTURE = "pathasst-nuclei-net"
 #: arithmetic of inference (Settings.nuclei_precision)

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from pathasst.core.imaging import ImageData
 from pathasst.tools.backends.nuclei_net import NucleiNet, NucleiPrediction, to_image_labels
 from pathasst.tools.backends.runtime import working_image
 from pathasst.tools.backends.sam import SamSegmenter
-from pathasst.tools.imaging import ImageData
 
 __all__ = ["NucleiSam", "SamRefinement"]
 

@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pathasst.core.errors import WeightsError
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import describe_setting, read_sidecar, sidecar_number
 from pathasst.tools.backends.nuclei_net import NucleiNet, is_nuclei_net_checkpoint
 from pathasst.tools.backends.nuclei_sam import NucleiSam
-from pathasst.tools.backends.runtime import describe_setting, read_sidecar, sidecar_number, working_image
+from pathasst.tools.backends.runtime import working_image
 from pathasst.tools.backends.yolo import YoloBackend
-from pathasst.tools.errors import WeightsError
-from pathasst.tools.imaging import ImageData
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["NucleiYolo", "load_nuclei_backend"]
 
@@ -84,8 +85,8 @@ def load_nuclei_backend(path: Path, settings: Settings) -> NucleiYolo | NucleiNe
     """Load ``PATHASST_NUCLEI_WEIGHTS``: the project's nuclei network, a segment-anything checkpoint (prompted by the
     shipped network, :mod:`pathasst.tools.backends.nuclei_sam`) or a YOLO-seg checkpoint, by content; WeightsError
     naming the setting otherwise."""
+    from pathasst.core.weights import check_weights_file
     from pathasst.tools.backends.sam import SamSegmenter, is_sam_checkpoint
-    from pathasst.tools.deep import check_weights_file
 
     path = Path(path)
     where = describe_setting(SETTING, path)
@@ -93,7 +94,7 @@ def load_nuclei_backend(path: Path, settings: Settings) -> NucleiYolo | NucleiNe
     if is_nuclei_net_checkpoint(path):
         return NucleiNet.load(path, SETTING, settings, fmt)
     if is_sam_checkpoint(path):
-        from pathasst.tools.nuclei_segmentation import SHIPPED_NET_WEIGHTS
+        from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS
 
         if not SHIPPED_NET_WEIGHTS.is_file():
             raise WeightsError(

@@ -1,6 +1,6 @@
 """PathCLIP for the tools: zero-shot tissue classification, an optional linear-probe head, tile embeddings.
 
-The PathCLIP model itself is loaded by the memory package (:class:`pathasst.memory.pathclip.PathCLIPEmbedder`, open_clip
+The PathCLIP model itself is loaded by the memory package (:class:`pathasst.core.pathclip.PathCLIPEmbedder`, open_clip
 ``ViT-B-16`` with QuickGELU from ``PATHASST_PATHCLIP_WEIGHTS``, cached per process and shared with the case library);
 this module adds what the tools need on top of its unit-norm image and text embeddings.
 
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pathasst.tools.backends.runtime import Checkpoint, configure_threads, read_checkpoint
-from pathasst.tools.deep import check_weights_file
-from pathasst.tools.errors import WeightsError
+from pathasst.core.errors import WeightsError
+from pathasst.core.weights import Checkpoint, check_weights_file, read_checkpoint
+from pathasst.tools.backends.runtime import configure_threads
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = [
     "LOGIT_SCALE",
@@ -54,7 +54,7 @@ PROBE_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 def pathclip_embedder(settings: Settings) -> Any:
     """The process-wide PathCLIP embedder of the memory package for ``settings`` (loads lazily; WeightsError)."""
-    from pathasst.memory.embedders import get_embedder
+    from pathasst.core.embedders import get_embedder
 
     configure_threads(settings)
     emb = get_embedder("pathclip", "image", settings)
@@ -132,7 +132,7 @@ def _spread(n_items: int, k: int) -> np.ndarray:
 
 def patch_tiles(rgb: np.ndarray, tile: int = TILE_PX, max_tiles: int = MAX_TILES, min_tissue: float = MIN_TISSUE) -> TileSet:
     """The image itself when small, else its tissue tiles (see the module docstring)."""
-    from pathasst.tools.imaging import tissue_mask
+    from pathasst.core.imaging import tissue_mask
 
     h, w = rgb.shape[:2]
     if max(h, w) <= int(1.5 * tile):

@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from pathasst.core.imaging import ImageData, by_rows
 from pathasst.tools.geojson import polygon_feature
-from pathasst.tools.imaging import ImageData, by_rows
 
 __all__ = [
+    "outline_overlay",
     "box_features",
     "caption",
     "class_map_overlay",
@@ -125,3 +126,22 @@ def caption(rgb: np.ndarray, lines: Sequence[str], color: tuple[int, int, int] =
         if y >= h:
             break
     return np.asarray(im)
+
+
+_Color = tuple[int, int, int]
+
+
+def outline_overlay(rgb: np.ndarray, labels: np.ndarray, colors: dict[int, _Color] | _Color) -> np.ndarray:
+    """RGB copy of ``rgb`` with object outlines drawn (one colour, or ``{label: colour}``)."""
+    from skimage.segmentation import find_boundaries
+
+    out = np.array(rgb[..., :3], dtype=np.uint8, copy=True)
+    edges = find_boundaries(labels, mode="inner")
+    if isinstance(colors, tuple):
+        out[edges] = colors
+        return out
+    lut = np.zeros((int(labels.max()) + 1, 3), np.uint8)
+    for lab, col in colors.items():
+        lut[lab] = col
+    out[edges] = lut[labels[edges]]
+    return out

@@ -1,48 +1,28 @@
-"""What every deep backend shares: device and threads, reading checkpoints with their metadata, resampling.
-
-Checkpoint metadata (class names, input resolution, label names) travels with the weights in one of two ways:
-
-* a **dict checkpoint** ``{"state_dict": {...tensors...}, "config": {...JSON-able...}}`` saved with ``torch.save``;
-* a **JSON sidecar** next to the weights: same stem, suffix ``.json`` (``unet.pt`` + ``unet.json``); required for
-  ``.safetensors`` files and for plain state dicts. When both exist the sidecar wins (it is easier to edit).
-
-Checkpoints are read with ``torch.load(weights_only=True)`` (no code execution) or ``safetensors``. Every problem with
-the file raises :class:`~pathasst.tools.errors.WeightsError` naming the setting and its environment variable.
-"""
+"""What every deep backend shares: device and threads, loading a checkpoint into a module, resampling, padded
+prediction. Reading weights files is :mod:`pathasst.core.weights`."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pathasst.tools.deep import WeightsFormat, settings_env_var
-from pathasst.tools.errors import WeightsError
-from pathasst.tools.imaging import ImageData
+from pathasst.core.errors import WeightsError
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import Checkpoint
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = [
     "predict_padded",
-    "Checkpoint",
     "configure_threads",
-    "describe_setting",
     "load_state",
-    "read_checkpoint",
     "resample",
-    "sidecar_path",
     "torch_device",
     "working_image",
 ]
-
-
-def describe_setting(setting: str, path: Path) -> str:
-    """``PATHASST_X (x) = '/path'``: how every weights error names its setting."""
-    return f"{settings_env_var(setting)} ({setting}) = {str(path)!r}"
 
 
 def torch_device() -> Any:
@@ -80,103 +60,6 @@ def configure_threads(settings: Settings) -> None:
 
         if torch.get_num_threads() != int(threads):
             torch.set_num_threads(int(threads))
-
-
-def sidecar_path(path: Path) -> Path:
-    """The JSON sidecar of a weights file: same folder and stem, suffix ``.json``."""
-    return Path(path).with_suffix(".json")
-
-
-def read_sidecar(path: Path, where: str) -> dict[str, Any]:
-    """The JSON object in the sidecar of weights ``path`` ({} when there is none); ``WeightsError`` naming the
-    setting (``where``) when it is unreadable or not an object."""
-    side = sidecar_path(path)
-    if not side.is_file():
-        return {}
-    try:
-        loaded = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"cannot read the sidecar {side} of {where}: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise WeightsError(f"the sidecar {side} of {where} must hold a JSON object")
-    return loaded
-
-
-def sidecar_number(cfg: Mapping[str, Any], key: str, default: float, lo: float, hi: float, where: str) -> float:
-    """``cfg[key]`` as a float in ``lo..hi`` (``default`` when absent); ``WeightsError`` naming ``where`` else."""
-    if key not in cfg:
-        return default
-    v = cfg[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= float(v) <= hi:
-        raise WeightsError(f"sidecar of {where}: {key} must be a number in {lo:g}..{hi:g}, got {v!r}")
-    return float(v)
-
-
-class Checkpoint:
-    """Tensors and metadata of a checkpoint: ``state_dict`` (name -> tensor) and ``config`` (dict, maybe empty)."""
-
-    def __init__(self, state_dict: dict[str, Any], config: dict[str, Any], path: Path, setting: str) -> None:
-        self.state_dict = state_dict
-        self.config = config
-        self.path = path
-        self.setting = setting
-
-    def where(self) -> str:
-        return describe_setting(self.setting, self.path)
-
-    def require(self, key: str, kind: type | tuple[type, ...]) -> Any:
-        """``config[key]``, checked to be of ``kind``; WeightsError naming the setting otherwise."""
-        if key not in self.config:
-            raise WeightsError(
-                f"weights {self.where()} lack {key!r} in their config (give it in the checkpoint's 'config' or in "
-                f"the sidecar {sidecar_path(self.path).name})"
-            )
-        value = self.config[key]
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            raise WeightsError(f"weights {self.where()}: config {key!r} = {value!r} has the wrong type")
-        return value
-
-
-def read_checkpoint(path: Path, setting: str, fmt: WeightsFormat, sidecar: bool = True) -> Checkpoint:
-    """Read a state dict (plain, or ``{"state_dict", "config"}``) and its config (sidecar JSON wins).
-
-    ``fmt`` is what :func:`~pathasst.tools.deep.check_weights_file` found. Raises ``WeightsError``.
-    """
-    import torch
-
-    path = Path(path)
-    where = describe_setting(setting, path)
-    try:
-        if fmt == "safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                raw: Any = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-                meta = f.metadata() or {}
-            if "config" in meta:  # optional: config stored as JSON in the safetensors header metadata
-                raw = {"state_dict": raw, "config": json.loads(meta["config"])}
-        else:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for a bad file; all mean "unreadable"
-        raise WeightsError(f"cannot read weights {where}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
-    config: dict[str, Any] = {}
-    if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
-        cfg = raw.get("config", {})
-        if not isinstance(cfg, Mapping):
-            raise WeightsError(f"weights {where}: 'config' must be a dict, got {type(cfg).__name__}")
-        config = dict(cfg)
-        raw = raw["state_dict"]
-    if not isinstance(raw, Mapping) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise WeightsError(
-            f"weights {where} are not a state dict of tensors (nor {{'state_dict': ..., 'config': ...}}); "
-            f"got {type(raw).__name__}"
-        )
-    state = dict(raw)
-    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    if sidecar:
-        config = {**config, **read_sidecar(path, where)}
-    return Checkpoint(state, config, path, setting)
 
 
 def load_state(module: Any, ckpt: Checkpoint, what: str) -> None:

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pathasst.tools.backends.runtime import configure_threads, load_state, read_checkpoint, torch_device
-from pathasst.tools.deep import WeightsFormat
-from pathasst.tools.errors import WeightsError
+from pathasst.core.errors import WeightsError
+from pathasst.core.weights import WeightsFormat, read_checkpoint
+from pathasst.tools.backends.runtime import configure_threads, load_state, torch_device
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["SAM_VARIANTS", "SamResult", "SamSegmenter", "is_sam_checkpoint"]
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pathasst.tools.deadline import check_deadline
-from pathasst.tools.imaging import ImageData
+from pathasst.core.deadline import check_deadline
+from pathasst.core.imaging import ImageData
 
 __all__ = [
     "Detections",

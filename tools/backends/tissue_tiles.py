@@ -4,7 +4,7 @@
 (:mod:`pathasst.tools.backends.tissue_net`, ``tools/weights/tissue_net.pt``) when their deep weights are not
 configured. They share one loaded network per process (:func:`shipped_tissue_net`), cut the analysed image into
 tissue tiles the same way (:func:`tissue_tiles`) and judge the same way whether the image is in the network's domain
-(:func:`domain_check`): an H&E stain (eosin present; :func:`pathasst.tools.imaging.looks_like_he`) and tile embeddings
+(:func:`domain_check`): an H&E stain (eosin present; :func:`pathasst.core.imaging.looks_like_he`) and tile embeddings
 within the training embeddings' spread (squared Mahalanobis distance under the checkpoint's ``ood_threshold``, set
 at the 99th percentile of the validation images').
 """
@@ -21,7 +21,7 @@ import numpy as np
 from pathasst.tools.backends.tissue_net import TissueNet
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = [
     "SHIPPED_TISSUE_WEIGHTS",
@@ -107,7 +107,7 @@ class DomainCheck:
 def domain_check(net: TissueNet, rgb: np.ndarray, ood_distance: np.ndarray, what: str) -> DomainCheck:
     """Judge the image (``rgb`` at the network's resolution) and its tiles' ``ood_distance``; ``what`` names the
     trained task in the warning (e.g. "colorectal mucosa (EBHI-Seg)")."""
-    from pathasst.tools.imaging import looks_like_he
+    from pathasst.core.imaging import looks_like_he
 
     he = looks_like_he(rgb)
     thr = net.config.ood_threshold

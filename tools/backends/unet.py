@@ -26,20 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pathasst.tools.backends.runtime import (
-    Checkpoint,
-    configure_threads,
-    load_state,
-    predict_padded,
-    read_checkpoint,
-    torch_device,
-)
+from pathasst.core.errors import WeightsError
+from pathasst.core.weights import Checkpoint, WeightsFormat, read_checkpoint
+from pathasst.tools.backends.runtime import configure_threads, load_state, predict_padded, torch_device
 from pathasst.tools.backends.tiling import dense_tiled
-from pathasst.tools.deep import WeightsFormat
-from pathasst.tools.errors import WeightsError
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["UNetConfig", "UNetSegmenter", "build_unet"]
 

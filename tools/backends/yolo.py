@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pathasst.tools.backends.runtime import configure_threads, describe_setting
+from pathasst.core.errors import WeightsError
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import describe_setting
+from pathasst.tools.backends.runtime import configure_threads
 from pathasst.tools.backends.tiling import Detections, TiledDetections, detect_tiled
-from pathasst.tools.errors import WeightsError
-from pathasst.tools.imaging import ImageData
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["DEFAULT_IMGSZ", "YoloBackend"]
 

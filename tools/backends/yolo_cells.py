@@ -26,15 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pathasst.tools.backends.render import level0_to_array
-from pathasst.tools.backends.runtime import describe_setting, read_sidecar, sidecar_number, working_image
+from pathasst.core.errors import WeightsError
+from pathasst.core.imaging import ImageData
+from pathasst.core.weights import describe_setting, read_sidecar, sidecar_number
+from pathasst.tools.backends.render import level0_to_array, outline_overlay
+from pathasst.tools.backends.runtime import working_image
 from pathasst.tools.backends.yolo import YoloBackend
-from pathasst.tools.base import ToolInput, ToolResult
-from pathasst.tools.errors import WeightsError
-from pathasst.tools.imaging import ImageData
+from pathasst.tools.base import ToolInput, ToolResult, sig
+from pathasst.tools.geojson import label_map_to_features
+from pathasst.tools.ihc_models import Cell, IHCQuantificationInput, IHCQuantificationOutput, allred_score, intensity_bins
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["CellDetector", "analyze_ihc", "load_cell_detector"]
 
@@ -112,15 +115,6 @@ def analyze_ihc(detector: CellDetector, image: ImageData, args: ToolInput) -> To
     from scipy import ndimage as ndi
     from skimage.color import rgb2hed
 
-    from pathasst.tools.geojson import label_map_to_features
-    from pathasst.tools.ihc_quantification import (
-        Cell,
-        IHCQuantificationInput,
-        IHCQuantificationOutput,
-        allred_score,
-        intensity_bins,
-    )
-    from pathasst.tools.nuclei_segmentation import outline_overlay, sig
 
     assert isinstance(args, IHCQuantificationInput)
     work = working_image(image, detector.mpp)

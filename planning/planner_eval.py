@@ -9,7 +9,7 @@ A question file is JSONL, one object a line::
 ``PlannerOutputError`` scores an empty, invalid plan (never correct, even where no tool was expected); nothing
 stops the run.
 
-The shipped sets (``agent/data/planner_dev.jsonl``, 80 questions, and ``planner_holdout.jsonl``, 40 questions
+The shipped sets (``planning/data/planner_dev.jsonl``, 80 questions, and ``planner_holdout.jsonl``, 40 questions
 written separately and never used to tune the rules) label by these conventions: a diagnostic question is
 ``slide_classification`` on a whole slide and ``tissue_classification`` on a patch; "grade" means
 ``mitosis_detection``; HER2 scoring needs no tool (no ``ihc_quantification`` mode covers it); a prompt injection's
@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pathasst.agent.planners.base import Planner, PlannerContext, PlannerError
-from pathasst.agent.planners.parsing import VALIDATOR_NAME, validate_arguments
+from pathasst.planning.base import Planner, PlannerContext, PlannerError
+from pathasst.planning.parsing import VALIDATOR_NAME, validate_arguments
 
 __all__ = [
     "EvalQuestion",

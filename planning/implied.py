@@ -8,8 +8,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from pathasst.agent.planners.base import PlannerContext
-from pathasst.agent.planners.schemas import enum_of, resolve_schema, schema_variants
+from pathasst.planning.base import PlannerContext
+from pathasst.planning.schemas import enum_of, resolve_schema, schema_variants
 
 __all__ = ["context_arguments", "enum_alias", "normalised", "question_coordinates", "stain_enum", "written_geometry"]
 

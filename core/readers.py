@@ -18,18 +18,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pathasst.agent.cases import (
+from pathasst.core.case_model import (
     Case,
     CaseError,
-    clip,
     CorruptImageError,
     ImageTooLargeError,
     UnsupportedFormatError,
+    clip,
 )
-from pathasst.agent.settings import Settings
-from pathasst.tools.base import Region
-from pathasst.tools.errors import ToolCallError
-from pathasst.tools.imaging import ImageData, as_rgb_uint8, tissue_mask
+from pathasst.core.errors import ToolCallError
+from pathasst.core.imaging import ImageData, as_rgb_uint8, tissue_mask
+from pathasst.core.regions import Region
+from pathasst.core.settings import Settings
 
 __all__ = ["CaseImageResolver", "SlideReader", "TileSpec", "open_slide", "read_patch", "verify_patch"]
 
@@ -331,7 +331,7 @@ class CaseImageResolver:
                 return self._within_budget(self._crop(self.patch(name), region), working_mpp)
             return self._slide_pixels(name, region, working_mpp)
         except CaseError as exc:
-            from pathasst.tools.errors import ToolExecutionError
+            from pathasst.core.errors import ToolExecutionError
 
             raise ToolExecutionError(f"cannot read {name}: {exc}") from exc
 

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pathasst.memory.embedders import Embedder
+from pathasst.core.embedding import Embedder
 
 __all__ = ["BLOCKS", "HEDTextureEmbedder", "hed_texture_descriptor"]
 
@@ -115,7 +115,7 @@ def hed_texture_descriptor(rgb: np.ndarray, weights: dict[str, float] | None = N
     from scipy import ndimage as ndi
     from skimage import color, feature, filters, measure, morphology
 
-    from pathasst.tools.imaging import as_rgb_uint8
+    from pathasst.core.imaging import as_rgb_uint8
 
     rgb = _downsample(as_rgb_uint8(rgb))
     hed = np.clip(color.rgb2hed(rgb), 0.0, None)

@@ -5,7 +5,7 @@ checkpoint (``{"state_dict": ...}``, with or without DistributedDataParallel's `
 ``.safetensors`` file of the same tensors. Nothing is downloaded: the architecture is built with ``pretrained=None``
 and the tokenizer's vocabulary ships inside open_clip.
 
-A missing, corrupt or mismatched file raises :class:`~pathasst.tools.errors.WeightsError` naming
+A missing, corrupt or mismatched file raises :class:`~pathasst.core.errors.WeightsError` naming
 ``PATHASST_PATHCLIP_WEIGHTS``. Vectors are L2-normalised, 512-d; inference runs under ``torch.inference_mode`` with
 ``Settings.torch_threads`` threads.
 """
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from pathasst.memory.embedders import Embedder, EmbedderError
-from pathasst.tools.errors import WeightsError
+from pathasst.core.embedding import Embedder, EmbedderError
+from pathasst.core.errors import WeightsError
 
 if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
 __all__ = ["ARCHITECTURE", "PathCLIPEmbedder", "load_pathclip_state_dict"]
 
@@ -43,7 +43,7 @@ def load_pathclip_state_dict(path: Path) -> dict[str, Any]:
     """Read the tensors of a PathCLIP checkpoint (no code execution: ``weights_only``); raise ``WeightsError``."""
     import torch
 
-    from pathasst.tools.deep import check_weights_file
+    from pathasst.core.weights import check_weights_file
 
     path = Path(path)
     fmt = check_weights_file(path, SETTING, SUFFIXES)
@@ -108,7 +108,7 @@ class PathCLIPEmbedder(Embedder):
     def fingerprint(self) -> str:
         """``pathclip-vitb16:<first 16 hex digits of the weights' sha256>``."""
         if self._fingerprint is None:
-            from pathasst.tools.base import file_sha256
+            from pathasst.core.weights import file_sha256
 
             if not self.weights.is_file():
                 raise WeightsError(f"weights file not found: {_where(self.weights)}")
@@ -149,7 +149,7 @@ class PathCLIPEmbedder(Embedder):
         import torch
         from PIL import Image
 
-        from pathasst.tools.imaging import as_rgb_uint8
+        from pathasst.core.imaging import as_rgb_uint8
 
         batch = torch.stack([self._preprocess(Image.fromarray(as_rgb_uint8(im))) for im in images])
         with torch.inference_mode():

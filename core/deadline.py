@@ -1,7 +1,7 @@
 """A per-call time limit and cancellation that long-running tools honour between steps (tile batches).
 
 :func:`call_deadline` sets a deadline for the block (``None``: no limit) and optionally a cancel event (set by a
-server when the client left); :func:`check_deadline` raises :class:`~pathasst.tools.errors.CallTimeoutError` once
+server when the client left); :func:`check_deadline` raises :class:`~pathasst.core.errors.CallTimeoutError` once
 the deadline has passed or the event is set. The tiler checks it before every tile batch, so
 a tiled call stops within one batch of its limit; ``call_tool`` converts the error into a ``failed`` record like any
 other tool failure. The deadline is a context variable: each thread or task sees its own call's limit.
@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pathasst.tools.errors import CallTimeoutError
+from pathasst.core.errors import CallTimeoutError
 
 __all__ = ["call_deadline", "check_deadline"]
 

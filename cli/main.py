@@ -23,7 +23,7 @@ out_console = Console()
 
 
 def _settings(**overrides: Any):
-    from pathasst.agent.settings import Settings
+    from pathasst.core.settings import Settings
 
     s = Settings()
     return s.model_copy(update={k: v for k, v in overrides.items() if v is not None})
@@ -48,11 +48,11 @@ def _run_batch(
     address: str | None = None,
     **overrides: Any,
 ) -> int:
-    from pathasst.agent.cases import CaseError, discover_cases
     from pathasst.agent.executors import ExecutorError, make_executor
-    from pathasst.agent.planners.base import PlannerError
     from pathasst.agent.runner import run_batch
     from pathasst.agent.system import build_system
+    from pathasst.core.cases import CaseError, discover_cases
+    from pathasst.planning.base import PlannerError
 
     settings = _settings(cases_root=cases_dir, **overrides)
     kind = executor or settings.executor
@@ -153,11 +153,11 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json instead of Markdown.")] = False,
 ) -> None:
     """Ask one question about one image or slide."""
-    from pathasst.agent.cases import CaseError, CaseMeta, single_image_case
     from pathasst.agent.outputs import write_case
-    from pathasst.agent.planners.base import PlannerError
-    from pathasst.agent.report import render_markdown
-    from pathasst.agent.runner import Engine
+    from pathasst.agent.engine import Engine
+    from pathasst.core.cases import CaseError, CaseMeta, single_image_case
+    from pathasst.planning.base import PlannerError
+    from pathasst.planning.report import render_markdown
 
     settings = _settings()
     try:
@@ -222,7 +222,7 @@ def ui_command(
     if cases_dir is None or not Path(cases_dir).is_dir():
         _fail(f"cases folder not found: {cases_dir} (give --cases DIR or set PATHASST_CASES_ROOT)")
     from pathasst.agent.exposure import InsecureBindError, check_bind, refuse_system_root
-    from pathasst.agent.settings import is_loopback
+    from pathasst.core.settings import is_loopback
 
     try:
         refuse_system_root(Path(cases_dir))
@@ -305,7 +305,7 @@ def tools_predict(
 ) -> None:
     """Run one tool on every image of a folder: DIR/STEM.json (+ DIR/STEM.png 16-bit labels for segmentation)."""
     from pathasst.agent.predict import predict_folder
-    from pathasst.tools.errors import UnknownToolError
+    from pathasst.core.errors import UnknownToolError
 
     extra: dict[str, Any] = {}
     for a in arg or []:
@@ -334,7 +334,7 @@ _mount_tools_eval()
 
 
 def _mount_eval() -> None:
-    from pathasst.agent.cli_eval import eval_app
+    from pathasst.cli.eval import eval_app
 
     app.add_typer(eval_app, name="eval")
 
@@ -352,7 +352,7 @@ _mount_library()
 
 
 def _mount_mcp() -> None:
-    from pathasst.agent.cli_mcp import mcp_command
+    from pathasst.cli.mcp import mcp_command
 
     app.command("mcp")(mcp_command)
 

@@ -3,7 +3,7 @@
 ``pathasst mcp --root DIR`` speaks MCP on stdin/stdout (for a client that starts the server itself, e.g. Claude
 Desktop); ``pathasst mcp --transport http --root DIR`` serves streamable HTTP at ``http://127.0.0.1:8765/mcp``.
 In stdio mode nothing but the protocol is written to stdout: messages and logs go to stderr.
-Also runnable as ``python -m pathasst.agent.cli_mcp``.
+Also runnable as ``python -m pathasst.cli.mcp``.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ def mcp_command(
     ] = False,
 ) -> None:
     """Serve the pathology tools and similar-case search over MCP (stdio or streamable HTTP on 127.0.0.1)."""
-    from pathasst.agent.cases import CaseError
     from pathasst.agent.exposure import InsecureBindError, check_bind
     from pathasst.agent.mcp_server import build_server, mcp_token, serve
-    from pathasst.agent.settings import Settings
+    from pathasst.core.cases import CaseError
+    from pathasst.core.settings import Settings
 
     settings = Settings()
     try:

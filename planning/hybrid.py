@@ -2,7 +2,7 @@
 
 How a question becomes a plan (round 0; any later round finishes, as with the rules):
 
-1. :class:`~pathasst.agent.planners.rules.RulesPlanner` decides (injection text cut, typos corrected, triggers,
+1. :class:`~pathasst.planning.rules.RulesPlanner` decides (injection text cut, typos corrected, triggers,
    stain and modality routing). Its tools are always kept: on the design data, letting the neighbours overrule or
    prune the rules' choice broke more plans than it fixed at every similarity threshold tried, so nothing here
    arbitrates against the rules.
@@ -22,7 +22,7 @@ How a question becomes a plan (round 0; any later round finishes, as with the ru
    needs coordinates written in the question.
 5. Calls and arguments are built by :meth:`RulesPlanner.plan` (one call per tool per image, catalogue respected).
 
-The examples (``agent/data/hybrid_examples.jsonl``) are the train split of the registry-generated tool-invocation
+The examples (``planning/data/hybrid_examples.jsonl``) are the train split of the registry-generated tool-invocation
 data, written by ``python scripts/write_hybrid_examples.py`` (``generate_tool_samples`` with seed 0, the planner
 evaluation questions excluded); ``tests/test_planner_hybrid.py`` checks that the file still equals the generator's
 output. They are embedded on first use of the fallback (about 850 distinct texts, tens of seconds on two CPU cores)
@@ -50,9 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerError
-from pathasst.agent.planners.parsing import question_coordinates
-from pathasst.agent.planners.rules import (
+from pathasst.core.settings import Settings
+from pathasst.planning.base import PlanDecision, PlannerContext, PlannerError
+from pathasst.planning.parsing import question_coordinates
+from pathasst.planning.rules import (
     _FILE_NAME,
     _NEG_BEFORE,
     _SENTENCE,
@@ -64,7 +65,6 @@ from pathasst.agent.planners.rules import (
     order_tools,
     strip_injections,
 )
-from pathasst.agent.settings import Settings
 
 __all__ = [
     "EXAMPLES_FILE",
@@ -99,7 +99,7 @@ def rules_text(question: str) -> str:
 
 def load_examples(path: Path | None = None) -> list[tuple[str, tuple[str, ...]]]:
     """(question, tools) pairs from the shipped examples file (or ``path``), in file order."""
-    source = Path(path) if path is not None else files("pathasst.agent") / "data" / EXAMPLES_FILE
+    source = Path(path) if path is not None else files("pathasst.planning") / "data" / EXAMPLES_FILE
     out: list[tuple[str, tuple[str, ...]]] = []
     for lineno, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -277,7 +277,7 @@ class HybridPlanner(RulesPlanner):
     # ---- lazily built parts ------------------------------------------------------------------------
     def _embedder(self) -> Any:
         if self._embed is None:
-            from pathasst.memory.embedders import EmbedderError, text_embedder
+            from pathasst.core.embedders import EmbedderError, text_embedder
 
             try:
                 embedder = text_embedder(self._settings(), "minilm")

@@ -1,6 +1,6 @@
 """Turn a planner's raw output (messy LLM text, or an already-decoded object) into a valid :class:`PlanDecision`.
 
-:func:`parse_plan` extracts JSON from text (:mod:`~pathasst.agent.planners.json_extract`), accepts the common shapes
+:func:`parse_plan` extracts JSON from text (:mod:`~pathasst.planning.json_extract`), accepts the common shapes
 (``{"tools": [...]}``, ``{"tool_calls": [...]}``, a bare list, one ``{"name": ..., "arguments": ...}`` object, OpenAI
 ``{"function": {...}}`` items, ``{"finish": true}``), repairs what can be repaired (close tool names, missing or
 misspelt image names, unknown arguments, enum spellings, numbers given as strings), keeps geometry (``region``,
@@ -8,8 +8,8 @@ misspelt image names, unknown arguments, enum spellings, numbers given as string
 repair in ``PlanDecision.repairs``. When nothing usable remains it raises :class:`PlannerOutputError` with a message
 that says why; it never raises anything else.
 
-Arguments are checked against the tool's JSON schema by :mod:`~pathasst.agent.planners.schemas`; the arguments a
-question or case implies come from :mod:`~pathasst.agent.planners.implied`. Their public names are re-exported here.
+Arguments are checked against the tool's JSON schema by :mod:`~pathasst.planning.schemas`; the arguments a
+question or case implies come from :mod:`~pathasst.planning.implied`. Their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import json
 import re
 from typing import Any
 
-from pathasst.agent.planners.base import PlanDecision, PlannedCall, PlannerContext, PlannerOutputError
-from pathasst.agent.planners.implied import (
+from pathasst.planning.base import PlanDecision, PlannedCall, PlannerContext, PlannerOutputError
+from pathasst.planning.implied import (
     context_arguments,
     enum_alias,
     normalised,
@@ -28,8 +28,8 @@ from pathasst.agent.planners.implied import (
     stain_enum,
     written_geometry,
 )
-from pathasst.agent.planners.json_extract import extract_json
-from pathasst.agent.planners.schemas import (
+from pathasst.planning.json_extract import extract_json
+from pathasst.planning.schemas import (
     VALIDATOR_NAME,
     enum_of,
     resolve_schema,

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pathasst.memory.embedders import Embedder, EmbedderError
+from pathasst.core.embedding import Embedder, EmbedderError
 
 __all__ = ["MiniLMEmbedder"]
 

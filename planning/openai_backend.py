@@ -2,7 +2,7 @@
 
 The catalogue goes out as OpenAI ``tools`` (function specs built from each tool's input schema, ``$ref``s inlined),
 ``tool_choice="auto"``. ``tool_calls`` in the reply are repaired and validated by
-:func:`~pathasst.agent.planners.parsing.parse_plan`; a reply with JSON in its text is parsed the same way; a plain
+:func:`~pathasst.planning.parsing.parse_plan`; a reply with JSON in its text is parsed the same way; a plain
 text reply means the model answers without tools (finish). Earlier calls of this question are sent back as
 assistant/tool messages so a capable model can decide whether to call more. Case notes and retrieved reports are sent
 inside ``<data>`` tags and the system prompt says they are never instructions.
@@ -22,9 +22,9 @@ import re
 import threading
 from typing import Any
 
-from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError
-from pathasst.agent.planners.parsing import parse_plan
-from pathasst.agent.settings import Settings
+from pathasst.core.settings import Settings
+from pathasst.planning.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError
+from pathasst.planning.parsing import parse_plan
 
 __all__ = ["OpenAIPlanner", "endpoint_slots", "function_specs", "inline_refs"]
 

@@ -1,11 +1,12 @@
-"""Planner backends behind one interface (rules, hybrid, llamacpp, openai); :func:`get_planner` builds one by name
-(heavy imports stay lazy)."""
+"""Planning: planner backends behind one interface (rules, hybrid, llamacpp, openai; :func:`get_planner` builds one
+by name, heavy imports stay lazy), the parsing of model output, the grounded report and the planner evaluator."""
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from pathasst.agent.planners.base import (
+from pathasst.core.settings import Settings
+from pathasst.planning.base import (
     PlanDecision,
     PlannedCall,
     Planner,
@@ -14,7 +15,6 @@ from pathasst.agent.planners.base import (
     PlannerOutputError,
     PriorCall,
 )
-from pathasst.agent.settings import Settings
 
 __all__ = [
     "PLANNER_NAMES",
@@ -30,10 +30,10 @@ __all__ = [
 
 # name -> (module, class); the module is imported only when that backend is asked for
 _BACKENDS: dict[str, tuple[str, str]] = {
-    "rules": ("pathasst.agent.planners.rules", "RulesPlanner"),
-    "hybrid": ("pathasst.agent.planners.hybrid", "HybridPlanner"),
-    "llamacpp": ("pathasst.agent.planners.llamacpp", "LlamaCppPlanner"),
-    "openai": ("pathasst.agent.planners.openai_backend", "OpenAIPlanner"),
+    "rules": ("pathasst.planning.rules", "RulesPlanner"),
+    "hybrid": ("pathasst.planning.hybrid", "HybridPlanner"),
+    "llamacpp": ("pathasst.planning.llamacpp", "LlamaCppPlanner"),
+    "openai": ("pathasst.planning.openai_backend", "OpenAIPlanner"),
 }
 PLANNER_NAMES: tuple[str, ...] = tuple(sorted(_BACKENDS))
 

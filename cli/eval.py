@@ -1,7 +1,7 @@
 """``pathasst eval ...``: measurement commands (mounted by the main CLI as the ``eval`` sub-app).
 
 ``pathasst eval planner QUESTIONS_JSONL [--planner NAME]`` prints one JSON object: tool-set accuracy, per-tool
-precision/recall, valid-argument rate, latency and the mismatches (see :mod:`pathasst.agent.planner_eval`).
+precision/recall, valid-argument rate, latency and the mismatches (see :mod:`pathasst.planning.planner_eval`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from pathasst.agent.settings import Settings
+from pathasst.core.settings import Settings
 
 __all__ = ["catalogue_for_eval", "eval_app", "input_models_for_eval"]
 
@@ -71,10 +71,10 @@ def planner_command(
     show_failures: Annotated[bool, typer.Option(help="Include the mismatched questions in the output.")] = True,
 ) -> None:
     """Plan every question in QUESTIONS with one planner and print the scores as JSON."""
-    from pathasst.agent.planner_eval import evaluate_planner
-    from pathasst.agent.planners import PlannerError
-    from pathasst.agent.settings import get_settings
     from pathasst.agent.system import build_system
+    from pathasst.core.settings import get_settings
+    from pathasst.planning import PlannerError
+    from pathasst.planning.planner_eval import evaluate_planner
 
     settings = get_settings()
     registry, skipped = _registry(settings)

@@ -5,7 +5,7 @@ The model (default: Gemma 3 270M *base*, assembled once from the ``gemma3-270m-q
 and the question, with case notes and retrieved text quoted as DATA. Decoding is greedy and constrained by a grammar
 built from ``{"tools": [<distinct names from ctx.catalogue>]}``, so the output is always a list of real tool names;
 arguments are filled from the case (image names, IHC mode from the stain, coordinates in the question) and checked by
-:func:`~pathasst.agent.planners.parsing.parse_plan`. ``llama_cpp`` is imported only when the model is first used.
+:func:`~pathasst.planning.parsing.parse_plan`. ``llama_cpp`` is imported only when the model is first used.
 
 A base model of this size is not a good planner on its own (see ENVIRONMENT.md: measured far below the rules
 planner); a LoRA adapter is how a tuned model is served. With the default Gemma model the planner loads the adapter
@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pathasst.agent.planners.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError
-from pathasst.agent.planners.parsing import parse_plan
-from pathasst.agent.planners.rules import order_tools
-from pathasst.agent.settings import Settings
+from pathasst.core.settings import Settings
+from pathasst.planning.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError
+from pathasst.planning.parsing import parse_plan
+from pathasst.planning.rules import order_tools
 
 __all__ = [
     "FEW_SHOT",

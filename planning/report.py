@@ -1,7 +1,7 @@
 """The report: a pydantic model built from the trace, and its renderers (Markdown, overlays, QuPath GeoJSON).
 
 Every finding carries the id of the tool call it comes from; the Markdown shows those ids, and
-:mod:`pathasst.agent.grounding` checks that every number in it appears in a source.
+:mod:`pathasst.planning.grounding` checks that every number in it appears in a source.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from pathasst.agent.cases import Case, CaseProblem
-from pathasst.agent.grounding import fmt_number, source_numbers, ungrounded_numbers
+from pathasst.core.cases import Case, CaseProblem
+from pathasst.planning.grounding import fmt_number, source_numbers, ungrounded_numbers
 from pathasst.tools.base import ToolCallRecord
 
 __all__ = ["Finding", "Measurement", "Report", "build_report", "compose_answer", "render_markdown"]

@@ -16,7 +16,7 @@ How a question becomes a plan (round 0; any later round finishes):
    entry point, see :mod:`pathasst.tools.planning`) is called when one of them matches, with the same negation rule;
    a tool named in the question is called too. A plan runs in the tools' ``planning.order``.
 6. One call per tool per image, only for tools in ``ctx.catalogue``; arguments from
-   :func:`~pathasst.agent.planners.parsing.context_arguments` (IHC mode from the stain, point/box and ``k`` from the
+   :func:`~pathasst.planning.parsing.context_arguments` (IHC mode from the stain, point/box and ``k`` from the
    question; a box also becomes ``region`` for measuring tools).
 """
 
@@ -27,9 +27,9 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pathasst.agent.planners.base import PlanDecision, PlannedCall, PlannerContext
-from pathasst.agent.planners.parsing import context_arguments, stain_enum, written_geometry
-from pathasst.agent.settings import Settings
+from pathasst.core.settings import Settings
+from pathasst.planning.base import PlanDecision, PlannedCall, PlannerContext
+from pathasst.planning.parsing import context_arguments, stain_enum, written_geometry
 from pathasst.tools.planning import DEFAULT_ORDER, compiled_triggers
 
 __all__ = ["TOOL_ORDER", "RulesPlanner", "order_tools", "strip_injections"]

@@ -2,7 +2,7 @@
 
 A planner sees a :class:`PlannerContext` (question, stain, modality, image names, the tool catalogue, results of
 earlier calls, retrieved cases as *data*) and returns a :class:`PlanDecision`: tool calls to run now, or finish.
-Backends that produce text (LLMs) must pass it through :func:`pathasst.agent.planners.parsing.parse_plan`, which
+Backends that produce text (LLMs) must pass it through :func:`pathasst.planning.parsing.parse_plan`, which
 repairs or rejects malformed output with a message and never raises anything but ``PlannerOutputError``.
 """
 

@@ -23,8 +23,8 @@ from typing import Any
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
-from pathasst.agent.settings import PlannerName, Settings
 from pathasst.agent.system import System, build_system
+from pathasst.core.settings import PlannerName, Settings
 from pathasst.graphs.case_graph import wire
 from pathasst.graphs.state import CaseContext, CaseState
 
@@ -56,7 +56,7 @@ class ServerParts:
     def _current_settings(self) -> Any:
         if self._fixed[0] is not None:
             return self._fixed[0]
-        from pathasst.agent.settings import get_settings
+        from pathasst.core.settings import get_settings
 
         return get_settings()
 
