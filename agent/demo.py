@@ -25,6 +25,7 @@ import yaml
 from PIL import Image
 
 from pathasst.core.settings import Settings
+from pathasst.memory import open_library
 
 __all__ = ["DEMO_DIAGNOSIS", "DEMO_MPP", "build_demo_cases", "build_demo_library", "write_pyramidal_tiff"]
 
@@ -107,7 +108,5 @@ def build_demo_cases(dest: Path) -> list[str]:
 
 def build_demo_library(cases_dir: Path, library_dir: Path, settings: Settings) -> Any:
     """Embed the demo cases into an embedded case library at ``library_dir`` (idempotent); the ingestion report."""
-    from pathasst.memory import open_library
-
     lib = open_library(settings.model_copy(update={"chroma_path": Path(library_dir), "chroma_host": None}))
     return lib.add_cases(Path(cases_dir))

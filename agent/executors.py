@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pathasst.agent.engine import Engine
+from pathasst.core.cases import CaseError
 from pathasst.core.settings import Settings
+from pathasst.tools.backends.tiling import use_tile_mapper
+from pathasst.tools.base import ToolResult
 
 __all__ = [
     "CaseJob",
@@ -75,8 +78,6 @@ class CaseWork:
 
 def _slim(artifacts: dict[str, Any]) -> dict[str, Any]:
     """Artifacts reduced to what the output writer uses (overlay, features): less to send between processes."""
-    from pathasst.tools.base import ToolResult
-
     out: dict[str, Any] = {}
     for key, res in artifacts.items():
         if isinstance(res, ToolResult):
@@ -89,8 +90,6 @@ def _slim(artifacts: dict[str, Any]) -> dict[str, Any]:
 def analyse_case(engine: Any, job: CaseJob) -> CaseWork:
     """Run one case with ``engine``; an input error or any exception becomes a failed :class:`CaseWork`."""
     import time
-
-    from pathasst.core.cases import CaseError
 
     t0 = time.perf_counter()
     worker = f"{os.uname().nodename}:{os.getpid()}"
@@ -219,8 +218,6 @@ class ProcessExecutor:
 # ---- Ray -----------------------------------------------------------------------------------------------------------
 def _ray_case(settings: Settings, planner: str, job: CaseJob) -> CaseWork:
     """Body of the Ray case task: tile batches of big images go out as tile tasks while the case runs."""
-    from pathasst.tools.backends.tiling import use_tile_mapper
-
     engine = _engine_for(settings, planner)
     mapper = RayTileMapper(
         num_cpus=float(settings.ray_num_cpus_per_tile), min_batches=int(settings.ray_tile_min_batches)

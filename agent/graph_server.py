@@ -24,7 +24,7 @@ from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
 from pathasst.agent.system import System, build_system
-from pathasst.core.settings import PlannerName, Settings
+from pathasst.core.settings import PlannerName, Settings, get_settings
 from pathasst.graphs.case_graph import wire
 from pathasst.graphs.state import CaseContext, CaseState
 
@@ -56,7 +56,6 @@ class ServerParts:
     def _current_settings(self) -> Any:
         if self._fixed[0] is not None:
             return self._fixed[0]
-        from pathasst.core.settings import get_settings
 
         return get_settings()
 

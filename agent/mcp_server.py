@@ -46,7 +46,7 @@ from pathasst.core.errors import ToolCallError, ToolExecutionError
 from pathasst.core.imaging import ImageData
 from pathasst.core.readers import CaseImageResolver
 from pathasst.core.regions import Region
-from pathasst.core.settings import Settings
+from pathasst.core.settings import Settings, get_settings
 from pathasst.tools.base import PathologyTool, ToolCallRecord, ToolInput, ToolOutput, call_tool
 from pathasst.tools.registry import ToolRegistry
 
@@ -390,8 +390,6 @@ def run(
 ) -> None:
     """Build the server from ``settings`` (default: the process settings) and serve it."""
     if settings is None:
-        from pathasst.core.settings import get_settings
-
         settings = get_settings()
     serve(build_server(settings, root), transport, host, port, mcp_token(settings),
           allowed_hosts=getattr(settings, "mcp_allowed_hosts", ()))

@@ -12,8 +12,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -21,7 +22,7 @@ from PIL import Image
 from pathasst.agent.fhir import FHIR_FILE, diagnostic_report
 from pathasst.planning.report import Report, render_markdown
 
-__all__ = ["atomic_write_text", "case_is_done", "clean_stale", "feature_collection", "write_case"]
+__all__ = ["OutputLayout", "atomic_write_text", "case_is_done", "clean_stale", "feature_collection", "write_case"]
 
 TMP_PREFIX = ".tmp-"
 
@@ -43,7 +44,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def case_is_done(out_dir: Path, case_id: str) -> bool:
-    return (Path(out_dir) / case_id / "report.json").is_file()
+    return OutputLayout(Path(out_dir)).is_done(case_id)
 
 
 def clean_stale(out_dir: Path) -> list[str]:
@@ -70,6 +71,70 @@ def _save_png(path: Path, arr: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(arr)).save(path, optimize=False)
 
 
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where everything lives in one output folder: the batch runner writes it (:func:`write_case`, failure records,
+    ``summary.csv``) and the review app reads it; no other module spells these paths."""
+
+    root: Path
+
+    REPORT_JSON: ClassVar[str] = "report.json"  # written last: its presence marks a complete case
+    REPORT_MD: ClassVar[str] = "report.md"
+    ANNOTATIONS: ClassVar[str] = "annotations.geojson"
+    STATE: ClassVar[str] = ".pathasst"  # run state: failure records, the review app's backups
+    SUMMARY: ClassVar[str] = "summary.csv"
+
+    def case_dir(self, case_id: str) -> Path:
+        return Path(self.root) / case_id
+
+    def report_json(self, case_id: str) -> Path:
+        return self.case_dir(case_id) / self.REPORT_JSON
+
+    def report_md(self, case_id: str) -> Path:
+        return self.case_dir(case_id) / self.REPORT_MD
+
+    def annotations(self, case_id: str) -> Path:
+        return self.case_dir(case_id) / self.ANNOTATIONS
+
+    @staticmethod
+    def overlay_name(image: str, tool: str) -> str:
+        """The overlay of ``tool`` on ``image``, relative to the case folder (the last call of a tool on an image
+        wins)."""
+        return f"overlays/{_stem(image or 'image')}__{tool}.png"
+
+    def is_done(self, case_id: str) -> bool:
+        return self.report_json(case_id).is_file()
+
+    @property
+    def summary_csv(self) -> Path:
+        return Path(self.root) / self.SUMMARY
+
+    @property
+    def failed_dir(self) -> Path:
+        return Path(self.root) / self.STATE / "failed"
+
+    def failure_record(self, case_id: str) -> Path:
+        return self.failed_dir / f"{case_id}.json"
+
+    def failure_reason(self, case_id: str) -> str | None:
+        """Why the last run of ``case_id`` failed (None when it did not fail; a placeholder when the record is
+        unreadable)."""
+        path = self.failure_record(case_id)
+        if not path.is_file():
+            return None
+        try:
+            return str(json.loads(path.read_text(encoding="utf-8")).get("reason", ""))
+        except (OSError, ValueError, AttributeError):
+            return "last run failed (unreadable failure record)"
+
+    def write_failure(self, case_id: str, reason: str) -> None:
+        atomic_write_text(self.failure_record(case_id), json.dumps({"case_id": case_id, "reason": reason}, indent=2))
+
+    def review_backup_dir(self, case_id: str) -> Path:
+        """Where the review app keeps a case's review files while a rerun replaces the case folder."""
+        return Path(self.root) / self.STATE / "ui" / case_id
+
+
 def write_case(out_dir: Path, report: Report, artifacts: dict[str, Any], overwrite: bool = False) -> Path:
     """Write one case's outputs atomically under ``out_dir/report.case_id``; return that folder."""
     out_dir = Path(out_dir)
@@ -86,8 +151,8 @@ def write_case(out_dir: Path, report: Report, artifacts: dict[str, Any], overwri
             if res is None:
                 continue
             if getattr(res, "overlay", None) is not None:
-                (tmp / "overlays").mkdir(exist_ok=True)
-                name = f"overlays/{_stem(rec.image or 'image')}__{rec.tool}.png"
+                name = OutputLayout.overlay_name(rec.image or "image", rec.tool)
+                (tmp / name).parent.mkdir(exist_ok=True)
                 _save_png(tmp / name, res.overlay)
                 overlays.append(name)
             for feat in getattr(res, "features", None) or []:
@@ -96,8 +161,8 @@ def write_case(out_dir: Path, report: Report, artifacts: dict[str, Any], overwri
                 all_features.append(f)
                 per_image.setdefault(rec.image or "image", []).append(f)
         report_dict = report.model_dump(mode="json")
-        report_dict["files"] = {"overlays": overlays, "annotations": "annotations.geojson", "fhir": FHIR_FILE}
-        (tmp / "annotations.geojson").write_text(json.dumps(feature_collection(all_features)), encoding="utf-8")
+        report_dict["files"] = {"overlays": overlays, "annotations": OutputLayout.ANNOTATIONS, "fhir": FHIR_FILE}
+        (tmp / OutputLayout.ANNOTATIONS).write_text(json.dumps(feature_collection(all_features)), encoding="utf-8")
         if len(per_image) > 1:
             (tmp / "annotations").mkdir()
             for img, feats in per_image.items():
@@ -105,12 +170,12 @@ def write_case(out_dir: Path, report: Report, artifacts: dict[str, Any], overwri
                     json.dumps(feature_collection(feats)), encoding="utf-8"
                 )
         markdown = render_markdown(report)
-        (tmp / "report.md").write_text(markdown, encoding="utf-8")
+        (tmp / OutputLayout.REPORT_MD).write_text(markdown, encoding="utf-8")
         # the FHIR R4 DiagnosticReport embeds report.md as its presentedForm
         fhir_text = json.dumps(diagnostic_report(report, markdown), indent=2, allow_nan=False)
         (tmp / FHIR_FILE).write_text(fhir_text, encoding="utf-8")
         # report.json last: its presence marks a complete case
-        with open(tmp / "report.json", "w", encoding="utf-8") as f:
+        with open(tmp / OutputLayout.REPORT_JSON, "w", encoding="utf-8") as f:
             json.dump(report_dict, f, indent=2)
             f.flush()
             os.fsync(f.fileno())

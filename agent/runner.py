@@ -18,13 +18,12 @@ from typing import Any
 
 from pathasst.agent.engine import Engine
 from pathasst.agent.executors import CaseJob, InlineExecutor
-from pathasst.agent.outputs import atomic_write_text, case_is_done, clean_stale, write_case
+from pathasst.agent.outputs import OutputLayout, atomic_write_text, clean_stale, write_case
 from pathasst.core.cases import discover_cases
 
 __all__ = ["BatchResult", "CaseOutcome", "run_batch", "write_summary"]
 
 log = logging.getLogger(__name__)
-STATE_DIR = ".pathasst"
 SUMMARY_FIELDS = ["case_id", "status", "reason", "question", "n_calls", "tools", "failed_calls", "answer", "report"]
 
 
@@ -50,8 +49,8 @@ class BatchResult:
         return c
 
 
-def _summary_row(out_dir: Path, case_id: str, failed_dir: Path) -> dict[str, Any]:
-    rep_path = out_dir / case_id / "report.json"
+def _summary_row(layout: OutputLayout, case_id: str) -> dict[str, Any]:
+    rep_path = layout.report_json(case_id)
     if rep_path.is_file():
         try:
             rep = json.loads(rep_path.read_text(encoding="utf-8"))
@@ -67,25 +66,23 @@ def _summary_row(out_dir: Path, case_id: str, failed_dir: Path) -> dict[str, Any
             "tools": ";".join(r["tool"] for r in trace),
             "failed_calls": sum(1 for r in trace if r["status"] in ("failed", "bad_call")),
             "answer": rep.get("answer", ""),
-            "report": f"{case_id}/report.md",
+            "report": layout.report_md(case_id).relative_to(layout.root).as_posix(),
         }
-    fail = failed_dir / f"{case_id}.json"
-    if fail.is_file():
-        info = json.loads(fail.read_text(encoding="utf-8"))
-        return {"case_id": case_id, "status": "failed", "reason": info.get("reason", "")}
+    reason = layout.failure_reason(case_id)
+    if reason is not None:
+        return {"case_id": case_id, "status": "failed", "reason": reason}
     return {"case_id": case_id, "status": "pending", "reason": "not run yet"}
 
 
 def write_summary(out_dir: Path, case_ids: list[str]) -> Path:
     """(Re)write ``OUT/summary.csv`` atomically from what is on disk: every case, failed ones with the reason."""
-    out_dir = Path(out_dir)
-    failed_dir = out_dir / STATE_DIR / "failed"
+    layout = OutputLayout(Path(out_dir))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
     w.writeheader()
     for cid in case_ids:
-        w.writerow(_summary_row(out_dir, cid, failed_dir))
-    path = out_dir / "summary.csv"
+        w.writerow(_summary_row(layout, cid))
+    path = layout.summary_csv
     atomic_write_text(path, buf.getvalue())
     return path
 
@@ -112,8 +109,8 @@ def run_batch(
     cases_dir, out_dir = Path(cases_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir)
-    failed_dir = out_dir / STATE_DIR / "failed"
-    failed_dir.mkdir(parents=True, exist_ok=True)
+    layout = OutputLayout(out_dir)
+    layout.failed_dir.mkdir(parents=True, exist_ok=True)
     case_dirs = discover_cases(cases_dir)
     ids = [p.name for p in case_dirs]
     result = BatchResult(out_dir=out_dir)
@@ -126,8 +123,8 @@ def run_batch(
 
     jobs = []
     for case_dir in case_dirs:
-        if case_is_done(out_dir, case_dir.name) and not force:
-            _done(CaseOutcome(case_dir.name, "skipped", "already complete", out_dir / case_dir.name))
+        if layout.is_done(case_dir.name) and not force:
+            _done(CaseOutcome(case_dir.name, "skipped", "already complete", layout.case_dir(case_dir.name)))
         else:
             jobs.append(CaseJob(case_dir=case_dir, question=question, cases_root=cases_dir))
     for work in executor.map(jobs):
@@ -136,15 +133,13 @@ def run_batch(
         if work.status == "ok":
             try:
                 outcome.report_dir = write_case(out_dir, work.report, work.artifacts, overwrite=force)
-                (failed_dir / f"{cid}.json").unlink(missing_ok=True)
+                layout.failure_record(cid).unlink(missing_ok=True)
             except Exception as exc:  # noqa: BLE001 - e.g. disk full: that case fails, the batch goes on
                 log.error("writing case %s failed:\n%s", cid, traceback.format_exc())
                 outcome = CaseOutcome(cid, "failed", f"cannot write outputs: {type(exc).__name__}: {exc}",
                                       seconds=work.seconds)
         if outcome.status == "failed":
-            atomic_write_text(
-                failed_dir / f"{cid}.json", json.dumps({"case_id": cid, "reason": outcome.reason}, indent=2)
-            )
+            layout.write_failure(cid, outcome.reason)
         write_summary(out_dir, ids)
         _done(outcome)
     return result

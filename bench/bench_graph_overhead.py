@@ -16,7 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pathasst.agent.runner import Engine  # noqa: E402
+from pathasst.agent.engine import Engine  # noqa: E402
 from pathasst.core.readers import read_patch  # noqa: E402
 from pathasst.core.settings import Settings  # noqa: E402
 

@@ -15,7 +15,10 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from pathasst.core.settings import Settings
+from pathasst.agent.system import build_system
+from pathasst.core.settings import Settings, get_settings
+from pathasst.planning import PlannerError
+from pathasst.tools.registry import ENTRY_POINT_GROUP, ToolRegistry, default_registry
 
 __all__ = ["catalogue_for_eval", "eval_app", "input_models_for_eval"]
 
@@ -30,8 +33,6 @@ def _eval_group() -> None:
 def _registry(settings: Settings) -> tuple[Any, list[str]]:
     """The tool registry, loading each entry point on its own so one tool that is not importable yet skips only
     itself (the skipped names are returned)."""
-    from pathasst.tools.registry import ENTRY_POINT_GROUP, ToolRegistry, default_registry
-
     try:
         return default_registry(settings), []
     except ImportError:
@@ -71,9 +72,6 @@ def planner_command(
     show_failures: Annotated[bool, typer.Option(help="Include the mismatched questions in the output.")] = True,
 ) -> None:
     """Plan every question in QUESTIONS with one planner and print the scores as JSON."""
-    from pathasst.agent.system import build_system
-    from pathasst.core.settings import get_settings
-    from pathasst.planning import PlannerError
     from pathasst.planning.planner_eval import evaluate_planner
 
     settings = get_settings()

@@ -13,6 +13,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pathasst.agent.demo import build_demo_cases, build_demo_library
+from pathasst.agent.engine import Engine
+from pathasst.agent.executors import ExecutorError, make_executor
+from pathasst.agent.exposure import InsecureBindError, check_bind, refuse_system_root
+from pathasst.agent.outputs import OutputLayout, write_case
+from pathasst.agent.predict import predict_folder
+from pathasst.agent.runner import run_batch
+from pathasst.agent.system import build_system
+from pathasst.cli.eval import eval_app
+from pathasst.cli.mcp import mcp_command
+from pathasst.core.cases import CaseError, CaseMeta, discover_cases, single_image_case
+from pathasst.core.errors import UnknownToolError
+from pathasst.core.settings import Settings, is_loopback
+from pathasst.memory.cli import library_app
+from pathasst.planning.base import PlannerError
+from pathasst.planning.report import render_markdown
+from pathasst.tools.eval_cli import tools_eval
+from pathasst.ui.config import UISettings
+
 __all__ = ["app", "main"]
 
 app = typer.Typer(help="PathAsst: a runnable pathology AI assistant.", no_args_is_help=True, add_completion=False)
@@ -23,8 +42,6 @@ out_console = Console()
 
 
 def _settings(**overrides: Any):
-    from pathasst.core.settings import Settings
-
     s = Settings()
     return s.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
@@ -48,12 +65,6 @@ def _run_batch(
     address: str | None = None,
     **overrides: Any,
 ) -> int:
-    from pathasst.agent.executors import ExecutorError, make_executor
-    from pathasst.agent.runner import run_batch
-    from pathasst.agent.system import build_system
-    from pathasst.core.cases import CaseError, discover_cases
-    from pathasst.planning.base import PlannerError
-
     settings = _settings(cases_root=cases_dir, **overrides)
     kind = executor or settings.executor
     n_workers = workers or settings.workers
@@ -124,8 +135,6 @@ def demo(
 ) -> None:
     """Build example cases from images shipped inside installed packages, a small case library from them, then run
     them (each report cites its similar cases)."""
-    from pathasst.agent.demo import build_demo_cases, build_demo_library
-
     cases = build_demo_cases(out / "cases")
     console.print(f"built {len(cases)} example cases in [cyan]{(out / 'cases').resolve()}[/]")
     lib = build_demo_library(out / "cases", out / "library", _settings())
@@ -136,7 +145,7 @@ def demo(
     )
     code = _run_batch(out / "cases", out / "reports", planner, None, False, chroma_path=out / "library")
     for cid in cases:
-        md = out / "reports" / cid / "report.md"
+        md = OutputLayout(out / "reports").report_md(cid)
         if md.is_file():
             out_console.print(f"[green]report:[/] {md.resolve()}")
     raise typer.Exit(code)
@@ -153,18 +162,13 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json instead of Markdown.")] = False,
 ) -> None:
     """Ask one question about one image or slide."""
-    from pathasst.agent.outputs import write_case
-    from pathasst.agent.engine import Engine
-    from pathasst.core.cases import CaseError, CaseMeta, single_image_case
-    from pathasst.planning.base import PlannerError
-    from pathasst.planning.report import render_markdown
-
     settings = _settings()
     try:
         case = single_image_case(image, CaseMeta(stain=stain, mpp=mpp), settings)
         engine = Engine(settings, planner=planner)
     except (CaseError, PlannerError) as exc:
         _fail(str(exc))
+
     def show(event: str, payload: dict[str, Any]) -> None:
         if event == "tool_start":
             console.print(f"[dim]-> {payload['tool']} {json.dumps(payload['arguments'])}[/]")
@@ -210,7 +214,6 @@ def ui_command(
         out_console.print(bcrypt.hashpw(pw.encode("utf-8"), bcrypt.gensalt()).decode("ascii"))
         console.print("set it as PATHASST_UI_PASSWORD_HASH (and PATHASST_UI_USER) in .env or the environment")
         raise typer.Exit(0)
-    from pathasst.ui.config import UISettings  # pydantic only: no streamlit import here
 
     settings = _settings()
     try:
@@ -221,8 +224,6 @@ def ui_command(
     cases_dir = cases or settings.cases_root
     if cases_dir is None or not Path(cases_dir).is_dir():
         _fail(f"cases folder not found: {cases_dir} (give --cases DIR or set PATHASST_CASES_ROOT)")
-    from pathasst.agent.exposure import InsecureBindError, check_bind, refuse_system_root
-    from pathasst.core.settings import is_loopback
 
     try:
         refuse_system_root(Path(cases_dir))
@@ -280,8 +281,6 @@ def ui_command(
 @tools_app.command("list")
 def tools_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable catalogue.")] = False) -> None:
     """List the registered tools."""
-    from pathasst.agent.system import build_system
-
     reg = build_system(_settings()).registry
     if as_json:
         out_console.print_json(json.dumps(reg.catalogue()))
@@ -304,9 +303,6 @@ def tools_predict(
     arg: Annotated[list[str] | None, typer.Option("--arg", help="Extra tool argument KEY=JSON_VALUE.")] = None,
 ) -> None:
     """Run one tool on every image of a folder: DIR/STEM.json (+ DIR/STEM.png 16-bit labels for segmentation)."""
-    from pathasst.agent.predict import predict_folder
-    from pathasst.core.errors import UnknownToolError
-
     extra: dict[str, Any] = {}
     for a in arg or []:
         key, _, value = a.partition("=")
@@ -325,8 +321,6 @@ def tools_predict(
 
 
 def _mount_tools_eval() -> None:
-    from pathasst.tools.eval_cli import tools_eval
-
     tools_app.command("eval")(tools_eval)
 
 
@@ -334,8 +328,6 @@ _mount_tools_eval()
 
 
 def _mount_eval() -> None:
-    from pathasst.cli.eval import eval_app
-
     app.add_typer(eval_app, name="eval")
 
 
@@ -343,8 +335,6 @@ _mount_eval()
 
 
 def _mount_library() -> None:
-    from pathasst.memory.cli import library_app
-
     app.add_typer(library_app, name="library")
 
 
@@ -352,8 +342,6 @@ _mount_library()
 
 
 def _mount_mcp() -> None:
-    from pathasst.cli.mcp import mcp_command
-
     app.command("mcp")(mcp_command)
 
 

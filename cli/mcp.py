@@ -16,6 +16,10 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 
+from pathasst.agent.exposure import InsecureBindError, check_bind
+from pathasst.core.cases import CaseError
+from pathasst.core.settings import Settings
+
 __all__ = ["main", "mcp_command"]
 
 console = Console(stderr=True)
@@ -46,10 +50,7 @@ def mcp_command(
     ] = False,
 ) -> None:
     """Serve the pathology tools and similar-case search over MCP (stdio or streamable HTTP on 127.0.0.1)."""
-    from pathasst.agent.exposure import InsecureBindError, check_bind
     from pathasst.agent.mcp_server import build_server, mcp_token, serve
-    from pathasst.core.cases import CaseError
-    from pathasst.core.settings import Settings
 
     settings = Settings()
     try:

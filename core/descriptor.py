@@ -28,6 +28,7 @@ from typing import ClassVar
 import numpy as np
 
 from pathasst.core.embedding import Embedder
+from pathasst.core.imaging import as_rgb_uint8
 
 __all__ = ["BLOCKS", "HEDTextureEmbedder", "hed_texture_descriptor"]
 
@@ -114,8 +115,6 @@ def hed_texture_descriptor(rgb: np.ndarray, weights: dict[str, float] | None = N
     """
     from scipy import ndimage as ndi
     from skimage import color, feature, filters, measure, morphology
-
-    from pathasst.core.imaging import as_rgb_uint8
 
     rgb = _downsample(as_rgb_uint8(rgb))
     hed = np.clip(color.rgb2hed(rgb), 0.0, None)

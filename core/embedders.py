@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pathasst.core.descriptor import HEDTextureEmbedder
 from pathasst.core.embedding import Embedder, EmbedderError, Modality, l2_normalise
 from pathasst.core.minilm import MiniLMEmbedder
 from pathasst.core.pathclip import PathCLIPEmbedder
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
+from pathasst.core.settings import Settings
 
 __all__ = [
     "IMAGE_EMBEDDERS",
@@ -42,6 +40,7 @@ __all__ = [
     "list_embedders",
     "text_embedder",
 ]
+
 
 # --- registry ---------------------------------------------------------------------------------------
 def _pathclip(settings: Settings) -> Embedder:

@@ -16,15 +16,15 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from pathasst.core.embedding import Embedder, EmbedderError
 from pathasst.core.errors import WeightsError
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
+from pathasst.core.imaging import as_rgb_uint8
+from pathasst.core.settings import Settings
+from pathasst.core.weights import check_weights_file, file_sha256, load_torch_file
 
 __all__ = ["ARCHITECTURE", "PathCLIPEmbedder", "load_pathclip_state_dict"]
 
@@ -43,8 +43,6 @@ def load_pathclip_state_dict(path: Path) -> dict[str, Any]:
     """Read the tensors of a PathCLIP checkpoint (no code execution: ``weights_only``); raise ``WeightsError``."""
     import torch
 
-    from pathasst.core.weights import check_weights_file
-
     path = Path(path)
     fmt = check_weights_file(path, SETTING, SUFFIXES)
     try:
@@ -53,7 +51,9 @@ def load_pathclip_state_dict(path: Path) -> dict[str, Any]:
 
             sd: Any = load_file(str(path), device="cpu")
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            sd = load_torch_file(path, _where(path))
+    except WeightsError:
+        raise
     except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for a bad file; all mean "corrupt"
         raise WeightsError(f"cannot read PathCLIP weights {_where(path)}: {type(exc).__name__}: {exc}") from exc
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
@@ -108,8 +108,6 @@ class PathCLIPEmbedder(Embedder):
     def fingerprint(self) -> str:
         """``pathclip-vitb16:<first 16 hex digits of the weights' sha256>``."""
         if self._fingerprint is None:
-            from pathasst.core.weights import file_sha256
-
             if not self.weights.is_file():
                 raise WeightsError(f"weights file not found: {_where(self.weights)}")
             self._fingerprint = f"{self.name}:{file_sha256(self.weights)[:16]}"
@@ -148,8 +146,6 @@ class PathCLIPEmbedder(Embedder):
     def _embed_image_batch(self, images: list[np.ndarray]) -> np.ndarray:
         import torch
         from PIL import Image
-
-        from pathasst.core.imaging import as_rgb_uint8
 
         batch = torch.stack([self._preprocess(Image.fromarray(as_rgb_uint8(im))) for im in images])
         with torch.inference_mode():

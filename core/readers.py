@@ -26,7 +26,7 @@ from pathasst.core.case_model import (
     UnsupportedFormatError,
     clip,
 )
-from pathasst.core.errors import ToolCallError
+from pathasst.core.errors import ToolCallError, ToolExecutionError
 from pathasst.core.imaging import ImageData, as_rgb_uint8, tissue_mask
 from pathasst.core.regions import Region
 from pathasst.core.settings import Settings
@@ -331,8 +331,6 @@ class CaseImageResolver:
                 return self._within_budget(self._crop(self.patch(name), region), working_mpp)
             return self._slide_pixels(name, region, working_mpp)
         except CaseError as exc:
-            from pathasst.core.errors import ToolExecutionError
-
             raise ToolExecutionError(f"cannot read {name}: {exc}") from exc
 
     @staticmethod

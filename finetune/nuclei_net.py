@@ -37,136 +37,17 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from pathasst.finetune.augment import colour_jitter
+from pathasst.finetune.nuclei_data import DEFAULT_VAL_SOURCES, HV_TARGETS, Sample, augment, load_samples
+from pathasst.finetune.nuclei_eval import evaluate_held_out, score_maps, tune_checkpoint, validation_maps
 
-__all__ = ["CropStream", "Sample", "evaluate_held_out", "hv_map", "load_samples", "main", "save_checkpoint", "score_maps", "train",
-           "training_device", "tune_checkpoint", "tune_post", "tuning_tiles"]
-
-DEFAULT_VAL_SOURCES = (2, 11)
-
-
-# ---- targets -------------------------------------------------------------------------------------------------------
-def hv_map(labels: np.ndarray) -> np.ndarray:
-    """HoVer-Net HV targets ``(2, H, W)`` float32: per nucleus, x (channel 0) and y (channel 1) offsets from its
-    centroid, negative and positive sides each scaled to [-1, 0] / [0, 1]."""
-    from scipy import ndimage as ndi
-
-    out = np.zeros((2, *labels.shape), np.float32)
-    for i, sl in enumerate(ndi.find_objects(labels), 1):
-        if sl is None:
-            continue
-        obj = labels[sl] == i
-        ys, xs = np.nonzero(obj)
-        if ys.size < 2:
-            continue
-        cy, cx = ys.mean(), xs.mean()
-        for c, d in ((0, xs - cx), (1, ys - cy)):
-            d = d.astype(np.float32)
-            neg, pos = d < 0, d > 0
-            if neg.any():
-                d[neg] /= -d[neg].min()
-            if pos.any():
-                d[pos] /= d[pos].max()
-            out[c][sl][ys, xs] = d
-    return out
-
-
-@dataclass
-class Sample:
-    """One tile: RGB uint8 ``(H, W, 3)``, instance labels, HV targets, type map (0..4)."""
-
-    name: str
-    rgb: np.ndarray
-    labels: np.ndarray
-    hv: np.ndarray
-    types: np.ndarray
-
-    def true_types(self) -> dict[int, int]:
-        """Type code of every labelled nucleus (``{id: 0..4}``)."""
-        ids, first = np.unique(self.labels.ravel(), return_index=True)
-        codes = self.types.ravel()[first]
-        return {int(i): int(c) for i, c in zip(ids, codes) if i > 0}
-
-
-def load_samples(data_dir: Path, names: list[str]) -> list[Sample]:
-    """Read tiles and compute their targets once."""
-    from pathasst.finetune.nuclei_pixel import _load_tile
-    from pathasst.tools.metrics import remap_label
-
-    out = []
-    for name in names:
-        rgb, raw = _load_tile(data_dir, name)
-        labels = remap_label(raw).astype(np.int32)  # 1..N in increasing order of the original ids
-        tmap = np.zeros(labels.shape, np.int64)
-        tpath = data_dir / "types" / f"{name}.json"
-        if tpath.is_file():
-            codes = json.loads(tpath.read_text())["inst_type"]
-            lut = np.zeros(labels.max() + 1, np.int64)
-            lut[1 : 1 + len(codes)] = np.clip(codes[: labels.max()], 0, 4)
-            tmap = lut[labels]
-        out.append(Sample(name, np.ascontiguousarray(rgb[..., :3]), labels, hv_map(labels), tmap))
-    return out
-
-
-# ---- augmentation --------------------------------------------------------------------------------------------------
-def _dihedral(rgb: np.ndarray, hv: np.ndarray, lab: np.ndarray, tp: np.ndarray, rng: np.random.Generator) -> tuple:
-    h, v = hv[0], hv[1]
-    if rng.random() < 0.5:  # transpose: x <-> y
-        rgb, lab, tp = rgb.transpose(1, 0, 2), lab.T, tp.T
-        h, v = v.T, h.T
-    if rng.random() < 0.5:  # flip x
-        rgb, lab, tp, h, v = rgb[:, ::-1], lab[:, ::-1], tp[:, ::-1], -h[:, ::-1], v[:, ::-1]
-    if rng.random() < 0.5:  # flip y
-        rgb, lab, tp, h, v = rgb[::-1], lab[::-1], tp[::-1], h[::-1], -v[::-1]
-    return rgb, np.stack([h, v]), lab, tp
-
-
-#: where the HV targets of a training crop come from: ``crop`` = computed on the crop's own instance map, so a nucleus
-#: the crop cuts points at the centre of its visible part, as at inference (HoVer-Net's order: crop, then targets);
-#: ``tile`` = cut out of the whole tile's targets (releases up to 0.6.0 trained so)
-HV_TARGETS = ("crop", "tile")
-
-
-def augment(s: Sample, crop: int, rng: np.random.Generator, lowres: float = 0.0,
-            hv_targets: str = "crop") -> tuple[np.ndarray, ...]:
-    """(rgb float (3, c, c) in [0, 1], np (c, c), hv (2, c, c), tp (c, c)) of a random augmented crop; with
-    probability ``lowres`` the image is also scanned down by 1.5-2.2x and brought back (20x-like detail).
-    ``hv_targets``: see :data:`HV_TARGETS`."""
-    import torch
-    from torch.nn import functional as F
-
-    H, W = s.labels.shape
-    scale = rng.uniform(0.875, 1.25)
-    src = min(int(round(crop / scale)), H, W)
-    y0, x0 = rng.integers(0, H - src + 1), rng.integers(0, W - src + 1)
-    sl = (slice(y0, y0 + src), slice(x0, x0 + src))
-    if hv_targets not in HV_TARGETS:
-        raise ValueError(f"hv_targets must be one of {HV_TARGETS}, not {hv_targets!r}")
-    hv_src = hv_map(s.labels[sl]) if hv_targets == "crop" else s.hv[:, sl[0], sl[1]]
-    rgb, hv, lab, tp = _dihedral(s.rgb[sl], hv_src, s.labels[sl], s.types[sl], rng)
-    rgb = colour_jitter(np.ascontiguousarray(rgb), rng).transpose(2, 0, 1)
-    fg = (lab > 0).astype(np.float32)
-    if src != crop:
-        t = torch.from_numpy(np.concatenate([rgb, np.ascontiguousarray(hv)], 0))[None]
-        t = F.interpolate(t, size=(crop, crop), mode="bilinear", align_corners=False)[0].numpy()
-        rgb, hv = t[:3], t[3:]
-        idx = np.round(np.linspace(0, src - 1, crop)).astype(np.int64)
-        fg, tp = fg[np.ix_(idx, idx)], np.ascontiguousarray(tp)[np.ix_(idx, idx)]
-        hv = hv * fg[None]
-    if lowres > 0 and rng.random() < lowres:  # a lower-resolution scan (e.g. 20x) brought up to the model's mpp
-        f = rng.uniform(1.5, 2.2)
-        t = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))[None]
-        small = F.interpolate(t, scale_factor=1 / f, mode="bilinear", antialias=True, align_corners=False)
-        rgb = F.interpolate(small, size=(crop, crop), mode="bilinear", align_corners=False)[0].clamp(0, 1).numpy()
-    return (np.ascontiguousarray(rgb), np.ascontiguousarray(fg).astype(np.int64), np.ascontiguousarray(hv),
-            np.ascontiguousarray(tp))
+__all__ = ["CropStream", "losses", "main", "save_checkpoint", "train", "training_device"]
 
 
 # ---- losses --------------------------------------------------------------------------------------------------------
@@ -208,101 +89,6 @@ def losses(out: Any, fg: Any, hv: Any, tp: Any, n_types: int) -> dict[str, Any]:
     parts = {"np_ce": np_ce, "np_dice": np_dice, "hv_mse": mse, "hv_msge": msge, "tp_ce": tp_ce, "tp_dice": tp_dice}
     parts["total"] = np_ce + np_dice + 2 * mse + msge + tp_ce + tp_dice
     return parts
-
-
-# ---- evaluation ----------------------------------------------------------------------------------------------------
-def type_pairs(true: np.ndarray, pred: np.ndarray, true_types: dict[int, int], pred_types: dict[int, int]) -> list:
-    """(true type, predicted type) of the nuclei matched at IoU > 0.5."""
-    from pathasst.tools.metrics import pairwise_overlap
-
-    inter, ta, pa = pairwise_overlap(true, pred)
-    if inter.size == 0:
-        return []
-    union = ta[:, None] + pa[None, :] - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    tid, pid = np.unique(true[true > 0]), np.unique(pred[pred > 0])
-    ti, pj = np.nonzero(iou > 0.5)
-    return [(true_types.get(int(tid[i]), 0), pred_types.get(int(pid[j]), 0)) for i, j in zip(ti, pj)]
-
-
-def type_f1(pairs: list, classes: list[str]) -> dict[str, float | None]:
-    """Per-class F1 of the type among matched nuclei, and the accuracy."""
-    out: dict[str, float | None] = {}
-    a = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-    for k, name in enumerate(classes, 1):
-        tp = int(((a[:, 0] == k) & (a[:, 1] == k)).sum())
-        fp = int(((a[:, 0] != k) & (a[:, 1] == k)).sum())
-        fn = int(((a[:, 0] == k) & (a[:, 1] != k)).sum())
-        out[name] = round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else None
-    out["accuracy"] = round(float((a[:, 0] == a[:, 1]).mean()), 4) if len(a) else None
-    return out
-
-
-def score_maps(maps: list[np.ndarray], samples: list[Sample], post: Any, classes: list[str]) -> dict[str, Any]:
-    """Mean-over-tiles F1, AJI, PQ, Dice, and type F1 of stitched maps ``(3 + 1 + T [+ 3 per member], H, W)``
-    against the samples (:func:`~pathasst.tools.backends.nuclei_net.instances_from_maps`)."""
-    from pathasst.tools.backends.nuclei_net import instance_types, instances_from_maps
-    from pathasst.tools.metrics import aji_counts, dice, object_f1, panoptic_quality
-
-    rows, pairs = [], []
-    n_tp = 1 + len(classes)
-    for mp, s in zip(maps, samples, strict=True):
-        pred = instances_from_maps(mp, post, n_tp)
-        inter, union = aji_counts(s.labels, pred)
-        rows.append((object_f1(s.labels, pred)["f1"], inter / union if union else 1.0,
-                     panoptic_quality(s.labels, pred)["pq"], dice(s.labels, pred)))
-        tt = s.true_types()
-        pairs += type_pairs(s.labels, pred, tt, instance_types(pred, mp[3 : 3 + n_tp]))
-    r = np.array(rows)
-    return {"f1": float(r[:, 0].mean()), "aji": float(r[:, 1].mean()), "pq": float(r[:, 2].mean()),
-            "dice": float(r[:, 3].mean()), "type_f1": type_f1(pairs, classes)}
-
-
-#: per edge mode: the coordinate-wise grid of :func:`tune_post` (the gradient threshold's scale differs by mode)
-TUNE_GRID: dict[str, dict[str, tuple]] = {
-    "minmax": {"grad_threshold": (0.6, 0.3, 0.4, 0.5), "hv_sigma": (3.0, 1.0, 2.0), "np_threshold": (0.4, 0.5, 0.6),
-               "min_area_px": (20, 10, 40), "unmarked_min_px": (0, 20, 40, 60)},
-    "absolute": {"grad_threshold": (0.25, 0.0, 0.1, 0.4, 0.6), "hv_sigma": (1.0, 2.0, 3.0),
-                 "np_threshold": (0.4, 0.5, 0.6), "min_area_px": (20, 10, 40), "min_marker_px": (10, 5, 15),
-                 "unmarked_min_px": (0, 20, 40, 60)},
-}
-
-
-def tune_post(maps: list[np.ndarray], samples: list[Sample], base: Any, classes: list[str], log: Any = None) -> tuple:
-    """Search the post-processing on tuning maps; returns (best PostParams, its scores). For each edge mode, a
-    coordinate-wise search (one parameter at a time, the others at their best so far, starting from the first value
-    of each grid entry) maximising mean F1 + mean AJI; the base parameters compete too. Maps with an ensemble's
-    member maps (:meth:`NucleiNet.keep_member_maps`) also try the members' vote, last in each search and on the base
-    parameters: ``member_vote`` 0 (off) to n + 1 for n members."""
-    from dataclasses import replace
-
-    n_members = (maps[0].shape[0] - 3 - 1 - len(classes)) // 3 if maps else 0
-    vote = {"member_vote": tuple(range(n_members + 2))} if n_members else {}
-    best, best_s = base, score_maps(maps, samples, base, classes)
-    for k in vote.get("member_vote", ()):
-        if k != base.member_vote:
-            s = score_maps(maps, samples, replace(base, member_vote=k), classes)
-            if s["f1"] + s["aji"] > best_s["f1"] + best_s["aji"]:
-                best, best_s = replace(base, member_vote=k), s
-    if log is not None and vote:
-        print(f"tune base + vote: {best} -> f1 {best_s['f1']:.4f} aji {best_s['aji']:.4f}", file=log, flush=True)
-    for mode, grid in TUNE_GRID.items():
-        grid = grid | vote
-        cur = replace(base, edge_mode=mode, **{k: v[0] for k, v in grid.items()})
-        cur_s = score_maps(maps, samples, cur, classes)
-        for key, values in grid.items():
-            for v in values:
-                p = replace(cur, **{key: v})
-                if p == cur:
-                    continue
-                s = score_maps(maps, samples, p, classes)
-                if s["f1"] + s["aji"] > cur_s["f1"] + cur_s["aji"]:
-                    cur, cur_s = p, s
-        if log is not None:
-            print(f"tune {mode}: {cur} -> f1 {cur_s['f1']:.4f} aji {cur_s['aji']:.4f}", file=log, flush=True)
-        if cur_s["f1"] + cur_s["aji"] > best_s["f1"] + best_s["aji"]:
-            best, best_s = cur, cur_s
-    return best, best_s
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
@@ -347,10 +133,6 @@ def combine_checkpoints(paths: list[Path], out: Path) -> dict[str, Any]:
     meta |= {k: first_cfg[k] for k in ("trained_on", "validation_sources") if k in first_cfg}
     save_checkpoint(out, model, cfg, meta)
     return {"out": str(out), "members": cfg.members, "params": sum(p.numel() for p in model.parameters())}
-
-
-def _val_maps(net: Any, samples: list[Sample]) -> list[np.ndarray]:
-    return [net.maps(s.rgb) for s in samples]
 
 
 # ---- training ------------------------------------------------------------------------------------------------------
@@ -522,7 +304,7 @@ def train(
 
     def validate() -> dict[str, Any]:
         kept.eval()
-        s = score_maps(_val_maps(NucleiNet.from_module(kept, cfg, dev), val_s), val_s, cfg.post, cfg.type_classes)
+        s = score_maps(validation_maps(NucleiNet.from_module(kept, cfg, dev), val_s), val_s, cfg.post, cfg.type_classes)
         model.train()
         return s
 
@@ -589,85 +371,6 @@ def train(
         summary["tuned"] = tune_checkpoint(best_path, data_dir, val_sources, val_limit, log, tune_train_every)
     torch.set_num_threads(old_threads)
     return summary
-
-
-def tuning_tiles(data_dir: Path, val_sources: tuple[int, ...] = DEFAULT_VAL_SOURCES, val_limit: int | None = None,
-                 train_every: int = 8) -> list[str]:
-    """The tiles the post-processing is tuned on: the validation tiles, plus every ``train_every``-th training tile
-    (0 = none). The two default validation images are sparse (hardly any touching epithelial nuclei), so thresholds
-    tuned on them alone under-split dense tissue; the training tiles bring dense tissue in. Held-out tiles never."""
-    from pathasst.finetune.nuclei_pixel import source_image, train_tiles
-
-    names = train_tiles(data_dir)
-    va = [n for n in names if source_image(n) in val_sources][:val_limit]
-    tr = [n for n in names if source_image(n) not in val_sources][::train_every] if train_every > 0 else []
-    return va + tr
-
-
-def tune_checkpoint(path: Path, data_dir: Path, val_sources: tuple[int, ...] = DEFAULT_VAL_SOURCES,
-                    val_limit: int | None = None, log: Any = sys.stderr, train_every: int = 8) -> dict[str, Any]:
-    """Tune the post-processing of checkpoint ``path`` on :func:`tuning_tiles` and write it into its config."""
-    from dataclasses import asdict
-
-    import torch
-
-    from pathasst.tools.backends.nuclei_net import NucleiNet
-
-    names = tuning_tiles(data_dir, val_sources, val_limit, train_every)
-    samples = load_samples(data_dir, names)
-    net = NucleiNet.load(path, "nuclei_weights")
-    if net.config.members:
-        net.keep_member_maps()  # so that the search can try the members' vote
-    maps = _val_maps(net, samples)
-    post, scores = tune_post(maps, samples, net.config.post, net.config.type_classes, log)
-    raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    raw["config"]["post"] = asdict(post)
-    raw["config"]["val_tuned"] = scores
-    raw["config"]["tuned_on"] = {"tiles": len(names), "validation_sources": sorted(val_sources),
-                                 "training_tiles_every": train_every}
-    torch.save(raw, str(path))
-    return {"post": asdict(post), "tuned_on_tiles": len(names), "scores": scores}
-
-
-def evaluate_held_out(ckpt: Path, data_dir: Path, every: int = 2) -> dict[str, Any]:
-    """Held-out scores (source images 16-26, every ``every``-th tile) of the tool's ``auto`` method with checkpoint
-    ``ckpt`` as its shipped default (domain guard included) next to the classical ``auto`` method, and the type F1 of
-    the network among matched nuclei."""
-    from unittest import mock
-
-    import pathasst.tools.nuclei_segmentation as ns
-    from pathasst.core.settings import Settings
-    from pathasst.finetune.nuclei_pixel import held_out_tiles
-    from pathasst.tools.backends.nuclei_net import NucleiNet
-    from pathasst.tools.evaluate import evaluate_nuclei
-
-    names = held_out_tiles(data_dir, every)
-    settings = Settings(_env_file=None, nuclei_weights=None)
-
-    def summary(scores: dict[str, Any]) -> dict[str, Any]:
-        out = {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}
-        if "by_image" in scores:  # pooled per source image, then the mean over the images
-            b = scores["by_image"]
-            out["by_image"] = {"images": b["n_images"], "f1": round(b["f1"], 4), "aji": round(b["aji"], 4)}
-        ci = scores["ci95"]  # bootstrap over source images: how far the 48-tile means can move by sampling alone
-        out["ci95"] = {"resampled": ci["resampled"], **{k: [round(v, 4) for v in ci[k]] for k in ("f1", "aji")}}
-        return out
-
-    out: dict[str, Any] = {"held_out_tiles": len(names), "checkpoint": str(ckpt), "precision": settings.nuclei_precision}
-    with mock.patch.object(ns, "SHIPPED_NET_WEIGHTS", Path(ckpt)), mock.patch.object(ns, "SHIPPED_NET_IS_DEFAULT", True):
-        out["nuclei_net"] = summary(evaluate_nuclei(ns.NucleiSegmentationTool(settings), data_dir, names=names))
-    with mock.patch.object(ns, "SHIPPED_NET_IS_DEFAULT", False):
-        out["classical"] = summary(evaluate_nuclei(ns.NucleiSegmentationTool(settings), data_dir, names=names))
-    net = NucleiNet.load(Path(ckpt), "nuclei_weights", settings)
-    out["runtime"] = net.runtime
-    pairs: list = []
-    for s in load_samples(data_dir, names):
-        pred = net.segment_array(s.rgb)
-        tt = s.true_types()
-        pairs += type_pairs(s.labels, pred.labels, tt, pred.types)
-    out["type_f1"] = type_f1(pairs, net.config.type_classes)
-    out["type_support"] = {c: sum(1 for a, _ in pairs if a == k) for k, c in enumerate(net.config.type_classes, 1)}
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,15 +1,15 @@
-"""Train the nuclei pixel classifier embedded in ``tools/nuclei_segmentation.py`` (model card:
+"""Train the nuclei pixel classifier of ``tools/nuclei_classical.py`` (model card:
 ``finetune/model_cards/nuclei_pixel_classifier.md``).
 
     python -m pathasst.finetune.nuclei_pixel --data ../shared/data/consep_train --out nuclei_pixel.npz
 
 Recipe (the one that produced the embedded weights): CoNSeP tiles of the training source images (1-14 and every
 odd-numbered one; tiles ``train_<source>_<k>``), ``--pixels-per-tile`` random pixels per tile; features =
-:func:`pathasst.tools.nuclei_segmentation.pixel_features` (the tool's own function); targets = background /
+:func:`pathasst.tools.nuclei_classical.pixel_features` (the tool's own function); targets = background /
 nucleus / nucleus border (``find_boundaries(mode="inner")``) and the distance to the border normalised per
 nucleus; a 24-32-32-4 perceptron, Adam (lr 3e-3, cosine schedule, batch 8192), loss = cross-entropy of the 3 class
 logits + 2 x MSE of sigmoid(4th output) vs the distance. The weights are written in the tool's .npz format
-(:func:`pathasst.tools.nuclei_segmentation.load_weights`), then scored with
+(:func:`pathasst.tools.nuclei_classical.load_weights`), then scored with
 :func:`pathasst.tools.evaluate.evaluate_nuclei` on held-out tiles (source images 16, 18, ... 26, never used for
 training) next to the naive baseline; the metrics are printed as JSON.
 

@@ -15,7 +15,11 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from pathasst.core.cases import Case, CaseError
+from pathasst.core.embedders import EmbedderError
+from pathasst.core.errors import ToolError
 from pathasst.graphs.state import CaseContext, CaseState
+from pathasst.memory.library import open_library
+from pathasst.memory.store import StoreError
 
 __all__ = ["RETRIEVE_K", "retrieve"]
 
@@ -25,10 +29,6 @@ RETRIEVE_K = 3
 
 def _library_errors() -> tuple[type[BaseException], ...]:
     from chromadb.errors import ChromaError
-
-    from pathasst.core.embedders import EmbedderError
-    from pathasst.core.errors import ToolError
-    from pathasst.memory.store import StoreError
 
     return (StoreError, EmbedderError, ToolError, CaseError, ChromaError, OSError)
 
@@ -40,7 +40,6 @@ def retrieve(state: CaseState, runtime: Runtime[CaseContext]) -> dict[str, Any]:
     similar: list[dict[str, Any]] = []
     retrieved: list[str] = []
     notes: list[str] = []
-    from pathasst.memory.library import open_library
 
     k = int(getattr(ctx.settings, "similar_k", RETRIEVE_K))
     lib = open_library(ctx.settings)

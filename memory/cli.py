@@ -12,6 +12,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pathasst.core.cases import PATCH_EXTENSIONS, SLIDE_EXTENSIONS, CaseError, discover_cases, single_image_case
+from pathasst.core.embedders import EmbedderError, image_embedder
+from pathasst.core.errors import ToolError
+from pathasst.core.settings import Settings
+from pathasst.memory.evaluation import evaluate_folders
+from pathasst.memory.ingest import case_image_vector
+from pathasst.memory.library import open_library
+from pathasst.memory.migrate import Endpoint, migrate
+from pathasst.memory.store import StoreError
+
 __all__ = ["library_app", "parse_where"]
 
 library_app = typer.Typer(
@@ -33,8 +43,6 @@ WhereOpt = Annotated[
 
 
 def _settings(**overrides: Any) -> Any:
-    from pathasst.core.settings import Settings
-
     s = Settings()
     return s.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
@@ -45,11 +53,6 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    from pathasst.core.cases import CaseError
-    from pathasst.core.embedders import EmbedderError
-    from pathasst.core.errors import ToolError
-    from pathasst.memory.store import StoreError
-
     return (CaseError, EmbedderError, StoreError, ToolError, OSError)
 
 
@@ -91,9 +94,6 @@ def add(
 ) -> None:
     """Embed every case under CASES_DIR into the library (PATHASST_CHROMA_PATH, or the Chroma server of
     PATHASST_CHROMA_HOST). Resumable: unchanged cases are skipped; bad files are skipped and listed."""
-    from pathasst.core.cases import discover_cases
-    from pathasst.memory.library import open_library
-
     settings = _settings()
     lib = open_library(settings, image_embedder_name=embedder)
     try:
@@ -136,9 +136,6 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the k most similar cases: case id, distance, diagnosis."""
-    from pathasst.core.cases import PATCH_EXTENSIONS, SLIDE_EXTENSIONS
-    from pathasst.memory.library import open_library
-
     settings = _settings()
     lib = open_library(settings, image_embedder_name=embedder)
     flt = parse_where(where)
@@ -150,9 +147,6 @@ def search(
         _fail(f"no case library at {settings.chroma_path}: run `pathasst library add CASES_DIR` first")
     try:
         if is_image:
-            from pathasst.core.cases import single_image_case
-            from pathasst.memory.ingest import case_image_vector
-
             case = single_image_case(path, settings=settings)
             vec, _ = case_image_vector(lib.image_embedder, case, case.images[0], settings)
             hits = lib.search(image_vector=vec, text=text, k=k, where=flt)
@@ -178,8 +172,6 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Cases, images and texts in the library, its embedders, location and size."""
-    from pathasst.memory.library import open_library
-
     lib = open_library(_settings(), image_embedder_name=embedder)
     try:
         facts = lib.stats()
@@ -208,8 +200,6 @@ def delete(
     collection: Annotated[str | None, typer.Option("--collection", help="Drop a whole collection (see stats).")] = None,
 ) -> None:
     """Remove cases from the library, or drop a collection built with an embedder no longer used."""
-    from pathasst.memory.library import open_library
-
     if not case and not collection:
         _fail("give --case ID and/or --collection NAME")
     lib = open_library(_settings())
@@ -236,9 +226,6 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Retrieval accuracy of an embedder: Acc@1, Acc@k and majority vote at k (mMV@k), with baselines."""
-    from pathasst.core.embedders import image_embedder
-    from pathasst.memory.evaluation import evaluate_folders
-
     settings = _settings()
     for p in (library, queries):
         if not p.is_dir():
@@ -274,8 +261,6 @@ def evaluate(
 
 
 def _endpoint(path: Path | None, host: str | None, port: int, side: str) -> Any:
-    from pathasst.memory.migrate import Endpoint
-
     if (path is None) == (host is None):
         flags = "--from PATH or --from-host HOST" if side == "from" else "--to-host HOST or --to-path PATH"
         _fail(f"give exactly one of {flags}")
@@ -304,8 +289,6 @@ def migrate_library(
     written. Record counts are verified per collection (exit code 1 if they differ). Thumbnails are files and stay
     where they are (the copied metadata keeps their paths).
     """
-    from pathasst.memory.migrate import migrate
-
     src = _endpoint(source, from_host, from_port, "from")
     dst = _endpoint(to_path, to_host, to_port, "to")
     try:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
+from pathasst.core.settings import Settings
 
 __all__ = ["DEFAULT_DB_NAME", "case_thread_id", "conversations_path", "list_threads", "open_checkpointer", "thread_config"]
 

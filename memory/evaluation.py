@@ -21,17 +21,17 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from pathasst.core.cases import PATCH_EXTENSIONS, CaseError, discover_cases, load_case
 from pathasst.core.embedders import Embedder
+from pathasst.core.readers import read_patch
+from pathasst.core.settings import Settings
 from pathasst.memory.ingest import case_image_vector, image_vectors
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
+from pathasst.memory.store import CaseStore
 
 __all__ = ["EvalResult", "evaluate_folders", "evaluate_vectors", "majority_vote", "read_labels", "retrieval_metrics"]
 
@@ -117,8 +117,6 @@ def _vectors(
     embedder: Embedder, folder: Path, ids: list[tuple[str, Path | None]], settings: Settings, skipped: list[str],
     progress: Callable[[int], None] | None,
 ) -> tuple[list[str], np.ndarray]:
-    from pathasst.core.readers import read_patch
-
     max_px = int(getattr(settings, "max_image_pixels", 120_000_000))
     keep, vecs = [], []
     batch: list[tuple[str, np.ndarray]] = []
@@ -162,8 +160,6 @@ def evaluate_vectors(
     store_dir: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Store the library vectors in a real (embedded) Chroma store, query it, and score the rankings."""
-    from pathasst.memory.store import CaseStore
-
     if set(lib_ids) & set(query_ids):
         raise ValueError(f"queries also in the library (leakage): {sorted(set(lib_ids) & set(query_ids))[:5]}")
     with tempfile.TemporaryDirectory(prefix="pathasst-eval-") as tmp:

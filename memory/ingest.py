@@ -24,16 +24,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from pathasst.core.cases import Case, CaseError, CaseImage, discover_cases, load_case
 from pathasst.core.embedders import Embedder, l2_normalise
+from pathasst.core.imaging import tissue_mask
+from pathasst.core.readers import SlideReader, read_patch
+from pathasst.core.regions import Region
+from pathasst.core.settings import Settings
 from pathasst.memory.store import CaseStore
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = [
     "MAX_TILES",
@@ -75,8 +76,6 @@ def _spread(items: Sequence[Any], n: int) -> list[Any]:
 
 def _tiles(pixels: np.ndarray, tile: int) -> list[np.ndarray]:
     """Native-resolution grid tiles of a large patch holding >= ``MIN_TISSUE`` tissue (all tiles if none do)."""
-    from pathasst.core.imaging import tissue_mask
-
     h, w = pixels.shape[:2]
     mask = tissue_mask(pixels)
     grid = [(y, x) for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
@@ -92,9 +91,6 @@ def _patch_tiles(pixels: np.ndarray, embedder: Embedder) -> list[np.ndarray]:
 
 def slide_tiles(embedder: Embedder, path: Path, mpp: float | None, max_pixels: int) -> list[np.ndarray]:
     """Up to ``MAX_TILES`` tissue tiles of a whole slide read at ``SLIDE_MPP`` (the thumbnail if no tissue is found)."""
-    from pathasst.core.readers import SlideReader
-    from pathasst.core.regions import Region
-
     with SlideReader(path, mpp=mpp) as slide:
         ds = max(1.0, SLIDE_MPP / slide.mpp) if slide.mpp else 1.0
         tile0 = max(1, round(embedder.tile_size * ds))
@@ -111,7 +107,6 @@ def case_image_tiles(embedder: Embedder, case: Case, image: CaseImage, settings:
     mpp = case.meta.mpp or getattr(settings, "default_mpp", None)
     if image.kind == "wsi":
         return slide_tiles(embedder, image.path, mpp, int(getattr(settings, "max_region_pixels", 16_777_216)))
-    from pathasst.core.readers import read_patch
 
     px = read_patch(image.path, int(getattr(settings, "max_image_pixels", 120_000_000)), mpp=mpp).pixels
     return _patch_tiles(px, embedder)
@@ -182,13 +177,9 @@ def write_thumbnail(case: Case, image: CaseImage, settings: Settings, dest_dir: 
     dest = dest_dir / f"{_safe(case.id + '/' + image.name)}.png"
     try:
         if image.kind == "wsi":
-            from pathasst.core.readers import SlideReader
-
             with SlideReader(image.path) as s:
                 px = s.thumbnail(THUMB_SIZE)[0]
         else:
-            from pathasst.core.readers import read_patch
-
             px = read_patch(image.path, int(getattr(settings, "max_image_pixels", 120_000_000))).pixels
         im = Image.fromarray(px)
         im.thumbnail((THUMB_SIZE, THUMB_SIZE))

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from pathasst.core.cases import Case, EmptyCaseError
 from pathasst.core.embedders import Embedder, image_embedder, text_embedder
+from pathasst.core.settings import Settings
 from pathasst.memory.ingest import CaseIngest, IngestReport, case_image_vector, image_vectors, ingest_case, ingest_cases
 from pathasst.memory.store import THUMBNAIL_DIR, CaseStore, Hit, StoreModality
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = ["RRF_K", "CaseLibrary", "SimilarCaseHit", "open_library"]
 

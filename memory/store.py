@@ -21,14 +21,12 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from pathasst.core.embedders import Embedder
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
+from pathasst.core.settings import Settings
 
 __all__ = [
     "COLLECTION_PREFIX",

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from pathasst.core.embedders import EmbedderError, text_embedder
 from pathasst.core.settings import Settings
 from pathasst.planning.base import PlanDecision, PlannerContext, PlannerError
 from pathasst.planning.parsing import question_coordinates
@@ -277,8 +278,6 @@ class HybridPlanner(RulesPlanner):
     # ---- lazily built parts ------------------------------------------------------------------------
     def _embedder(self) -> Any:
         if self._embed is None:
-            from pathasst.core.embedders import EmbedderError, text_embedder
-
             try:
                 embedder = text_embedder(self._settings(), "minilm")
             except EmbedderError as exc:

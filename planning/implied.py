@@ -11,53 +11,36 @@ from typing import Any
 from pathasst.planning.base import PlannerContext
 from pathasst.planning.schemas import enum_of, resolve_schema, schema_variants
 
-__all__ = ["context_arguments", "enum_alias", "normalised", "question_coordinates", "stain_enum", "written_geometry"]
-
-# Spellings of enum values a planner (or a pathologist) uses, mapped to their canonical normalised form.
-# Applied only when the target is one of the schema's allowed values.
-_ENUM_ALIASES: dict[str, str] = {
-    "ki67": "ki67",
-    "mib1": "ki67",
-    "mib": "ki67",
-    "ki": "ki67",
-    "proliferation": "ki67",
-    "er": "erpr",
-    "pr": "erpr",
-    "pgr": "erpr",
-    "erpr": "erpr",
-    "estrogen": "erpr",
-    "oestrogen": "erpr",
-    "progesterone": "erpr",
-    "hormone": "erpr",
-    "hormonereceptor": "erpr",
-    "estrogenreceptor": "erpr",
-    "oestrogenreceptor": "erpr",
-    "progesteronereceptor": "erpr",
-    "pdl1": "pdl1",
-    "pdl": "pdl1",
-    "pd1": "pdl1",
-    "tps": "pdl1",
-    "cps": "pdl1",
-    "22c3": "pdl1",
-    "sp263": "pdl1",
-}
-
+__all__ = ["aliases_of", "context_arguments", "enum_alias", "normalised", "question_coordinates", "stain_enum", "written_geometry"]
 
 def normalised(text: str) -> str:
     """``text`` lower-cased with everything but letters and digits removed ("Ki-67" -> "ki67")."""
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
-def enum_alias(value: str, allowed: Iterable[Any]) -> Any | None:
-    """The allowed enum value that ``value`` spells (case, punctuation and common aliases ignored), or None."""
+def aliases_of(prop: dict[str, Any]) -> dict[str, Any]:
+    """Other spellings of a property's enum values, declared by the tool on its input field
+    (``json_schema_extra={"x-aliases": {spelling: value}}``); {} when it declares none."""
+    aliases = prop.get("x-aliases") if isinstance(prop, dict) else None
+    return {normalised(str(k)): v for k, v in aliases.items()} if isinstance(aliases, dict) else {}
+
+
+def _exact(key: str, by_norm: dict[str, Any], aliases: dict[str, Any]) -> Any | None:
+    if key in by_norm:
+        return by_norm[key]
+    alias = aliases.get(key)
+    return by_norm.get(normalised(str(alias))) if alias is not None else None
+
+
+def enum_alias(value: str, allowed: Iterable[Any], aliases: dict[str, Any] | None = None) -> Any | None:
+    """The allowed enum value that ``value`` spells (case and punctuation ignored, the tool's ``aliases`` of
+    :func:`aliases_of`, then a close spelling), or None."""
     allowed = list(allowed)
     by_norm = {normalised(str(a)): a for a in allowed}
     key = normalised(value)
-    if key in by_norm:
-        return by_norm[key]
-    alias = _ENUM_ALIASES.get(key)
-    if alias is not None and alias in by_norm:
-        return by_norm[alias]
+    hit = _exact(key, by_norm, aliases or {})
+    if hit is not None:
+        return hit
     close = difflib.get_close_matches(key, list(by_norm), n=1, cutoff=0.8) if len(key) >= 3 else []
     return by_norm[close[0]] if close else None
 
@@ -128,36 +111,35 @@ def _top_k(question: str) -> int | None:
     return None
 
 
-_MARKER_WORDS = re.compile(
-    r"ki[\s-]?67|mib[\s-]?1|\bproliferat\w*|\bpd[\s-]?l1\b|\btps\b|\bcps\b|\b(?:o?estrogen|progesterone|hormone)\b|\ber\b|\bpr\b|\bpgr\b",
-    re.I,
-)
-
-
-def stain_enum(stain: str | None, allowed: list[Any]) -> Any | None:
-    """The enum value a stain name implies ("Ki-67 (MIB-1)" -> "ki67", "ER/PR" -> "er_pr"), or None (H&E, HER2)."""
+def stain_enum(stain: str | None, allowed: list[Any], aliases: dict[str, Any] | None = None) -> Any | None:
+    """The enum value a stain name implies ("Ki-67 (MIB-1)" -> "ki67", "ER/PR" -> "er_pr" with the IHC tool's
+    aliases), or None (H&E, HER2)."""
     if not stain:
         return None
-    hit = enum_alias(stain, allowed)
+    hit = enum_alias(stain, allowed, aliases)
     if hit is not None:
         return hit
     for token in re.split(r"[\s,;/+()]+", stain):
         if token:
-            hit = enum_alias(token, allowed)
+            hit = enum_alias(token, allowed, aliases)
             if hit is not None:
                 return hit
     return None
 
 
-def _enum_hint(question: str, stain: str | None, allowed: list[Any]) -> Any | None:
-    """An enum value implied by the stain (the physical fact, first) or by a marker named in the question."""
-    hit = stain_enum(stain, allowed)
+def _enum_hint(question: str, stain: str | None, allowed: list[Any], aliases: dict[str, Any]) -> Any | None:
+    """An enum value implied by the stain (the physical fact, first) or by a value or alias the question names
+    (a word, or two words written apart: "Ki 67", "PD L1"); exact spellings only."""
+    hit = stain_enum(stain, allowed, aliases)
     if hit is not None:
         return hit
-    for m in _MARKER_WORDS.finditer(question):
-        hit = enum_alias(m.group(0), allowed)
-        if hit is not None:
-            return hit
+    by_norm = {normalised(str(a)): a for a in allowed}
+    words = [normalised(w) for w in re.findall(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*", question)]
+    for i, word in enumerate(words):
+        for key in (word, word + words[i + 1] if i + 1 < len(words) else ""):
+            hit = _exact(key, by_norm, aliases) if key else None
+            if hit is not None:
+                return hit
     return None
 
 
@@ -175,7 +157,7 @@ def context_arguments(schema: dict[str, Any], ctx: PlannerContext) -> dict[str, 
             continue
         allowed = enum_of(prop, schema)
         if allowed and all(isinstance(a, str) for a in allowed):
-            hint = _enum_hint(ctx.question, ctx.stain, allowed)
+            hint = _enum_hint(ctx.question, ctx.stain, allowed, aliases_of(resolve_schema(prop, schema)))
             if hint is not None:
                 out[name] = hint
     for key in ("point", "box"):

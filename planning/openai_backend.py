@@ -75,12 +75,13 @@ _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 
 
 def _compact(schema: Any) -> Any:
-    """A schema without pydantic's ``title`` annotations (fewer prompt tokens; keywords and descriptions kept)."""
+    """A schema without pydantic's ``title`` annotations and our ``x-`` hints (fewer prompt tokens; keywords and
+    descriptions kept)."""
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key == "title":
+        if key == "title" or key.startswith("x-"):  # x-: hints for our own planners (x-aliases)
             continue
         if key in {"properties", "$defs"} and isinstance(value, dict):
             out[key] = {name: _compact(sub) for name, sub in value.items()}

@@ -22,6 +22,7 @@ from typing import Any
 from pathasst.planning.base import PlanDecision, PlannedCall, PlannerContext, PlannerOutputError
 from pathasst.planning.implied import (
     context_arguments,
+    aliases_of,
     enum_alias,
     normalised,
     question_coordinates,
@@ -183,7 +184,7 @@ def _coerce(name: str, tool: str, value: Any, prop: dict[str, Any], root: dict[s
     """``value`` converted to the property's type or enum where the intent is clear; unchanged otherwise."""
     allowed = enum_of(prop, root)
     if allowed is not None and value not in allowed and isinstance(value, str):
-        hit = enum_alias(value, allowed)
+        hit = enum_alias(value, allowed, aliases_of(resolve_schema(prop, root)))
         if hit is not None:
             repairs.append(f"{tool}: {name}={value!r} -> {hit!r}")
             return hit

@@ -30,6 +30,7 @@ from typing import Any
 from pathasst.core.settings import Settings
 from pathasst.planning.base import PlanDecision, PlannedCall, PlannerContext
 from pathasst.planning.parsing import context_arguments, stain_enum, written_geometry
+from pathasst.tools.ihc_models import MODE_ALIASES
 from pathasst.tools.planning import DEFAULT_ORDER, compiled_triggers
 
 __all__ = ["TOOL_ORDER", "RulesPlanner", "order_tools", "strip_injections"]
@@ -300,7 +301,7 @@ def _non_negated(pattern: re.Pattern[str], text: str, key: str = "") -> list[str
 
 
 def _is_ihc_stain(stain: str | None) -> bool:
-    return stain_enum(stain, _IHC_MODES) is not None
+    return stain_enum(stain, _IHC_MODES, MODE_ALIASES) is not None
 
 
 class RulesPlanner:

@@ -87,3 +87,37 @@ def test_build_system_wires_settings_registry_and_planners(settings) -> None:
     ready = RulesPlanner(settings)
     engine = Engine(settings, planner=ready, registry=system.registry)
     assert engine.planner is ready and engine.registry is system.registry
+
+
+PACKAGES = ("core", "memory", "tools", "planning", "graphs", "agent", "ui", "cli")
+#: the only first-party imports allowed inside functions: modules that load a heavy library when imported, kept off
+#: the paths that do not need it (LangGraph for MCP and predict, jsonschema and the MCP SDK for the CLI's other commands)
+LAZY_MODULES = {"pathasst.graphs.case_graph", "pathasst.planning.planner_eval", "pathasst.agent.mcp_server"}
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """No import cycle between modules either, function-level imports included, so no import is placed inside a
+    function to dodge one."""
+    import grimp
+    import networkx as nx
+
+    graph = grimp.build_graph(*(f"pathasst.{p}" for p in PACKAGES))
+    edges = nx.DiGraph((m, i) for m in graph.modules for i in graph.find_modules_directly_imported_by(m))
+    cycles = [sorted(c) for c in nx.strongly_connected_components(edges) if len(c) > 1]
+    assert cycles == []
+
+
+def test_first_party_imports_inside_functions_are_only_the_heavy_ones() -> None:
+    import ast
+
+    found = set()
+    for folder in PACKAGES:
+        for path in (REPO / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pathasst"):
+                        found.add(node.module)
+                    elif isinstance(node, ast.Import):
+                        found |= {a.name for a in node.names if a.name.startswith("pathasst")}
+    assert found == LAZY_MODULES

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from pydantic import Field
 
-from pathasst.agent.outputs import write_case
 from pathasst.agent.engine import Engine
+from pathasst.agent.outputs import OutputLayout, write_case
 from pathasst.agent.runner import run_batch
 from pathasst.planning.base import PlanDecision, PlannedCall, PlannerContext, PlannerOutputError
 from pathasst.planning.grounding import ungrounded_numbers
@@ -136,6 +136,28 @@ def test_report_files(tmp_path, settings, registry):
     with pytest.raises(FileExistsError):
         write_case(tmp_path / "out", report, artifacts)
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_the_output_layout_names_what_the_runner_wrote(tmp_path, settings, registry):
+    """One layout object: the files run_batch and write_case produce are where OutputLayout (read by the review app)
+    says, failed cases included."""
+    cases = tmp_path / "cases"
+    _case(cases, "c1", n_images=2)
+    (cases / "empty").mkdir()
+    out = tmp_path / "out"
+    run_batch(cases, out, engine=Engine(settings, planner=Scripted(["dark_pixels"]), registry=registry))
+    layout = OutputLayout(out)
+    assert layout.is_done("c1") and not layout.is_done("empty")
+    report = json.loads(layout.report_json("c1").read_text())
+    assert sorted(report["files"]["overlays"]) == sorted(
+        OutputLayout.overlay_name(rec["image"], rec["tool"]) for rec in report["trace"])
+    assert all((layout.case_dir("c1") / name).is_file() for name in report["files"]["overlays"])
+    assert layout.report_md("c1").is_file() and layout.annotations("c1").is_file()
+    assert layout.failure_reason("c1") is None and "no usable images" in layout.failure_reason("empty")
+    rows = {r["case_id"]: r for r in csv.DictReader(layout.summary_csv.open())}
+    assert rows["c1"]["report"] == "c1/report.md" and rows["empty"]["status"] == "failed"
+    layout.failure_record("empty").write_text("{not json")
+    assert layout.failure_reason("empty") == "last run failed (unreadable failure record)"
 
 
 def test_failing_and_unknown_tools_are_recorded(tmp_path, settings, registry):

@@ -15,14 +15,8 @@ from tool_helpers import make_resolver
 
 from pathasst.core.errors import WeightsError
 from pathasst.core.imaging import ImageData
-from pathasst.tools.backends.nuclei_net import (
-    ARCHITECTURE,
-    NucleiNet,
-    NucleiNetConfig,
-    build_nuclei_net,
-    hover_instances,
-    instance_types,
-)
+from pathasst.tools.backends.nuclei_net import ARCHITECTURE, NucleiNet, NucleiNetConfig, build_nuclei_net
+from pathasst.tools.backends.nuclei_post import hover_instances, instance_types
 from pathasst.tools.base import call_tool
 
 TINY_WIDTHS = [4, 8, 16]
@@ -106,7 +100,7 @@ def test_single_tile_equals_the_plain_forward_pass_and_tiles_cover_large_images(
 
 
 def test_hover_post_processing_splits_touching_nuclei_and_votes_types() -> None:
-    from pathasst.finetune.nuclei_net import hv_map
+    from pathasst.finetune.nuclei_data import hv_map
 
     true = np.zeros((64, 96), np.int32)
     yy, xx = np.mgrid[:64, :96]
@@ -131,8 +125,8 @@ def test_absolute_edge_mode_splits_by_a_fixed_threshold_on_sparse_and_dense_imag
     image holds one pair or a crowd, and a threshold above every gradient merges them (so the split is the mode's)."""
     from dataclasses import replace
 
-    from pathasst.finetune.nuclei_net import hv_map
-    from pathasst.tools.backends.nuclei_net import PostParams
+    from pathasst.finetune.nuclei_data import hv_map
+    from pathasst.tools.backends.nuclei_post import PostParams
 
     yy, xx = np.mgrid[:64, :96]
     pair = np.zeros((64, 96), np.int32)
@@ -158,8 +152,8 @@ def test_unmarked_components_are_kept_as_nuclei_only_when_asked_and_large_enough
     such a component (if big enough) as one more nucleus and leaves the marked ones untouched."""
     from dataclasses import replace
 
-    from pathasst.finetune.nuclei_net import hv_map
-    from pathasst.tools.backends.nuclei_net import PostParams
+    from pathasst.finetune.nuclei_data import hv_map
+    from pathasst.tools.backends.nuclei_post import PostParams
 
     true = np.zeros((64, 96), np.int32)
     yy, xx = np.mgrid[:64, :96]
@@ -230,7 +224,7 @@ def test_member_vote_keeps_the_nuclei_most_predictions_agree_on_and_splits_what_
     come out split, the average's merged object and C (one map) go, D (two maps) stays; a pixel two kept nuclei
     claim equally (column 15: B in the second map, A in the third) goes to the earlier map's; with 1 of 3 the merged
     object wins its pixels (it has all its votes there); with 3 of 3 nothing is left."""
-    from pathasst.tools.backends.nuclei_net import vote_instances
+    from pathasst.tools.backends.nuclei_post import vote_instances
 
     maps, boxes = _vote_case()
     out = vote_instances(maps, 2)
@@ -268,8 +262,9 @@ def test_an_ensemble_voting_on_its_members_returns_their_maps_in_both_runtimes_a
     vote on ensemble maps and picks it where the average merges touching nuclei that the members split."""
     from dataclasses import replace
 
-    from pathasst.finetune.nuclei_net import Sample, hv_map, score_maps, tune_post
-    from pathasst.tools.backends.nuclei_net import PostParams, instances_from_maps
+    from pathasst.finetune.nuclei_data import Sample, hv_map
+    from pathasst.finetune.nuclei_eval import score_maps, tune_post
+    from pathasst.tools.backends.nuclei_post import PostParams, instances_from_maps
     from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
 
     ens = _tiny_ensemble(tmp_path)
@@ -474,8 +469,8 @@ def test_onnxruntime_runs_the_network_with_torchs_maps_and_follows_the_setting(s
 
 def test_shipped_network_in_bfloat16_scores_like_float32_on_held_out_tiles(shared_data: Path, settings: Any) -> None:
     from pathasst.finetune.nuclei_pixel import held_out_tiles
-    from pathasst.tools.evaluate import evaluate_nuclei
     from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS
+    from pathasst.tools.evaluate import evaluate_nuclei
 
     if not SHIPPED_NET_WEIGHTS.is_file():
         pytest.skip(f"no shipped nuclei network at {SHIPPED_NET_WEIGHTS}")
@@ -716,7 +711,8 @@ def test_training_device_is_resolved_and_a_gpu_torch_cannot_see_is_an_error(monk
 def test_loader_workers_draw_their_own_batches_reproducibly(shared_data: Path) -> None:
     """--workers: each DataLoader worker augments its own batches (a worker seeded like another would repeat its
     batches), and the same seed gives the same stream."""
-    from pathasst.finetune.nuclei_net import CropStream, load_samples
+    from pathasst.finetune.nuclei_data import load_samples
+    from pathasst.finetune.nuclei_net import CropStream
     from pathasst.finetune.nuclei_pixel import train_tiles
 
     data = shared_data / "consep_train"
@@ -772,7 +768,7 @@ def test_hv_targets_of_a_crop_point_at_the_centre_of_the_visible_part() -> None:
     """A nucleus that a training crop cuts: with ``hv_targets="crop"`` (the default) its HV targets are computed on
     the crop, so both maps run from -1 to +1 over the visible part (as the network sees it at inference); cut out of
     the whole tile's targets (``"tile"``), a crop on one side of the centre gets one-sided maps."""
-    from pathasst.finetune.nuclei_net import HV_TARGETS, Sample, augment, hv_map
+    from pathasst.finetune.nuclei_data import HV_TARGETS, Sample, augment, hv_map
 
     yy, xx = np.mgrid[:128, :128]
     labels = ((yy - 64) ** 2 + (xx - 64) ** 2 <= 60**2).astype(np.int32)  # one large nucleus filling the tile
@@ -797,7 +793,7 @@ def test_hv_targets_of_a_crop_point_at_the_centre_of_the_visible_part() -> None:
 def test_low_resolution_scan_augmentation_blurs_the_image_and_keeps_the_targets(shared_data: Path) -> None:
     from scipy import ndimage as ndi
 
-    from pathasst.finetune.nuclei_net import augment, load_samples
+    from pathasst.finetune.nuclei_data import augment, load_samples
 
     sample = load_samples(shared_data / "consep_train", ["train_1_000"])[0]
     for seed in range(3):
@@ -813,9 +809,9 @@ def test_low_resolution_scan_augmentation_blurs_the_image_and_keeps_the_targets(
 @pytest.mark.data
 def test_post_processing_is_tuned_on_validation_and_training_tiles_never_held_out(shared_data: Path,
                                                                                  tmp_path: Path) -> None:
-    from pathasst.finetune.nuclei_net import tune_checkpoint, tuning_tiles
+    from pathasst.finetune.nuclei_eval import tune_checkpoint, tuning_tiles
     from pathasst.finetune.nuclei_pixel import source_image, train_tiles
-    from pathasst.tools.backends.nuclei_net import EDGE_MODES
+    from pathasst.tools.backends.nuclei_post import EDGE_MODES
 
     data = shared_data / "consep_train"
     names = tuning_tiles(data, (2, 11), train_every=8)
@@ -837,8 +833,8 @@ def test_post_processing_is_tuned_on_validation_and_training_tiles_never_held_ou
 @pytest.mark.data
 def test_shipped_network_beats_the_classical_method_on_held_out_tiles(shared_data: Path, settings: Any) -> None:
     from pathasst.finetune.nuclei_pixel import held_out_tiles
-    from pathasst.tools.evaluate import evaluate_nuclei
     from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS
+    from pathasst.tools.evaluate import evaluate_nuclei
     from pathasst.tools.nuclei_segmentation import NucleiSegmentationInput, NucleiSegmentationTool
 
     if not SHIPPED_NET_WEIGHTS.is_file():

@@ -17,13 +17,15 @@ from pathasst.planning.parsing import (
     validate_arguments,
 )
 from pathasst.tools.base import ToolInput
+from pathasst.tools.ihc_models import MODE_ALIASES
 from pathasst.tools.registry import default_registry
 
 
 class _RequiredModeInput(ToolInput):
     """A required enum with no default (the real ihc_quantification defaults its mode)."""
 
-    mode: Literal["ki67", "er_pr", "pdl1"] = Field(..., description="Marker.")
+    mode: Literal["ki67", "er_pr", "pdl1"] = Field(..., description="Marker.",
+                                                json_schema_extra={"x-aliases": MODE_ALIASES})
 
 
 class _PointOrBoxInput(ToolInput):
@@ -118,6 +120,18 @@ def test_required_enum_filled_from_the_stain_and_invalid_value_replaced():
     assert calls(d) == [("ihc_quantification", {"mode": "er_pr", "image": "a.png"})]
     d2 = parse_plan({"name": "ihc_quantification", "arguments": {"mode": "her2"}}, ctx(stain="Ki-67 (MIB-1)"))
     assert calls(d2) == [("ihc_quantification", {"mode": "ki67", "image": "a.png"})]
+
+
+def test_enum_aliases_are_the_tools_own():
+    """Spellings of enum values come from the tool's input schema (x-aliases), not from planner code: without them
+    "ER" means nothing; a tool declaring {"routine": "he"} gets "he" from a stain written "Routine"."""
+    plain = {"type": "object", "properties": {"mode": {"enum": ["ki67", "er_pr"]}}}
+    assert context_arguments(plain, ctx(stain="ER")) == {}
+    assert context_arguments(plain, ctx(stain="Ki-67")) == {"mode": "ki67"}  # the value itself, spelt loosely
+    own = {"type": "object", "properties": {"stain_kind": {"enum": ["he", "ihc"], "x-aliases": {"Routine": "he"}}}}
+    assert context_arguments(own, ctx(stain="Routine")) == {"stain_kind": "he"}
+    assert context_arguments(own, ctx(question="is this a routine stain?", stain=None)) == {"stain_kind": "he"}
+    assert context_arguments(SCHEMAS["ihc_quantification"], ctx(question="PD L1 please", stain=None)) == {"mode": "pdl1"}
 
 
 def test_required_enum_that_cannot_be_inferred_rejects_the_call():

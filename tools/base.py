@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,11 +24,9 @@ from pathasst.core.deadline import call_deadline
 from pathasst.core.errors import ToolCallError, ToolError, ToolExecutionError, to_planner_message
 from pathasst.core.imaging import ImageData
 from pathasst.core.regions import Region
+from pathasst.core.settings import Settings
 from pathasst.core.weights import file_sha256
 from pathasst.tools.planning import PlanningHints
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = [
     "sig",

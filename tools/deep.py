@@ -22,12 +22,13 @@ from typing import Any, ClassVar
 
 from pathasst.core.errors import ToolExecutionError
 from pathasst.core.imaging import ImageData
-from pathasst.core.weights import WeightsFormat, check_weights_file, settings_env_var
+from pathasst.core.weights import WeightsFormat, check_weights_file, file_sha256, settings_env_var
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 
 __all__ = [
     "DeepTool",
 ]
+
 
 class DeepTool(PathologyTool):
     """A tool whose only backend is a network loaded from ``weights_setting``.
@@ -71,8 +72,6 @@ class DeepTool(PathologyTool):
 
     def model_info(self) -> dict[str, Any]:
         """Base info (tool, version, weights, sha256) plus, once loaded, a description of the model."""
-        from pathasst.core.weights import file_sha256
-
         info = super().model_info()
         shipped = self.shipped_weights() if self.configured_weights() is None else None
         if shipped is not None:  # 'weights' stays the user's setting (None)

@@ -32,14 +32,16 @@ from typing import Annotated, Any
 
 import typer
 
+from pathasst.core.errors import ToolError, UnknownToolError
 from pathasst.core.settings import Settings
+from pathasst.tools.evaluate import CONSEP_MPP, DEEPLIIF_MPP, consep_held_out_tiles, evaluate_ihc, evaluate_nuclei
+from pathasst.tools.evaluate_ihc import evaluate_ihc_leave_one_out
+from pathasst.tools.registry import default_registry
 
 __all__ = ["EVALUATIONS", "run_evaluation", "tools_eval"]
 
 
 def _nuclei(tool: Any, data_dir: Path, settings: Settings, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
-    from pathasst.tools.evaluate import CONSEP_MPP, consep_held_out_tiles, evaluate_nuclei
-
     if not (data_dir / "instances").is_dir() or not (data_dir / "images").is_dir():
         raise FileNotFoundError(f"{data_dir} is not in the consep_train layout (needs images/ and instances/)")
     names = None
@@ -51,8 +53,6 @@ def _nuclei(tool: Any, data_dir: Path, settings: Settings, limit: int | None, mp
 
 
 def _ihc(tool: Any, data_dir: Path, settings: Settings, limit: int | None, mpp: float | None, held_out: bool) -> dict[str, Any]:
-    from pathasst.tools.evaluate import DEEPLIIF_MPP, evaluate_ihc
-
     if held_out:
         raise KeyError("--held-out does not apply to ihc_quantification (every DeepLIIF image is scored)")
     if not any(data_dir.glob("*_ihc.png")):
@@ -60,7 +60,6 @@ def _ihc(tool: Any, data_dir: Path, settings: Settings, limit: int | None, mpp: 
     if limit is not None:
         typer.echo("note: --limit is ignored for IHC folders (every image pair is scored)", err=True)
     if tool.weights_path() is None:  # the embedded reading: leave-one-image-out with the stain sweep
-        from pathasst.tools.evaluate_ihc import evaluate_ihc_leave_one_out
 
         return evaluate_ihc_leave_one_out(tool, data_dir, mpp=mpp or DEEPLIIF_MPP)
     return evaluate_ihc(tool, data_dir, mpp=mpp or DEEPLIIF_MPP)
@@ -102,8 +101,6 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate ``tool_name`` on ``data_dir``; raises ``KeyError`` (no evaluation), ``UnknownToolError``,
     ``FileNotFoundError`` (wrong layout)."""
-    from pathasst.tools.registry import default_registry
-
     registry = default_registry(settings)
     tool = registry.get(tool_name)  # UnknownToolError lists the valid names
     if tool_name not in EVALUATIONS:
@@ -149,8 +146,6 @@ def tools_eval(
 ) -> None:
     """Accuracy of a tool against ground truth in DATA_DIR, printed as JSON (nuclei: F1, PQ, AJI, Dice; IHC:
     positivity-index error, per-cell F1)."""
-    from pathasst.core.errors import ToolError, UnknownToolError
-
     try:
         result = run_evaluation(tool, data_dir, Settings(), limit=limit, mpp=mpp, per_item=per_item, held_out=held_out)
     except (KeyError, UnknownToolError, FileNotFoundError) as exc:

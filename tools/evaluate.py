@@ -21,7 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from pathasst.tools.metrics import aji_counts, dice, match_points_by_class, object_f1, panoptic_quality
+from pathasst.core.imaging import ImageData
+from pathasst.core.readers import read_patch
+from pathasst.core.settings import Settings
+from pathasst.tools.base import PathologyTool
+from pathasst.tools.metrics import aji_counts, dice, match_points, match_points_by_class, object_f1, panoptic_quality
 
 __all__ = [
     "CONSEP_MPP",
@@ -49,9 +53,6 @@ def _read(path: Path) -> np.ndarray:
 def _read_rgb(path: Path) -> np.ndarray:
     """An image decoded as the product decodes case images (``read_patch``: uint8 RGB from grey, palette, RGBA or
     TIFF files, the pixel limit of the default settings); ``[..., :3]`` would cut a grey image's columns."""
-    from pathasst.core.readers import read_patch
-    from pathasst.core.settings import Settings
-
     return read_patch(path, Settings.model_fields["max_image_pixels"].default).pixels
 
 
@@ -110,9 +111,6 @@ def _image_path(folder: Path, name: str) -> Path:
 
 
 def _nuclei_predictor(tool: Any, mpp: float) -> Callable[[np.ndarray], np.ndarray]:
-    from pathasst.core.imaging import ImageData
-    from pathasst.tools.base import PathologyTool
-
     if isinstance(tool, PathologyTool):
         tool.load()
 
@@ -285,9 +283,6 @@ def ihc_ground_truth(gt_rgb: np.ndarray, min_area_px: int = 10) -> tuple[np.ndar
 
 
 def _ihc_predictor(tool: Any, mpp: float) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    from pathasst.core.imaging import ImageData
-    from pathasst.tools.base import PathologyTool
-
     if isinstance(tool, PathologyTool):
         tool.load()
 
@@ -313,7 +308,6 @@ def evaluate_ihc(
     """
     data_dir = Path(data_dir)
     predict = _ihc_predictor(tool, mpp)
-    from pathasst.tools.metrics import match_points
 
     rows: list[dict[str, Any]] = []
     for ihc_path in sorted(data_dir.glob("*_ihc.png")):

@@ -18,6 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from pathasst.core.imaging import ImageData
+from pathasst.tools.evaluate import ihc_ground_truth
+from pathasst.tools.metrics import match_points, match_points_by_class
+
 __all__ = ["STAIN_SWEEP", "THRESHOLD_GRID", "evaluate_ihc_leave_one_out", "scale_stains"]
 
 THRESHOLD_GRID = tuple(round(0.30 + 0.05 * i, 2) for i in range(9))  # 0.30 .. 0.70
@@ -38,8 +42,6 @@ def scale_stains(rgb: np.ndarray, h: float = 1.0, d: float = 1.0) -> np.ndarray:
 
 def _read(tool: Any, rgb: np.ndarray, mpp: float, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cell centres (N, 2) and normalised DAB fractions (N,) of one image read by ``tool``."""
-    from pathasst.core.imaging import ImageData
-
     args = tool.input_model(image="ihc", **({"dab_fraction_threshold": threshold} if threshold else {}))
     out = tool.analyze(ImageData(rgb, name="ihc", mpp=mpp), args).output
     xy = np.array([[c.x, c.y] for c in out.cells], dtype=float).reshape(-1, 2)
@@ -54,9 +56,6 @@ def evaluate_ihc_leave_one_out(tool: Any, data_dir: Path | str, mpp: float, matc
                                sweep: bool = True) -> dict[str, Any]:
     """Score the embedded ``ihc_quantification`` on a deepliif_ki67-layout folder (see the module docstring)."""
     from PIL import Image
-
-    from pathasst.tools.evaluate import ihc_ground_truth
-    from pathasst.tools.metrics import match_points, match_points_by_class
 
     data_dir = Path(data_dir)
     names = sorted(p.name[: -len("_ihc.png")] for p in data_dir.glob("*_ihc.png")

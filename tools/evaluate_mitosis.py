@@ -17,15 +17,14 @@ the fixed split (:func:`pathasst.tools.datasets.amibr_split`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from pathasst.core.readers import read_patch
+from pathasst.core.settings import Settings
 from pathasst.tools.datasets import AMIBR_MPP, amibr_items
 from pathasst.tools.evaluate_tissue import case_bootstrap, run_on_file
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = ["MATCH_UM", "darkest_blob", "evaluate_mitosis", "match_crop", "score_figures"]
 
@@ -76,8 +75,6 @@ def darkest_blob(rgb: np.ndarray, mpp: float = AMIBR_MPP) -> np.ndarray:
 def evaluate_mitosis(tool: Any, data_dir: Path | str, settings: Settings, held_out: bool = False, limit: int | None = None,
                      mpp: float | None = None) -> dict[str, Any]:
     """Score ``mitosis_detection`` on AMi-Br crops (see the module docstring)."""
-    from pathasst.core.readers import read_patch
-
     data_dir = Path(data_dir)
     mpp = mpp or AMIBR_MPP
     items = amibr_items(data_dir, ("held_out",) if held_out else None)[:limit]

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from pathasst.core.settings import Settings
+from pathasst.core.weights import load_torch_file
 from pathasst.tools.datasets import read_csv_rows
 from pathasst.tools.evaluate_tissue import case_bootstrap, run_on_file
 from pathasst.tools.metrics import binary_auc
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
+from pathasst.tools.slide_classification import SlideClassificationTool
 
 __all__ = ["CV_HEADS", "evaluate_slide_classification"]
 
@@ -49,11 +49,9 @@ def _fold_tools(settings: Settings, groups: set[str], tmp: Path) -> dict[str, An
     """group -> a ``slide_classification`` tool configured with the fold head that never saw that group."""
     import torch
 
-    from pathasst.tools.slide_classification import SlideClassificationTool
-
     if not CV_HEADS.is_file():
         raise FileNotFoundError(f"--held-out needs the cross-validation heads {CV_HEADS.name} (not shipped here)")
-    folds = torch.load(CV_HEADS, map_location="cpu", weights_only=True)["folds"]
+    folds = load_torch_file(CV_HEADS, str(CV_HEADS))["folds"]
     known = {f["group"] for f in folds}
     unknown = sorted(groups - known)
     if unknown:

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from pathasst.core.errors import ToolCallError
+from pathasst.core.readers import read_patch
+from pathasst.core.settings import Settings
+from pathasst.tools.base import call_tool
 from pathasst.tools.datasets import EbhiItem, ebhi_items
 from pathasst.tools.metrics import classification_scores, dice, mask_iou
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = ["baseline_lesion_mask", "case_bootstrap", "evaluate_tissue_classification", "evaluate_tumor_segmentation",
            "run_on_file"]
@@ -34,10 +35,6 @@ __all__ = ["baseline_lesion_mask", "case_bootstrap", "evaluate_tissue_classifica
 
 def run_on_file(tool: Any, path: Path, settings: Settings, mpp: float | None = None, arguments: dict | None = None) -> Any:
     """The tool's call record and result on one image file, read as ``tools predict`` reads it."""
-    from pathasst.core.errors import ToolCallError
-    from pathasst.core.readers import read_patch
-    from pathasst.tools.base import call_tool
-
     image = read_patch(path, settings.max_image_pixels, mpp=mpp or settings.default_mpp)
 
     def resolver(name: str, region: Any, working_mpp: float | None) -> Any:
@@ -139,8 +136,6 @@ def evaluate_tumor_segmentation(tool: Any, data_dir: Path | str, settings: Setti
                                 limit: int | None = None, mpp: float | None = None) -> dict[str, Any]:
     """Score ``tumor_segmentation``'s lesion map (label map > 0) against the EBHI-Seg masks."""
     from PIL import Image
-
-    from pathasst.core.readers import read_patch
 
     data_dir = Path(data_dir)
     items = [it for it in _items(data_dir, held_out, None) if it.mask is not None][:limit]

@@ -14,6 +14,7 @@ from pathasst.tools.base import ToolInput, ToolOutput
 
 __all__ = [
     "DEFAULT_DAB_FRACTION",
+    "MODE_ALIASES",
     "Cell",
     "IHCQuantificationInput",
     "IHCQuantificationOutput",
@@ -24,6 +25,17 @@ __all__ = [
 
 
 Mode = Literal["ki67", "er_pr", "pdl1"]
+#: how pathologists (and planners) name the markers: spelling -> ``mode`` (case and punctuation are ignored); the
+#: planners read them from the input schema (``x-aliases``), so a stain "MIB-1" or a question about "PD-L1 TPS"
+#: fills ``mode``
+MODE_ALIASES: dict[str, str] = {
+    "mib1": "ki67", "mib": "ki67", "ki": "ki67", "proliferation": "ki67", "proliferative": "ki67",
+    "proliferating": "ki67",
+    "er": "er_pr", "pr": "er_pr", "pgr": "er_pr", "erpr": "er_pr", "estrogen": "er_pr", "oestrogen": "er_pr",
+    "progesterone": "er_pr", "hormone": "er_pr", "hormonereceptor": "er_pr", "estrogenreceptor": "er_pr",
+    "oestrogenreceptor": "er_pr", "progesteronereceptor": "er_pr",
+    "pdl": "pdl1", "pd1": "pdl1", "tps": "pdl1", "cps": "pdl1", "22c3": "pdl1", "sp263": "pdl1",
+}
 
 
 #: normalised DAB fraction above which a nucleus is positive (leave-one-image-out choice on DeepLIIF: README)
@@ -82,7 +94,8 @@ class IHCQuantificationInput(ToolInput):
     """Arguments of ``ihc_quantification``."""
 
     mode: Mode = Field(
-        "ki67", description="Marker: 'ki67' (proliferation index), 'er_pr' (percent + H-score + Allred), 'pdl1' (TPS)."
+        "ki67", description="Marker: 'ki67' (proliferation index), 'er_pr' (percent + H-score + Allred), 'pdl1' (TPS).",
+        json_schema_extra={"x-aliases": MODE_ALIASES},
     )
     positive_threshold: float = Field(
         0.10, gt=0.0, le=2.0, description="Mean nuclear DAB optical density of the weak (1+) bin; moderate and strong "

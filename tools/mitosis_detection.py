@@ -28,11 +28,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pathasst.core.errors import WeightsError
-from pathasst.core.imaging import ImageData
+from pathasst.core.imaging import ImageData, looks_like_he
 from pathasst.core.weights import WeightsFormat
+from pathasst.tools.backends.mitosis_net import MitosisNet
+from pathasst.tools.backends.render import box_features, caption, draw_boxes
+from pathasst.tools.backends.runtime import working_image
+from pathasst.tools.backends.yolo import YoloBackend
 from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
 from pathasst.tools.deep import DeepTool
+from pathasst.tools.geojson import point_feature
 from pathasst.tools.planning import PlanExample, PlanningHints
+from pathasst.tools.tissue_qc import blur_score, tissue_mask
 
 __all__ = [
     "DEFAULT_HPF_AREA_MM2",
@@ -151,8 +157,6 @@ class MitosisDetectionTool(DeepTool):
         return SHIPPED_MITOSIS_WEIGHTS if SHIPPED_MITOSIS_WEIGHTS.is_file() else None
 
     def _embedded(self) -> Any:
-        from pathasst.tools.backends.mitosis_net import MitosisNet
-
         with _LOAD_LOCK:
             if getattr(self, "_net", None) is None:
                 self._net = MitosisNet.load(SHIPPED_MITOSIS_WEIGHTS, "shipped mitosis network", self.settings)
@@ -160,11 +164,6 @@ class MitosisDetectionTool(DeepTool):
         return self._net
 
     def _analyze_embedded(self, image: ImageData, args: ToolInput) -> ToolResult:
-        from pathasst.core.imaging import looks_like_he
-        from pathasst.tools.backends.render import caption
-        from pathasst.tools.backends.runtime import working_image
-        from pathasst.tools.tissue_qc import blur_score, tissue_mask
-
         assert isinstance(args, MitosisDetectionInput)
         net = self._embedded()
         mpp = net.config.mpp
@@ -217,8 +216,6 @@ class MitosisDetectionTool(DeepTool):
         return ToolResult(output=out, overlay=_figure_overlay(image, figures, half), features=_figure_features(image, figures))
 
     def _load_backend(self, path: Path, fmt: WeightsFormat) -> None:
-        from pathasst.tools.backends.yolo import YoloBackend
-
         backend = YoloBackend.load(path, self.weights_setting, self.settings, tasks=("detect", "segment"))
         self._mitosis_classes = mitosis_classes(backend.names)
         if not self._mitosis_classes:
@@ -230,9 +227,6 @@ class MitosisDetectionTool(DeepTool):
         self.model_description = backend.describe()
 
     def _analyze_deep(self, image: ImageData, args: ToolInput) -> ToolResult:
-        from pathasst.tools.backends.render import box_features, draw_boxes
-        from pathasst.tools.backends.runtime import working_image
-
         assert isinstance(args, MitosisDetectionInput)
         work = working_image(image, self.working_mpp)
         conf = 0.25 if args.min_score is None else args.min_score
@@ -301,8 +295,6 @@ def _figure_overlay(image: ImageData, figures: list[MitosisFigure], half_px: flo
     """Circles around the figures (magenta typical, orange atypical) and a legend with the counts."""
     from PIL import Image, ImageDraw
 
-    from pathasst.tools.backends.render import caption
-
     arr = np.array(image.pixels, copy=True)
     im = Image.fromarray(arr)
     draw = ImageDraw.Draw(im)
@@ -324,8 +316,6 @@ def level0_to_array_points(image: ImageData, xy: list[tuple[float, float]]) -> n
 
 def _figure_features(image: ImageData, figures: list[MitosisFigure]) -> list[dict[str, Any]]:
     """One GeoJSON point per figure (level 0), classified Mitosis or Atypical mitosis."""
-    from pathasst.tools.geojson import point_feature
-
     return [
         point_feature(f.x, f.y, "Atypical mitosis" if (f.atypical_probability or 0) > 0.5 else "Mitosis", None,
                       "detection", {"Score": f.score, "P(atypical)": f.atypical_probability})

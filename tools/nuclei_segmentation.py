@@ -17,7 +17,7 @@ Methods, all at the model resolution of 0.25 um/px (40x; other resolutions are r
     An ilastik-style pixel classifier: 24 hand-made colour/texture features (optical density, colour
     deconvolution H and E (``skimage.color.rgb2hed``) normalised per image, Gaussian smoothings, Laplacian of
     Gaussian, gradient magnitude, Hessian eigenvalues) feed a tiny two-layer perceptron (24-32-32-4, 2,000
-    parameters, embedded below) that predicts background / nucleus / nucleus-border probabilities and a normalised
+    parameters, :mod:`pathasst.tools.nuclei_classical`) that predicts background / nucleus / nucleus-border probabilities and a normalised
     distance to the nucleus border. Nuclei = foreground probability > 0.5 (hole-filled, opened); seeds = h-maxima of
     the smoothed distance map; marker watershed; size filter.
     The perceptron was trained on CoNSeP training tiles of source images 1-14 and all odd-numbered ones
@@ -41,16 +41,22 @@ interior) are under-detected, and touching nuclei in dense epithelium are often 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import Field
 
 from pathasst.core.imaging import ImageData
-from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS
+from pathasst.core.settings import Settings
+from pathasst.core.weights import file_sha256
+from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS, NucleiNet, to_image_labels
+from pathasst.tools.backends.nuclei_sam import NucleiSam
+from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
 from pathasst.tools.backends.render import outline_overlay
+from pathasst.tools.backends.runtime import working_image
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult, sig
 from pathasst.tools.geojson import label_map_to_features
+from pathasst.tools.ihc_nuclei import has_dab, pseudo_he, stain_maps
 from pathasst.tools.nuclei_classical import (
     AUTO_AGREEMENT,
     AUTO_MIN_NUCLEI,
@@ -64,9 +70,6 @@ from pathasst.tools.nuclei_classical import (
     segment_nuclei,
 )
 from pathasst.tools.planning import PlanExample, PlanningHints
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = [
     "SHIPPED_NET_IS_DEFAULT",
@@ -116,8 +119,6 @@ def ihc_network_input(work: ImageData) -> tuple[ImageData, bool]:
     """The shipped network's input for ``work`` (already at MODEL_MPP): on a DAB immunostain (no eosin, clear DAB)
     the pseudo-H&E of its normalised nuclear stain (:mod:`pathasst.tools.ihc_nuclei`) and True; otherwise ``work``
     unchanged and False. ``ihc_quantification`` reads its nuclei through the same path."""
-    from pathasst.tools.ihc_nuclei import has_dab, pseudo_he, stain_maps
-
     if _looks_like_he(work.pixels):
         return work, False
     maps = stain_maps(work.pixels)
@@ -217,18 +218,13 @@ class NucleiSegmentationTool(PathologyTool):
     def _load(self) -> None:
         path = self.weights_path()
         if path is not None:
-            from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
-
             self._deep = load_nuclei_backend(path, self.settings)
         elif self._shipped() is not None:
-            from pathasst.tools.backends.nuclei_net import NucleiNet
-
             self._deep = NucleiNet.load(SHIPPED_NET_WEIGHTS, self.weights_setting, self.settings)
 
     def model_info(self) -> dict[str, Any]:
         info = super().model_info()
         if info["weights"] is None and self._shipped() is not None:  # 'weights' stays the user's setting
-            from pathasst.core.weights import file_sha256
 
             info["shipped_weights"] = f"pathasst/tools/weights/{SHIPPED_NET_WEIGHTS.name}"
             info["shipped_weights_sha256"] = file_sha256(SHIPPED_NET_WEIGHTS)
@@ -255,10 +251,6 @@ class NucleiSegmentationTool(PathologyTool):
         types: dict[int, str] | None = None
         type_names: list[str] = []
         if deep:
-            from pathasst.tools.backends.nuclei_net import NucleiNet, to_image_labels
-            from pathasst.tools.backends.nuclei_sam import NucleiSam
-            from pathasst.tools.backends.runtime import working_image
-
             self.load()
             work = image if image.mpp is not None else _with_mpp(image, mpp)
             shared = None  # the shipped network and its domain guard both work at MODEL_MPP: resample once for both

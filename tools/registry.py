@@ -7,14 +7,12 @@ unknown name answers with the list of valid names.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pathasst.core.errors import DuplicateToolError, ToolError, UnknownToolError
+from pathasst.core.settings import Settings
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput
 from pathasst.tools.planning import PlanningHints
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = ["ENTRY_POINT_GROUP", "ToolRegistry", "default_registry"]
 

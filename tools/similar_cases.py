@@ -12,8 +12,12 @@ from typing import Any, ClassVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pathasst.core.embedders import EmbedderError
 from pathasst.core.errors import ToolExecutionError
 from pathasst.core.imaging import ImageData
+from pathasst.memory.ingest import image_vectors
+from pathasst.memory.library import open_library
+from pathasst.memory.store import StoreError
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.planning import PlanExample, PlanningHints
 
@@ -86,11 +90,6 @@ class SimilarCasesTool(PathologyTool):
         return info
 
     def analyze(self, image: ImageData, args: ToolInput) -> ToolResult:
-        from pathasst.core.embedders import EmbedderError
-        from pathasst.memory.ingest import image_vectors
-        from pathasst.memory.library import open_library
-        from pathasst.memory.store import StoreError
-
         args = cast(SimilarCasesInput, args)
         lib = open_library(self.settings)
         if not lib.exists():

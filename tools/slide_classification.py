@@ -31,13 +31,21 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import ConfigDict, Field
 
-from pathasst.core.errors import ToolExecutionError
-from pathasst.core.imaging import ImageData
+from pathasst.core.descriptor import HEDTextureEmbedder
+from pathasst.core.errors import ToolExecutionError, WeightsError
+from pathasst.core.imaging import ImageData, looks_like_he
 from pathasst.core.regions import Region
 from pathasst.core.weights import WeightsFormat, settings_env_var
+from pathasst.tools.backends.abmil import ABMILHead
+from pathasst.tools.backends.pathclip import pathclip_embedder
+from pathasst.tools.backends.render import heatmap_overlay, level0_to_array
+from pathasst.tools.backends.runtime import working_image
+from pathasst.tools.backends.tissue_tiles import TissueNetEmbedder, shipped_tissue_net
 from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
 from pathasst.tools.deep import DeepTool
+from pathasst.tools.geojson import polygon_feature
 from pathasst.tools.planning import PlanExample, PlanningHints
+from pathasst.tools.tissue_qc import tissue_mask
 
 __all__ = ["MAX_TILES", "SHIPPED_SLIDE_WEIGHTS", "SlideClassificationInput", "SlideClassificationOutput",
            "SlideClassificationTool", "pixel_tiles"]
@@ -117,11 +125,8 @@ class SlideClassificationTool(DeepTool):
     def _analyze_embedded(self, image: ImageData, args: ToolInput) -> ToolResult:
         with _LOAD_LOCK:
             if getattr(self, "_shipped_head", None) is None:
-                from pathasst.tools.backends.abmil import ABMILHead
-
                 head = ABMILHead.load(SHIPPED_SLIDE_WEIGHTS, "shipped slide head", "torch", self.settings)
                 self._shipped_head = (head, self._embedder_for(head))
-        from pathasst.core.imaging import looks_like_he
 
         self._head, self._embedder = self._shipped_head
         self.model_description = self._head.describe()
@@ -137,21 +142,13 @@ class SlideClassificationTool(DeepTool):
 
     def _embedder_for(self, head: Any) -> Any:
         """The tile embedder the head was trained on (None: PathCLIP, not configured)."""
-        from pathasst.core.errors import WeightsError
-
         if head.config.embedder == "tissue_net":
-            from pathasst.tools.backends.tissue_tiles import TissueNetEmbedder, shipped_tissue_net
-
             embedder = TissueNetEmbedder(shipped_tissue_net(self.settings), head.config.tile_mpp, head.config.embed_mpp)
         elif head.config.embedder == "hed_texture":
-            from pathasst.core.descriptor import HEDTextureEmbedder
-
             embedder = HEDTextureEmbedder()
         elif not self._pathclip_configured():
             return None
         else:
-            from pathasst.tools.backends.pathclip import pathclip_embedder
-
             embedder = pathclip_embedder(self.settings)
         if embedder.dimension != head.config.in_dim:
             raise WeightsError(
@@ -161,8 +158,6 @@ class SlideClassificationTool(DeepTool):
         return embedder
 
     def _load_backend(self, path: Path, fmt: WeightsFormat) -> None:
-        from pathasst.tools.backends.abmil import ABMILHead
-
         head = ABMILHead.load(path, self.weights_setting, fmt, self.settings)
         self._head, self._embedder = head, self._embedder_for(head)
         self.model_description = head.describe()
@@ -199,9 +194,6 @@ class SlideClassificationTool(DeepTool):
         return pixel_tiles(image, cfg.tile_mpp, cfg.tile_size, cfg.min_tissue)
 
     def _analyze_deep(self, image: ImageData, args: ToolInput) -> ToolResult:
-        from pathasst.tools.backends.render import heatmap_overlay, level0_to_array
-        from pathasst.tools.geojson import polygon_feature
-
         assert isinstance(args, SlideClassificationInput)
         cfg = self._head.config
         slide = getattr(image, "slide", None)
@@ -274,9 +266,6 @@ def pixel_tiles(image: ImageData, tile_mpp: float, tile_size: int, min_tissue: f
     is known; as they are otherwise) holding at least ``min_tissue`` tissue (``tissue_qc``'s mask; an image smaller than one tile is one
     tile); returns their level-0 rectangles and a reader of their pixels. The trainer of the shipped head cuts its
     tiles with this function."""
-    from pathasst.tools.backends.runtime import working_image
-    from pathasst.tools.tissue_qc import tissue_mask
-
     work = working_image(image, tile_mpp)
     t = tile_size
     hh, ww = work.shape

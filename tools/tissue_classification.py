@@ -33,9 +33,20 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from pathasst.core.errors import ToolExecutionError
 from pathasst.core.imaging import ImageData
 from pathasst.core.weights import WeightsFormat
+from pathasst.tools.backends.pathclip import (
+    LinearProbe,
+    embed_tiles,
+    patch_tiles,
+    pathclip_embedder,
+    zero_shot_probabilities,
+)
+from pathasst.tools.backends.render import caption, class_map_overlay
+from pathasst.tools.backends.runtime import working_image
 from pathasst.tools.backends.tissue_net import EBHI_CLASSES
+from pathasst.tools.backends.tissue_tiles import SHIPPED_TISSUE_WEIGHTS, domain_check, shipped_tissue_net, tissue_tiles
 from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
 from pathasst.tools.deep import DeepTool
+from pathasst.tools.geojson import polygon_feature
 from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
@@ -188,8 +199,6 @@ class TissueClassificationTool(DeepTool):
     backend_name: ClassVar[str] = "pathclip"
 
     def shipped_weights(self) -> Path | None:
-        from pathasst.tools.backends.tissue_tiles import SHIPPED_TISSUE_WEIGHTS
-
         return SHIPPED_TISSUE_WEIGHTS if SHIPPED_TISSUE_WEIGHTS.is_file() else None
 
     def not_configured_output(self, image: ImageData, args: ToolInput) -> ToolOutput:
@@ -202,8 +211,6 @@ class TissueClassificationTool(DeepTool):
     probe_setting: ClassVar[str] = "tissue_probe_weights"
 
     def _load_backend(self, path: Path, fmt: WeightsFormat) -> None:
-        from pathasst.tools.backends.pathclip import LinearProbe, pathclip_embedder
-
         self._embedder = pathclip_embedder(self.settings)
         self._probe = None
         probe_path = getattr(self.settings, self.probe_setting, None)
@@ -235,11 +242,6 @@ class TissueClassificationTool(DeepTool):
         return np.stack([self._text_cache[lab] for lab in labels])
 
     def _analyze_deep(self, image: ImageData, args: ToolInput) -> ToolResult:
-        from pathasst.tools.backends.pathclip import embed_tiles, patch_tiles, zero_shot_probabilities
-        from pathasst.tools.backends.render import caption
-        from pathasst.tools.backends.runtime import working_image
-        from pathasst.tools.geojson import polygon_feature
-
         assert isinstance(args, TissueClassificationInput)
         head, labels = self._head_for(args)
         work = working_image(image, self.working_mpp)
@@ -278,10 +280,6 @@ class TissueClassificationTool(DeepTool):
         return ToolResult(output=out, overlay=overlay, features=features)
 
     def _analyze_embedded(self, image: ImageData, args: ToolInput) -> ToolResult:
-        from pathasst.tools.backends.render import caption
-        from pathasst.tools.backends.runtime import working_image
-        from pathasst.tools.backends.tissue_tiles import domain_check, shipped_tissue_net, tissue_tiles
-
         assert isinstance(args, TissueClassificationInput)
         net = shipped_tissue_net(self.settings)
         self.model_description = net.describe()
@@ -352,9 +350,6 @@ class TissueClassificationTool(DeepTool):
 def _tile_map(image: ImageData, work: ImageData, rects: list[tuple[int, int, int, int]], probs: np.ndarray,
               labels: list[str]) -> tuple[np.ndarray, list[dict]]:
     """The per-tile class map: the image tinted by each tile's top class, and one GeoJSON tile per tile."""
-    from pathasst.tools.backends.render import class_map_overlay
-    from pathasst.tools.geojson import polygon_feature
-
     h, w = image.shape
     k = work.scale / image.scale  # work-array pixels -> image-array pixels
     class_map = np.zeros((h, w), np.int32)

@@ -27,11 +27,24 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import ConfigDict, Field
 
+from pathasst.core.errors import ToolExecutionError
 from pathasst.core.imaging import ImageData
 from pathasst.core.weights import WeightsFormat
+from pathasst.tools.backends.render import caption, class_map_overlay, heatmap_overlay
+from pathasst.tools.backends.runtime import working_image
+from pathasst.tools.backends.tissue_tiles import (
+    MIN_SIDE_PX,
+    SHIPPED_TISSUE_WEIGHTS,
+    domain_check,
+    shipped_tissue_net,
+    tissue_tiles,
+)
+from pathasst.tools.backends.unet import UNetSegmenter
 from pathasst.tools.base import ToolInput, ToolOutput, ToolResult
 from pathasst.tools.deep import DeepTool
+from pathasst.tools.geojson import mask_to_features
 from pathasst.tools.planning import PlanExample, PlanningHints
+from pathasst.tools.tissue_qc import tissue_mask
 
 __all__ = [
     "TUMOR_SEG_CLASSES",
@@ -126,21 +139,12 @@ class TumorSegmentationTool(DeepTool):
     segmentation: ClassVar[bool] = True
 
     def shipped_weights(self) -> Path | None:
-        from pathasst.tools.backends.tissue_tiles import SHIPPED_TISSUE_WEIGHTS
-
         return SHIPPED_TISSUE_WEIGHTS if SHIPPED_TISSUE_WEIGHTS.is_file() else None
 
     def _analyze_embedded(self, image: ImageData, args: ToolInput) -> ToolResult:
         from scipy import ndimage as ndi
         from skimage.morphology import remove_small_holes, remove_small_objects
         from skimage.transform import resize
-
-        from pathasst.core.errors import ToolExecutionError
-        from pathasst.tools.backends.render import caption, class_map_overlay, heatmap_overlay
-        from pathasst.tools.backends.runtime import working_image
-        from pathasst.tools.backends.tissue_tiles import MIN_SIDE_PX, domain_check, shipped_tissue_net, tissue_tiles
-        from pathasst.tools.geojson import mask_to_features
-        from pathasst.tools.tissue_qc import tissue_mask
 
         assert isinstance(args, TumorSegmentationInput)
         net = shipped_tissue_net(self.settings)
@@ -191,17 +195,11 @@ class TumorSegmentationTool(DeepTool):
                           overlay=caption(overlay, lines), features=features)
 
     def _load_backend(self, path: Path, fmt: WeightsFormat) -> None:
-        from pathasst.tools.backends.unet import UNetSegmenter
-
         self._unet = UNetSegmenter.load(path, self.weights_setting, fmt, self.settings, UNET_CLASSES)
         self.model_description = self._unet.describe()
 
     def _analyze_deep(self, image: ImageData, args: ToolInput) -> ToolResult:
         from skimage.transform import resize
-
-        from pathasst.tools.backends.render import class_map_overlay, heatmap_overlay
-        from pathasst.tools.backends.runtime import working_image
-        from pathasst.tools.geojson import mask_to_features
 
         assert isinstance(args, TumorSegmentationInput)
         cfg = self._unet.config

@@ -9,8 +9,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+import pathasst.memory as memory
+from pathasst.agent.outputs import OutputLayout
 from pathasst.core.cases import Case, CaseError
 from pathasst.core.settings import Settings
+from pathasst.core.weights import file_sha256
 
 __all__ = [
     "CaseLibrary",
@@ -53,15 +56,8 @@ class ToolInfo(BaseModel):
 
 
 def open_case_library(settings: Settings) -> CaseLibrary | None:
-    """The case library of ``pathasst.memory``, or None while that package offers no store."""
-    try:
-        import pathasst.memory as memory
-    except ImportError:
-        return None
-    factory = getattr(memory, "open_library", None)
-    if factory is None:
-        return None
-    lib = factory(settings)
+    """The case library of ``pathasst.memory`` (None when what it opens lacks the library interface)."""
+    lib = memory.open_library(settings)
     return lib if isinstance(lib, CaseLibrary) else None
 
 
@@ -119,7 +115,7 @@ def _backends_seen(out_dir: Path, limit: int = 200) -> dict[str, str]:
     seen: dict[str, str] = {}
     if not out_dir.is_dir():
         return seen
-    reports = sorted(out_dir.glob("*/report.json"), key=lambda p: p.stat().st_mtime)[-limit:]
+    reports = sorted(out_dir.glob(f"*/{OutputLayout.REPORT_JSON}"), key=lambda p: p.stat().st_mtime)[-limit:]
     for rep in reports:
         try:
             trace = json.loads(rep.read_text(encoding="utf-8")).get("trace", [])
@@ -133,8 +129,6 @@ def _backends_seen(out_dir: Path, limit: int = 200) -> dict[str, str]:
 
 
 def _weights(settings: Settings, setting: str | None) -> str:
-    from pathasst.core.weights import file_sha256
-
     if setting is None:
         return "none needed"
     value = getattr(settings, setting, None)

@@ -1,6 +1,6 @@
 """The one module the app's pages call for anything but layout.
 
-It lists cases with their review status, loads cases and their pixels (window by window), runs the graph through
+It lists cases with their review status (:mod:`pathasst.ui.browser`), loads cases and their pixels (window by window), runs the graph through
 ``pathasst.agent.engine.Engine`` with an event callback, reads and writes the review state (``ui/review.py``),
 exports reports (``ui/export.py``), checks logins, accepts uploads, and reports on the case library
 (``pathasst.memory``) and the tool catalogue. No Streamlit import here: the pages own the layout.
@@ -17,26 +17,27 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from pathasst.core.cases import (
-    PATCH_EXTENSIONS,
-    SLIDE_EXTENSIONS,
-    Case,
-    CaseError,
-    discover_cases,
-    ensure_inside,
-    load_case,
-    read_case_meta,
-)
+from pathasst.agent.engine import Engine
+from pathasst.agent.outputs import OutputLayout, write_case
+from pathasst.agent.system import build_system
+from pathasst.core.cases import PATCH_EXTENSIONS, Case, CaseError
+from pathasst.core.errors import ToolError
+from pathasst.core.readers import SlideReader, read_patch
+from pathasst.core.regions import Region
 from pathasst.core.settings import Settings
+from pathasst.memory.conversations import case_thread_id, conversations_path, open_checkpointer
+from pathasst.planning.base import PlannerError
+from pathasst.planning.report import render_markdown
 from pathasst.ui import catalogue, uploads
 from pathasst.ui import review as rv
+from pathasst.ui.browser import CaseBrowser, CaseRow, filter_cases
 from pathasst.ui.catalogue import CaseLibrary, LibraryStatus, ToolInfo
 from pathasst.ui.config import UISettings
 from pathasst.ui.export import EXPORT_FORMATS, export_geojson, export_json, export_markdown, export_pdf
@@ -66,7 +67,6 @@ __all__ = [
     "zoom_levels",
 ]
 
-CaseStatus = Literal["new", "analysed", "signed off", "failed"]
 #: most pixels one view may read from a slide level (a slide without a coarse pyramid level is not read whole)
 MAX_VIEW_READ_PIXELS = 64 * 1024 * 1024
 
@@ -76,70 +76,13 @@ class AnalysisError(RuntimeError):
     """An analysis could not run (bad case, planner not available); the message says why."""
 
 
-class CaseRow(BaseModel):
-    id: str
-    status: CaseStatus
-    stain: str | None = None
-    organ: str | None = None
-    question: str | None = None
-    diagnosis: str | None = None
-    n_files: int = 0
-    analysed_at: str | None = None
-    signed_by: str | None = None
-    signed_at: str | None = None
-    problem: str | None = Field(None, description="Why the case cannot be read or why its last run failed.")
-
-
 class ExportFile(BaseModel):
     filename: str
     mime: str
     data: bytes
 
 
-def filter_cases(
-    rows: Iterable[CaseRow],
-    text: str = "",
-    statuses: Iterable[str] | None = None,
-    stains: Iterable[str] | None = None,
-    organs: Iterable[str] | None = None,
-) -> list[CaseRow]:
-    """Rows matching every given filter; ``text`` matches id, stain, organ, question and diagnosis (any word)."""
-    words = [w for w in text.lower().split() if w]
-    statuses, stains, organs = set(statuses or ()), set(stains or ()), set(organs or ())
-    out = []
-    for r in rows:
-        hay = " ".join(str(v) for v in (r.id, r.stain, r.organ, r.question, r.diagnosis) if v).lower()
-        if words and not all(w in hay for w in words):
-            continue
-        if statuses and r.status not in statuses:
-            continue
-        if stains and (r.stain or "unknown") not in stains:
-            continue
-        if organs and (r.organ or "unknown") not in organs:
-            continue
-        out.append(r)
-    return out
-
-
-def _read_case_yaml(case_dir: Path, root: Path) -> tuple[dict[str, Any], str | None, bool]:
-    """``case.yaml`` of a listed case folder through the product's one reader, its problem, and whether the folder
-    lies inside the root (a case folder or a ``case.yaml`` that links out of the root is a problem, never read)."""
-    try:
-        ensure_inside(case_dir, root)
-    except CaseError as exc:
-        return {}, str(exc), False
-    try:
-        meta = read_case_meta(case_dir)
-    except CaseError as exc:
-        return {}, str(exc), True
-    return {**meta.extra, **meta.model_dump(exclude={"extra"}, exclude_none=True)}, None, True
-
-
-def _str(v: Any) -> str | None:
-    return None if v is None else str(v)
-
-
-class Facade:
+class Facade(CaseBrowser):
     """Everything the pages do, for one cases root and one output folder. Thread-safe (one analysis at a time)."""
 
     def __init__(
@@ -152,6 +95,7 @@ class Facade:
         self.planner = planner
         self.registry = registry
         self.out_dir = Path(settings.output_dir)
+        self.layout = OutputLayout(self.out_dir)
         self._engine: Any = None
         self._engine_lock = threading.Lock()
         self._run_lock = threading.Lock()
@@ -160,61 +104,6 @@ class Facade:
         self._patch_lock = threading.Lock()
 
     # ---- cases --------------------------------------------------------------------------------
-    @property
-    def cases_root(self) -> Path:
-        root = self.settings.cases_root
-        if root is None:
-            raise CaseError("no cases folder configured: start the app with `pathasst ui --cases DIR`")
-        return Path(root)
-
-    def case_dir(self, case_id: str) -> Path:
-        """The folder of ``case_id``: an existing, non-hidden folder directly under the cases root, or CaseError."""
-        if not isinstance(case_id, str) or "/" in case_id or "\\" in case_id or case_id.startswith(".") or not case_id:
-            raise CaseError(f"not a case id: {case_id!r}")
-        names = {p.name for p in discover_cases(self.cases_root)}
-        if case_id not in names:
-            raise CaseError(f"no case {case_id!r} under {self.cases_root}")
-        return ensure_inside(self.cases_root / case_id, self.cases_root)
-
-    def list_cases(self) -> list[CaseRow]:
-        """Every case folder under the root, with stain/organ from case.yaml and status from the output folder."""
-        rows = []
-        failed_dir = self.out_dir / ".pathasst" / "failed"
-        for d in discover_cases(self.cases_root):
-            meta, problem, inside = _read_case_yaml(d, self.cases_root)
-            n_files = 0 if not inside else sum(
-                1 for f in d.rglob("*")
-                if f.suffix.lower() in PATCH_EXTENSIONS | SLIDE_EXTENSIONS and not f.name.startswith(".")
-            )
-            review = rv.load_review(self.out_dir, d.name)
-            report = self.out_dir / d.name / "report.json"
-            status: CaseStatus = "new"
-            analysed_at = None
-            if report.is_file():
-                status = "analysed"
-                analysed_at = time.strftime("%Y-%m-%d %H:%M", time.localtime(report.stat().st_mtime))
-            elif (failed_dir / f"{d.name}.json").is_file():
-                status = "failed"
-                try:
-                    problem = json.loads((failed_dir / f"{d.name}.json").read_text(encoding="utf-8")).get("reason")
-                except (OSError, json.JSONDecodeError):
-                    problem = "last run failed"
-            if review.sign_off is not None:
-                status = "signed off"
-            if n_files == 0 and problem is None:
-                problem = "no image files"
-            rows.append(
-                CaseRow(
-                    id=d.name, status=status, stain=_str(meta.get("stain")), organ=_str(meta.get("organ")),
-                    question=_str(meta.get("question")), diagnosis=_str(meta.get("diagnosis")), n_files=n_files,
-                    analysed_at=analysed_at, signed_by=review.sign_off.by if review.sign_off else None,
-                    signed_at=review.sign_off.at if review.sign_off else None, problem=problem,
-                )
-            )
-        return rows
-
-    def load_case(self, case_id: str) -> Case:
-        return load_case(self.case_dir(case_id), self.cases_root, self.settings)
 
     # ---- pixels -------------------------------------------------------------------------------
     def _image(self, case: Case, name: str):
@@ -227,16 +116,12 @@ class Facade:
         img = self._image(case, name)
         mpp = case.meta.mpp or self.settings.default_mpp
         if img.kind == "wsi":
-            from pathasst.core.readers import SlideReader
-
             with SlideReader(img.path, mpp=mpp) as s:
                 return ImageInfo(name, "wsi", *s.dimensions, mpp=s.mpp, level_downsamples=s.level_downsamples)
         h, w = self._patch(img.path).shape[:2]
         return ImageInfo(name, "patch", w, h, mpp=mpp)
 
     def _patch(self, path: Path) -> np.ndarray:
-        from pathasst.core.readers import read_patch
-
         key = (str(path), path.stat().st_mtime)
         with self._patch_lock:
             if key in self._patches:
@@ -270,9 +155,6 @@ class Facade:
         out_h = max(1, round(win.height * view_px / win.width))
         level = None
         if info.kind == "wsi":
-            from pathasst.core.readers import SlideReader
-            from pathasst.core.regions import Region
-
             with SlideReader(self._image(case, name).path, mpp=info.mpp) as s:
                 ds = max([d for d in s.level_downsamples if d <= max(1.0, win.width / view_px)] or [1.0])
                 if (win.width / ds) * (win.height / ds) > MAX_VIEW_READ_PIXELS:
@@ -300,14 +182,14 @@ class Facade:
     def report(self, case_id: str) -> dict[str, Any] | None:
         """``OUT/CASE/report.json`` of the last analysis, or None."""
         self.case_dir(case_id)
-        path = self.out_dir / case_id / "report.json"
+        path = self.layout.report_json(case_id)
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
 
     def features(self, case_id: str) -> list[dict[str, Any]]:
-        path = self.out_dir / case_id / "annotations.geojson"
+        path = self.layout.annotations(case_id)
         try:
             return json.loads(path.read_text(encoding="utf-8")).get("features", [])
         except FileNotFoundError:
@@ -325,14 +207,13 @@ class Facade:
         last_call: dict[str, str] = {}  # overlay file -> the last call that wrote it (write_case names by tool+image)
         for rec in report.get("trace", []):
             if rec.get("status") == "ok":
-                stem = Path(rec.get("image") or "image").with_suffix("").as_posix().replace("/", "__")
-                last_call[f"overlays/{stem}__{rec['tool']}.png"] = rec["id"]
+                last_call[OutputLayout.overlay_name(rec.get("image") or "image", rec["tool"])] = rec["id"]
         out = []
         for rec in report.get("trace", []):
             if rec.get("status") != "ok":
                 continue
             ov = next((name for name, cid in last_call.items() if cid == rec["id"] and name in overlays), None)
-            ov_path = self.out_dir / case_id / ov if ov else None
+            ov_path = self.layout.case_dir(case_id) / ov if ov else None
             layer = Layer(
                 call_id=rec["id"],
                 tool=rec["tool"],
@@ -374,10 +255,6 @@ class Facade:
     def engine(self) -> Any:
         with self._engine_lock:
             if self._engine is None:
-                from pathasst.agent.engine import Engine
-                from pathasst.memory.conversations import conversations_path, open_checkpointer
-                from pathasst.planning.base import PlannerError
-
                 try:
                     # every analysis is a thread in the SQLite conversation store, so it survives a restart
                     self._engine = Engine(
@@ -413,11 +290,6 @@ class Facade:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> ChatTurn:
         """Run the graph on the case; write its outputs; record the turn and the new AI draft. Raises AnalysisError."""
-        from pathasst.agent.outputs import write_case
-        from pathasst.memory.conversations import case_thread_id
-        from pathasst.planning.base import PlannerError
-        from pathasst.planning.report import render_markdown
-
         try:
             case = self.load_case(case_id)
         except CaseError as exc:
@@ -471,7 +343,7 @@ class Facade:
         self.case_dir(case_id)
         state = rv.load_review(self.out_dir, case_id)
         if state.ai_draft is None and state.sign_off is None:
-            md, report = self.out_dir / case_id / "report.md", self.report(case_id)
+            md, report = self.layout.report_md(case_id), self.report(case_id)
             if md.is_file() and report:
                 with self._write_lock:
                     state = rv.load_review(self.out_dir, case_id)
@@ -572,9 +444,6 @@ class Facade:
         return catalogue.add_cases(lib, pairs, len(pairs), progress)
 
     def tools(self) -> list[ToolInfo]:
-        from pathasst.agent.system import build_system
-        from pathasst.core.errors import ToolError
-
         try:
             reg = self.registry if self.registry is not None else build_system(self.settings).registry
         except (ToolError, ImportError) as exc:

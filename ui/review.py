@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from pathasst.agent.outputs import atomic_write_text
+from pathasst.agent.outputs import OutputLayout, atomic_write_text
 
 __all__ = [
     "AIDraft",
@@ -40,7 +40,6 @@ __all__ = [
 
 REVIEW_FILE = "review.json"
 CHAT_FILE = "chat.json"
-BACKUP_DIR = Path(".pathasst") / "ui"
 
 
 class ReviewLockedError(RuntimeError):
@@ -178,12 +177,12 @@ def _read_json(path: Path) -> Any | None:
 
 
 def _backup_dir(out_dir: Path, case_id: str) -> Path:
-    return Path(out_dir) / BACKUP_DIR / case_id
+    return OutputLayout(Path(out_dir)).review_backup_dir(case_id)
 
 
 def _path(out_dir: Path, case_id: str, name: str) -> Path:
     """The file in the case folder, or its backup when a crash left only the backup."""
-    main = Path(out_dir) / case_id / name
+    main = OutputLayout(Path(out_dir)).case_dir(case_id) / name
     if main.is_file():
         return main
     bak = _backup_dir(out_dir, case_id) / name
@@ -196,7 +195,7 @@ def load_review(out_dir: Path, case_id: str) -> ReviewState:
 
 
 def save_review(out_dir: Path, state: ReviewState) -> None:
-    atomic_write_text(Path(out_dir) / state.case_id / REVIEW_FILE, state.model_dump_json(indent=2))
+    atomic_write_text(OutputLayout(Path(out_dir)).case_dir(state.case_id) / REVIEW_FILE, state.model_dump_json(indent=2))
 
 
 def load_chat(out_dir: Path, case_id: str) -> list[ChatTurn]:
@@ -206,7 +205,7 @@ def load_chat(out_dir: Path, case_id: str) -> list[ChatTurn]:
 
 def save_chat(out_dir: Path, case_id: str, turns: list[ChatTurn]) -> None:
     atomic_write_text(
-        Path(out_dir) / case_id / CHAT_FILE, json.dumps([t.model_dump(mode="json") for t in turns], indent=2)
+        OutputLayout(Path(out_dir)).case_dir(case_id) / CHAT_FILE, json.dumps([t.model_dump(mode="json") for t in turns], indent=2)
     )
 
 
@@ -214,7 +213,7 @@ def backup(out_dir: Path, case_id: str) -> None:
     """Copy the review files out of ``OUT/CASE`` before ``write_case`` replaces that folder."""
     dest = _backup_dir(out_dir, case_id)
     for name in (REVIEW_FILE, CHAT_FILE):
-        src = Path(out_dir) / case_id / name
+        src = OutputLayout(Path(out_dir)).case_dir(case_id) / name
         if src.is_file():
             dest.mkdir(parents=True, exist_ok=True)
             atomic_write_text(dest / name, src.read_text(encoding="utf-8"))
@@ -226,7 +225,7 @@ def restore(out_dir: Path, case_id: str) -> None:
     if not src.is_dir():
         return
     for name in (REVIEW_FILE, CHAT_FILE):
-        target = Path(out_dir) / case_id / name
+        target = OutputLayout(Path(out_dir)).case_dir(case_id) / name
         if (src / name).is_file() and not target.is_file():
             atomic_write_text(target, (src / name).read_text(encoding="utf-8"))
     shutil.rmtree(src, ignore_errors=True)

@@ -9,6 +9,8 @@ import time
 
 import streamlit as st
 
+from pathasst.core.settings import Settings
+from pathasst.ui.config import UISettings
 from pathasst.ui.facade import Facade
 
 __all__ = ["anchor", "current_user", "facade", "gate", "require_login", "sidebar", "status_badge"]
@@ -19,17 +21,11 @@ _ANCHOR_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 @st.cache_resource(show_spinner=False)
 def _facade(key: str) -> Facade:
-    from pathasst.core.settings import Settings
-    from pathasst.ui.config import UISettings
-
     return Facade(Settings(), UISettings())
 
 
 def facade() -> Facade:
     """The facade for the current environment (one per distinct configuration, shared by all sessions)."""
-    from pathasst.core.settings import Settings
-    from pathasst.ui.config import UISettings
-
     s, u = Settings(), UISettings()
     secret = u.password_hash.get_secret_value() if u.password_hash else ""
     key = json.dumps(

@@ -28,16 +28,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pathasst.core.errors import WeightsError
+from pathasst.core.settings import Settings
 from pathasst.core.weights import Checkpoint, WeightsFormat, read_checkpoint
 from pathasst.tools.backends.runtime import configure_threads, load_state, torch_device
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = ["EMBEDDERS", "ABMILConfig", "ABMILHead", "build_abmil"]
 

@@ -27,17 +27,16 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pathasst.core.errors import WeightsError
+from pathasst.core.settings import Settings
 from pathasst.core.weights import Checkpoint, read_checkpoint
+from pathasst.tools.backends.blocks import conv_blocks
 from pathasst.tools.backends.runtime import configure_threads, load_state, torch_device
 from pathasst.tools.backends.tiling import dense_tiled
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = ["ARCHITECTURE", "MitosisFigures", "MitosisNet", "MitosisNetConfig", "build_mitosis_net", "find_peaks"]
 
@@ -56,8 +55,6 @@ def build_mitosis_net(widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, deco
 
     if len(widths) != 5:
         raise ValueError(f"widths needs 5 levels, got {list(widths)}")
-
-    from pathasst.tools.backends.blocks import conv_blocks
 
     cbr, Res = conv_blocks()
 

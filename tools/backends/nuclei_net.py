@@ -12,23 +12,23 @@ key                 required  meaning
 ``widths``          no        channels per level, full resolution first (default ``[16, 32, 64, 128, 192]``)
 ``members``         no        an ensemble: one ``widths`` list per member network (state dict keys
                               ``members.I.*``); their probabilities and HV maps are averaged (``widths`` unused),
-                              and with ``post.member_vote`` its nuclei are voted on (:func:`vote_instances`)
+                              and with ``post.member_vote`` its nuclei are voted on (``nuclei_post.vote_instances``)
 ``type_classes``    no        names of the type head's channels after background (default CoNSeP's four)
 ``mean``, ``std``   no        per-channel normalisation of RGB in [0, 1] (default 0.5 / 0.5)
 ``tile_size``       no (256)  tile side for inference at ``mpp`` (a multiple of 16)
 ``overlap``         no (48)   overlap of neighbouring tiles (maps are blended across it)
-``post``            no        post-processing parameters, see :class:`PostParams`
+``post``            no        post-processing parameters, see :class:`~pathasst.tools.backends.nuclei_post.PostParams`
 ==================  ========  =====================================================================================
 
 Outputs per pixel: NP (2 logits: background / nucleus), HV (2 channels, tanh: horizontal and vertical distance to
 the nucleus centre, -1..1 per nucleus, as in HoVer-Net, Graham et al. 2019) and TP (1 + len(type_classes) logits).
-Post-processing (:func:`hover_instances`): nucleus mask = P(nucleus) > ``np_threshold``; the Sobel gradients of the
-(smoothed) HV maps are large between touching nuclei, so markers = mask minus high-gradient pixels (opened, small ones
+Post-processing (:mod:`~pathasst.tools.backends.nuclei_post`): nucleus mask = P(nucleus) > ``np_threshold``; the
+Sobel gradients of the (smoothed) HV maps are large between touching nuclei, so markers = mask minus high-gradient pixels (opened, small ones
 dropped); marker-controlled watershed of the gradient inside the mask. The gradient is either min-max normalised per
 image (HoVer-Net's ``"minmax"``) or used as it is (``"absolute"``), see :class:`PostParams`. Each nucleus's type is the
 majority vote of the type head's argmax over its pixels (background excluded). An ensemble with
 ``post.member_vote = k`` also segments each member's own maps and keeps the nuclei that at least k of these
-predictions and the averaged one agree on (:func:`vote_instances`).
+predictions and the averaged one agree on (``nuclei_post.vote_instances``).
 
 Inference on the CPU (``PATHASST_NUCLEI_RUNTIME``): by default the network is exported to ONNX in memory when first
 used and run by ONNX Runtime in float32 (torch's maps to 1e-5; the tool about 1.4x faster on the 2-core machine);
@@ -41,13 +41,16 @@ import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pathasst.core.errors import WeightsError
 from pathasst.core.imaging import ImageData
-from pathasst.core.weights import Checkpoint, read_checkpoint
+from pathasst.core.settings import Settings
+from pathasst.core.weights import Checkpoint, load_torch_file, read_checkpoint
+from pathasst.tools.backends.blocks import conv_blocks
+from pathasst.tools.backends.nuclei_post import EDGE_MODES, PostParams, instance_types, instances_from_maps
 from pathasst.tools.backends.runtime import (
     configure_threads,
     cpu_native_bf16,
@@ -58,30 +61,21 @@ from pathasst.tools.backends.runtime import (
 )
 from pathasst.tools.backends.tiling import dense_tiled
 
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
-
 log = logging.getLogger(__name__)
 
 __all__ = [
     "SHIPPED_NET_WEIGHTS",
     "ARCHITECTURE",
     "DEFAULT_TYPE_CLASSES",
-    "EDGE_MODES",
     "NucleiNet",
     "NucleiNetConfig",
     "NucleiPrediction",
     "PRECISIONS",
     "RUNTIMES",
-    "PostParams",
     "build_nuclei_ensemble",
     "build_nuclei_net",
-    "hover_instances",
-    "instance_types",
-    "instances_from_maps",
     "is_nuclei_net_checkpoint",
     "to_image_labels",
-    "vote_instances",
 ]
 
 #: the project's own nuclei network, shipped with the package (see tools/weights/NUCLEI_MODEL_CARD.md)
@@ -100,6 +94,8 @@ def _onnx_available() -> bool:
     from importlib.util import find_spec
 
     return find_spec("onnx") is not None and find_spec("onnxruntime") is not None
+
+
 #: CoNSeP's merged type classes (codes 1..4 of ``types/NAME.json``)
 DEFAULT_TYPE_CLASSES = ("Other", "Inflammatory", "Epithelial", "Spindle")
 DEFAULT_WIDTHS = (16, 32, 64, 128, 192)
@@ -112,8 +108,6 @@ def build_nuclei_net(widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, n_typ
     import torch
     from torch import nn
     from torch.nn import functional as F
-
-    from pathasst.tools.backends.blocks import conv_blocks
 
     cbr, Res = conv_blocks()
 
@@ -173,41 +167,6 @@ def build_nuclei_ensemble(members: list[list[int]], n_types: int = 5) -> Any:
             return torch.cat([torch.log(np_p.clamp_min(1e-12)), hv, torch.log(tp_p.clamp_min(1e-12)), *own], dim=1)
 
     return Ensemble()
-
-
-# ---- configuration -------------------------------------------------------------------------------------------------
-EDGE_MODES = ("minmax", "absolute")
-
-
-@dataclass
-class PostParams:
-    """HoVer post-processing: foreground threshold, HV smoothing (sigma, px), gradient threshold for markers,
-    smallest marker and smallest nucleus (px at the model mpp), and how the gradient is scaled (``edge_mode``):
-
-    * ``"minmax"`` (HoVer-Net's): ``1 - `` the Sobel gradient min-max normalised over the image; the threshold's
-      meaning then depends on the image's extremes (a sparse tile and a dense one split differently);
-    * ``"absolute"``: the negative Sobel gradient of the smoothed HV maps as it is (the maps have a fixed -1..1 scale
-      per nucleus, so one threshold means the same on every image): positive and large only where the maps fall
-      from +1 to -1, i.e. between two touching nuclei.
-
-    ``unmarked_min_px``: a foreground component in which no marker survives (a small, pale or cut-off nucleus whose
-    HV maps are flat) is dropped by the marker watershed; with ``unmarked_min_px`` > 0 such a component of at least
-    that many pixels is kept as one nucleus instead (0 = drop them, HoVer-Net's behaviour).
-
-    ``member_vote`` (ensembles only): 0 = the nuclei of the members' averaged maps; k >= 1 = each member's own maps
-    are segmented as well (same parameters) and the nuclei kept are those that at least k of these n + 1
-    predictions agree on (:func:`vote_instances`). Averaging the maps alone flattens the HV gradients between
-    touching nuclei (a boundary one member sees sharply is half as sharp in the average); the vote keeps it.
-    """
-
-    np_threshold: float = 0.5
-    hv_sigma: float = 2.0
-    grad_threshold: float = 0.4
-    min_marker_px: int = 10
-    min_area_px: int = 20
-    edge_mode: str = "minmax"
-    unmarked_min_px: int = 0
-    member_vote: int = 0
 
 
 @dataclass
@@ -315,11 +274,9 @@ def is_nuclei_net_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a torch file whose config names this architecture (read with ``weights_only=True``)."""
     import json
 
-    import torch
-
     try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any unreadable file is simply "not ours"
+        raw = load_torch_file(path, str(path))
+    except WeightsError:  # any unreadable file is simply "not ours"
         return False
     if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
         return raw["config"].get("architecture") == ARCHITECTURE
@@ -330,168 +287,6 @@ def is_nuclei_net_checkpoint(path: Path) -> bool:
         except (OSError, ValueError, AttributeError):
             return False
     return False
-
-
-# ---- post-processing -----------------------------------------------------------------------------------------------
-def _drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
-    """``labels`` with objects of fewer than ``min_px`` pixels set to 0."""
-    counts = np.bincount(labels.ravel())
-    small = counts < min_px
-    small[0] = False
-    return np.where(small[labels], 0, labels)
-
-
-def hover_instances(fg_prob: np.ndarray, hv: np.ndarray, post: PostParams | None = None) -> np.ndarray:
-    """Instance labels (int32, 0 = background) from P(nucleus) ``(H, W)`` and HV maps ``(2, H, W)``."""
-    from scipy import ndimage as ndi
-    from skimage.morphology import disk
-    from skimage.segmentation import watershed
-
-    p = post or PostParams()
-    mask = fg_prob > p.np_threshold
-    mask = ndi.binary_fill_holes(mask)
-    lab, n = ndi.label(mask)
-    if n == 0:
-        return np.zeros(fg_prob.shape, np.int32)
-    mask = _drop_small(lab, p.min_area_px) > 0
-    grads = []
-    for c in range(2):
-        m = hv[c].astype(np.float32)
-        if p.hv_sigma > 0:
-            m = ndi.gaussian_filter(m, p.hv_sigma)
-        g = ndi.sobel(m, axis=1 - c)  # d(h)/dx, d(v)/dy: positive inside a nucleus, strongly negative between two
-        if p.edge_mode == "absolute":
-            grads.append(-g)
-        else:
-            grads.append(1.0 - (g - g.min()) / max(g.max() - g.min(), 1e-6))
-    edge = np.maximum(grads[0], grads[1])
-    edge = np.where(mask, edge, 0.0)
-    markers = mask & (edge < p.grad_threshold)
-    markers = ndi.binary_fill_holes(markers)
-    markers = ndi.binary_opening(markers, structure=disk(2))
-    mlab, _ = ndi.label(markers)
-    mlab = _drop_small(mlab, p.min_marker_px)
-    if p.edge_mode == "absolute":
-        surface = ndi.gaussian_filter(np.clip(edge, 0.0, None) * mask, 1.0)
-    else:
-        surface = -ndi.gaussian_filter((1.0 - edge) * mask, 1.0)
-    labels = watershed(surface, mlab, mask=mask)
-    labels = _drop_small(labels, p.min_area_px)
-    if p.unmarked_min_px > 0:
-        comp = np.where(mask, lab, 0)
-        marked = np.zeros(n + 1, bool)
-        marked[np.unique(comp[mlab > 0])] = True
-        sizes = np.bincount(comp.ravel(), minlength=n + 1)
-        keep = ~marked & (sizes >= p.unmarked_min_px)
-        keep[0] = False
-        ids = np.cumsum(keep) + labels.max()  # renumber the kept components after the watershed's labels
-        labels = np.where(keep[comp], ids[comp], labels)
-    return labels.astype(np.int32)
-
-
-def vote_instances(label_maps: list[np.ndarray], min_support: int, min_area_px: int = 0,
-                   iou: float = 0.5) -> np.ndarray:
-    """Instance-level majority vote of several instance label maps of one image (e.g. an ensemble's members and
-    their average): nuclei of different maps overlapping at IoU > ``iou`` are the same nucleus (connected
-    components of that relation); a nucleus found by at least ``min_support`` of the maps is kept, and made of the
-    pixels that at least half of the maps that found it cover. A pixel claimed by two kept nuclei goes to the one
-    more of its maps cover there (as a share of its support; ties to the earlier map). Nuclei under ``min_area_px``
-    pixels are dropped. The maps' ids need not be contiguous. Returns int32 labels 1..N (0 = background)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    if not label_maps:
-        raise ValueError("vote_instances needs at least one label map")
-    shape = label_maps[0].shape
-    if any(m.shape != shape for m in label_maps):
-        raise ValueError(f"label maps differ in shape: {[m.shape for m in label_maps]}")
-    n = len(label_maps)
-    g = np.zeros((n, *shape), np.int32)  # ids made global: map i's nucleus j -> offset_i + j
-    owner = [0]
-    offset = 0
-    for i, m in enumerate(label_maps):
-        m = np.asarray(m)
-        top = int(m.max(initial=0))
-        if top > np.count_nonzero(m):  # ids with gaps (any label map): 1..N, so that global ids stay small
-            from skimage.segmentation import relabel_sequential
-
-            m = relabel_sequential(m)[0]
-            top = int(m.max(initial=0))
-        g[i] = np.where(m > 0, m.astype(np.int64) + offset, 0)
-        owner += [i] * top
-        offset += top
-    if offset == 0:
-        return np.zeros(shape, np.int32)
-    owner_of = np.array(owner, np.int64)
-    area = np.bincount(g.ravel(), minlength=offset + 1)
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    # overlapping pairs only (metrics.pairwise_overlap's dense N x M table would be ~200 MB per pair of maps on a
-    # large region with thousands of nuclei)
-    for i in range(n):
-        for j in range(i + 1, n):
-            both = (g[i] > 0) & (g[j] > 0)
-            pair, inter = np.unique(g[i][both].astype(np.int64) * (offset + 1) + g[j][both], return_counts=True)
-            a, b = pair // (offset + 1), pair % (offset + 1)
-            same = inter / (area[a] + area[b] - inter) > iou
-            rows.append(a[same])
-            cols.append(b[same])
-    r, c = np.concatenate(rows or [np.zeros(0, np.int64)]), np.concatenate(cols or [np.zeros(0, np.int64)])
-    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(offset + 1, offset + 1))
-    _, comp = connected_components(graph, directed=False)
-    present = area > 0
-    present[0] = False
-    ids = np.flatnonzero(present)
-    clusters, cluster_of_present = np.unique(comp[ids], return_inverse=True)
-    cluster = np.full(offset + 1, -1, np.int32)
-    cluster[ids] = cluster_of_present
-    support = np.bincount(np.unique(cluster[ids].astype(np.int64) * n + owner_of[ids]) // n, minlength=len(clusters))
-    cl = cluster[g]  # (n, H, W): the cluster each map's nucleus belongs to (-1: background)
-    del g
-    best = np.zeros(shape, np.float32)  # the winning share of votes so far, per pixel
-    out = np.zeros(shape, np.int32)
-    for i in range(n):  # map by map, so that memory stays at the n cluster maps plus a few images
-        ci = cl[i]
-        votes = np.zeros(shape, np.int16)
-        for j in range(n):
-            votes += cl[j] == ci
-        sup = support[np.maximum(ci, 0)]
-        share = np.where((ci >= 0) & (sup >= min_support) & (2 * votes >= sup), votes / np.maximum(sup, 1), 0.0)
-        win = share > best  # ties stay with the earlier map
-        out[win] = ci[win] + 1
-        best[win] = share[win]
-    if min_area_px > 0:
-        out = _drop_small(out, min_area_px)
-    kept = np.unique(out[out > 0])
-    return np.where(out > 0, np.searchsorted(kept, out) + 1, 0).astype(np.int32)
-
-
-def instances_from_maps(maps: np.ndarray, post: PostParams, n_type_channels: int) -> np.ndarray:
-    """Instance labels of stitched maps: ``(3 + n_type_channels [+ 3 per member], H, W)`` = P(nucleus), H, V, the
-    type probabilities, then (an ensemble loaded with ``post.member_vote``) each member's own P(nucleus), H, V."""
-    base = 3 + n_type_channels
-    averaged = hover_instances(maps[0], maps[1:3], post)
-    if not post.member_vote:
-        return averaged
-    extra = maps.shape[0] - base
-    if extra <= 0 or extra % 3:
-        raise ValueError(f"post.member_vote = {post.member_vote} needs the members' own maps (an ensemble loaded "
-                         f"with member_vote set); these maps have {maps.shape[0]} channels, {base} without members")
-    own = [hover_instances(maps[base + k], maps[base + k + 1 : base + k + 3], post) for k in range(0, extra, 3)]
-    return vote_instances([averaged, *own], post.member_vote, post.min_area_px)
-
-
-def instance_types(labels: np.ndarray, tp_logits: np.ndarray) -> dict[int, int]:
-    """Majority type (1..T, the type head's argmax over non-background channels) of every instance."""
-    if labels.max() == 0:
-        return {}
-    cls = np.argmax(tp_logits[1:], axis=0) + 1
-    n_types = tp_logits.shape[0] - 1
-    fg = labels > 0
-    counts = np.zeros((int(labels.max()) + 1, n_types + 1), np.int64)
-    np.add.at(counts, (labels[fg], cls[fg]), 1)
-    present = np.flatnonzero(counts.sum(1))
-    return {int(i): int(np.argmax(counts[i])) for i in present if i > 0}
 
 
 # ---- the loaded model ------------------------------------------------------------------------------------------------

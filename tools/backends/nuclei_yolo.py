@@ -19,20 +19,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pathasst.core.errors import WeightsError
 from pathasst.core.imaging import ImageData
-from pathasst.core.weights import describe_setting, read_sidecar, sidecar_number
-from pathasst.tools.backends.nuclei_net import NucleiNet, is_nuclei_net_checkpoint
+from pathasst.core.settings import Settings
+from pathasst.core.weights import check_weights_file, describe_setting, read_sidecar, sidecar_number
+from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS, NucleiNet, is_nuclei_net_checkpoint
 from pathasst.tools.backends.nuclei_sam import NucleiSam
 from pathasst.tools.backends.runtime import working_image
+from pathasst.tools.backends.sam import SamSegmenter, is_sam_checkpoint
 from pathasst.tools.backends.yolo import YoloBackend
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = ["NucleiYolo", "load_nuclei_backend"]
 
@@ -85,17 +83,12 @@ def load_nuclei_backend(path: Path, settings: Settings) -> NucleiYolo | NucleiNe
     """Load ``PATHASST_NUCLEI_WEIGHTS``: the project's nuclei network, a segment-anything checkpoint (prompted by the
     shipped network, :mod:`pathasst.tools.backends.nuclei_sam`) or a YOLO-seg checkpoint, by content; WeightsError
     naming the setting otherwise."""
-    from pathasst.core.weights import check_weights_file
-    from pathasst.tools.backends.sam import SamSegmenter, is_sam_checkpoint
-
     path = Path(path)
     where = describe_setting(SETTING, path)
     fmt = check_weights_file(path, SETTING, (".pt", ".pth"))
     if is_nuclei_net_checkpoint(path):
         return NucleiNet.load(path, SETTING, settings, fmt)
     if is_sam_checkpoint(path):
-        from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS
-
         if not SHIPPED_NET_WEIGHTS.is_file():
             raise WeightsError(
                 f"{where} is a segment-anything checkpoint; SAM outlines the nuclei the shipped nuclei network finds, "

@@ -19,16 +19,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from pathasst.core.embedders import get_embedder
 from pathasst.core.errors import WeightsError
+from pathasst.core.imaging import tissue_mask
+from pathasst.core.settings import Settings
 from pathasst.core.weights import Checkpoint, check_weights_file, read_checkpoint
 from pathasst.tools.backends.runtime import configure_threads
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = [
     "LOGIT_SCALE",
@@ -54,8 +54,6 @@ PROBE_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 def pathclip_embedder(settings: Settings) -> Any:
     """The process-wide PathCLIP embedder of the memory package for ``settings`` (loads lazily; WeightsError)."""
-    from pathasst.core.embedders import get_embedder
-
     configure_threads(settings)
     emb = get_embedder("pathclip", "image", settings)
     emb.load()
@@ -132,8 +130,6 @@ def _spread(n_items: int, k: int) -> np.ndarray:
 
 def patch_tiles(rgb: np.ndarray, tile: int = TILE_PX, max_tiles: int = MAX_TILES, min_tissue: float = MIN_TISSUE) -> TileSet:
     """The image itself when small, else its tissue tiles (see the module docstring)."""
-    from pathasst.core.imaging import tissue_mask
-
     h, w = rgb.shape[:2]
     if max(h, w) <= int(1.5 * tile):
         return TileSet([rgb], [(0, 0, w, h)], whole=True, n_tissue=1)

@@ -4,16 +4,14 @@ prediction. Reading weights files is :mod:`pathasst.core.weights`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pathasst.core.errors import WeightsError
 from pathasst.core.imaging import ImageData
+from pathasst.core.settings import Settings
 from pathasst.core.weights import Checkpoint
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = [
     "predict_padded",

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pathasst.core.errors import WeightsError
-from pathasst.core.weights import WeightsFormat, read_checkpoint
+from pathasst.core.settings import Settings
+from pathasst.core.weights import WeightsFormat, load_torch_file, read_checkpoint
 from pathasst.tools.backends.runtime import configure_threads, load_state, torch_device
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = ["SAM_VARIANTS", "SamResult", "SamSegmenter", "is_sam_checkpoint"]
 
@@ -60,11 +58,9 @@ def _largest_filled(mask: np.ndarray) -> np.ndarray:
 def is_sam_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a torch file holding a segment-anything state dict (plain, ``{"state_dict": ...}`` or
     ``module.``-prefixed), recognised by its patch embedding (read with ``weights_only=True``)."""
-    import torch
-
     try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any unreadable file is simply "not SAM"
+        raw = load_torch_file(path, str(path))
+    except WeightsError:  # any unreadable file is simply "not SAM"
         return False
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]

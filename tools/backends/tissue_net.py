@@ -34,17 +34,16 @@ import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pathasst.core.errors import WeightsError
+from pathasst.core.settings import Settings
 from pathasst.core.weights import Checkpoint, read_checkpoint
+from pathasst.tools.backends.blocks import conv_blocks
 from pathasst.tools.backends.runtime import configure_threads, load_state, predict_padded, torch_device
 from pathasst.tools.backends.tiling import dense_tiled
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +81,6 @@ def build_tissue_net(
 
     if len(widths) != 5 or len(blocks) != 5:
         raise ValueError(f"widths and blocks need 5 levels, got {list(widths)} / {list(blocks)}")
-
-    from pathasst.tools.backends.blocks import conv_blocks
 
     cbr, Res = conv_blocks()
 

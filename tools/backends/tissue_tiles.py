@@ -14,14 +14,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pathasst.core.imaging import looks_like_he
+from pathasst.core.settings import Settings
+from pathasst.tools.backends.runtime import resample
+from pathasst.tools.backends.tiling import tile_grid
 from pathasst.tools.backends.tissue_net import TissueNet
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
+from pathasst.tools.tissue_qc import tissue_mask
 
 __all__ = [
     "SHIPPED_TISSUE_WEIGHTS",
@@ -68,9 +69,6 @@ def tissue_tiles(rgb: np.ndarray, tile: int, mpp: float, min_tissue: float = 0.2
     image smaller than a tile is one tile of its own size) with at least ``min_tissue`` tissue (``tissue_qc``'s
     mask); at most ``max_tiles`` of them, spread evenly. A ValueError says so when a side is below
     :data:`MIN_SIDE_PX`."""
-    from pathasst.tools.backends.tiling import tile_grid
-    from pathasst.tools.tissue_qc import tissue_mask
-
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE_PX:
         raise ValueError(f"image is {w}x{h} px at the tissue network's resolution; it needs at least "
@@ -107,8 +105,6 @@ class DomainCheck:
 def domain_check(net: TissueNet, rgb: np.ndarray, ood_distance: np.ndarray, what: str) -> DomainCheck:
     """Judge the image (``rgb`` at the network's resolution) and its tiles' ``ood_distance``; ``what`` names the
     trained task in the warning (e.g. "colorectal mucosa (EBHI-Seg)")."""
-    from pathasst.core.imaging import looks_like_he
-
     he = looks_like_he(rgb)
     thr = net.config.ood_threshold
     frac = None
@@ -139,7 +135,5 @@ class TissueNetEmbedder:
         return self.net.embedding_dim
 
     def embed_images(self, tiles: list[np.ndarray]) -> np.ndarray:
-        from pathasst.tools.backends.runtime import resample
-
         tiles = [resample(np.asarray(t)[..., :3], self.factor) for t in tiles]
         return self.net.embed(tiles)

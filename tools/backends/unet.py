@@ -22,17 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pathasst.core.errors import WeightsError
+from pathasst.core.settings import Settings
 from pathasst.core.weights import Checkpoint, WeightsFormat, read_checkpoint
 from pathasst.tools.backends.runtime import configure_threads, load_state, predict_padded, torch_device
 from pathasst.tools.backends.tiling import dense_tiled
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = ["UNetConfig", "UNetSegmenter", "build_unet"]
 

@@ -16,18 +16,16 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pathasst.core.errors import WeightsError
 from pathasst.core.imaging import ImageData
+from pathasst.core.settings import Settings
 from pathasst.core.weights import describe_setting
 from pathasst.tools.backends.runtime import configure_threads
 from pathasst.tools.backends.tiling import Detections, TiledDetections, detect_tiled
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
 
 __all__ = ["DEFAULT_IMGSZ", "YoloBackend"]
 

@@ -22,22 +22,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pathasst.core.errors import WeightsError
 from pathasst.core.imaging import ImageData
+from pathasst.core.settings import Settings
 from pathasst.core.weights import describe_setting, read_sidecar, sidecar_number
 from pathasst.tools.backends.render import level0_to_array, outline_overlay
 from pathasst.tools.backends.runtime import working_image
 from pathasst.tools.backends.yolo import YoloBackend
 from pathasst.tools.base import ToolInput, ToolResult, sig
 from pathasst.tools.geojson import label_map_to_features
-from pathasst.tools.ihc_models import Cell, IHCQuantificationInput, IHCQuantificationOutput, allred_score, intensity_bins
-
-if TYPE_CHECKING:
-    from pathasst.core.settings import Settings
+from pathasst.tools.ihc_models import (
+    Cell,
+    IHCQuantificationInput,
+    IHCQuantificationOutput,
+    allred_score,
+    intensity_bins,
+)
 
 __all__ = ["CellDetector", "analyze_ihc", "load_cell_detector"]
 
@@ -114,7 +118,6 @@ def analyze_ihc(detector: CellDetector, image: ImageData, args: ToolInput) -> To
     """Detect and classify cells; build the ``ihc_quantification`` output (see the module docstring)."""
     from scipy import ndimage as ndi
     from skimage.color import rgb2hed
-
 
     assert isinstance(args, IHCQuantificationInput)
     work = working_image(image, detector.mpp)
