@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pathasst.finetune.data.caption_refine import _tidy, _tokens
 from pathasst.finetune.data.captions import FigureSplit, Panel, split_caption
 
-__all__ = ["CaptionLLM", "CaptionLLMError", "LLMBadResponse", "LLMUnavailable", "LLM_SCHEMA", "split_figure"]
+__all__ = ["CaptionLLM", "CaptionLLMError", "chat_json", "LLMBadResponse", "LLMUnavailable", "LLM_SCHEMA", "split_figure"]
 
 
 # --------------------------------------------------------------------------------------------------- answer schema
@@ -89,23 +89,30 @@ class CaptionLLM:
         }
 
     def split(self, caption: str) -> FigureSplit:
-        import httpx
-
         if len(caption) > self.max_caption_chars:
             raise LLMBadResponse(f"caption has {len(caption)} characters (> {self.max_caption_chars}); not sent")
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        try:
-            resp = httpx.post(self.url, json=self.request_body(caption), headers=headers, timeout=self.timeout)
-        except httpx.HTTPError as exc:
-            raise LLMUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code >= 400:
-            raise LLMUnavailable(f"{self.url}: HTTP {resp.status_code}: {resp.text[:200]}")
-        try:
-            content = resp.json()["choices"][0]["message"]["content"]
-            data = _LLMSplit.model_validate(json.loads(content))
-        except (ValueError, KeyError, IndexError, TypeError, ValidationError) as exc:
-            raise LLMBadResponse(f"{self.url}: unusable answer ({type(exc).__name__}): {str(exc)[:200]}") from None
+        data = chat_json(self.url, self.request_body(caption), _LLMSplit, api_key=self.api_key, timeout=self.timeout)
         return _check_llm_split(data, caption)
+
+
+def chat_json(url: str, body: dict[str, Any], model: type[BaseModel], *, api_key: str | None = None,
+              timeout: float = 60.0) -> Any:
+    """POST a chat-completions ``body`` and validate the answer's JSON content with ``model``;
+    :class:`LLMUnavailable` (down, timeout, HTTP error) or :class:`LLMBadResponse` (junk, wrong shape)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        resp = httpx.post(url, json=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise LLMUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
+    if resp.status_code >= 400:
+        raise LLMUnavailable(f"{url}: HTTP {resp.status_code}: {resp.text[:200]}")
+    try:
+        content = resp.json()["choices"][0]["message"]["content"]
+        return model.model_validate(json.loads(content))
+    except (ValueError, KeyError, IndexError, TypeError, ValidationError) as exc:
+        raise LLMBadResponse(f"{url}: unusable answer ({type(exc).__name__}): {str(exc)[:200]}") from None
 
 
 LLM_SCHEMA: dict[str, Any] = {
