@@ -10,6 +10,7 @@
                                                    panel-label recall/precision and panel-caption token F1
     pathasst-train data instruct CAPTIONS --out FILE.jsonl [--llm-url URL --llm-model NAME]
                                                    LLaVA conversations grounded in the captions (resumable)
+    pathasst-train data figures SRC --out DIR     figures + captions + licence from PMC JATS, DOCX, PDF (resumable)
     pathasst-train clip ...                        PathCLIP contrastive training (python -m pathasst.finetune.clip)
     pathasst-train vlm --stage 1|2 ...             PathAsst stages 1 and 2 (python -m pathasst.finetune.vlm.train)
     pathasst-train export --vlm DIR --gguf FILE    merge LoRA, export the language model to GGUF
@@ -61,13 +62,15 @@ def _data(argv: list[str]) -> int:
     n = sub.add_parser("instruct", help="caption file -> LLaVA conversations grounded in the captions (resumable)")
     n.add_argument("src", type=Path, help="JSON object id -> {caption, letter?, path?} or JSON/JSONL rows")
     n.add_argument("--out", type=Path, required=True, help="JSONL; entries already in it are skipped")
-    for p in (s, n):
-        if p is n:
-            p.add_argument("--llm-url", default=None, help="OpenAI-compatible server (e.g. http://localhost:8080/v1)")
-            p.add_argument("--llm-model", default=None, help="model name sent to --llm-url")
-            p.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per request")
-            p.add_argument("--llm-api-key-env", default=None, help="environment variable holding the API key, if any")
-            p.add_argument("--limit", type=int, default=None, help="process at most this many new entries")
+    f = sub.add_parser("figures", help="image-caption pairs with provenance from JATS XML, PMC packages, DOCX, PDF")
+    f.add_argument("src", type=Path, help="a .nxml/.xml, .tar.gz, .docx or .pdf file, or a folder of them")
+    f.add_argument("--out", type=Path, required=True, help="images + pairs.jsonl; pairs already in it are kept")
+    f.add_argument("--limit", type=int, default=None, help="stop after this many new pairs")
+    n.add_argument("--llm-url", default=None, help="OpenAI-compatible server (e.g. http://localhost:8080/v1)")
+    n.add_argument("--llm-model", default=None, help="model name sent to --llm-url")
+    n.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per request")
+    n.add_argument("--llm-api-key-env", default=None, help="environment variable holding the API key, if any")
+    n.add_argument("--limit", type=int, default=None, help="process at most this many new entries")
     a = ap.parse_args(argv)
     if a.cmd in ("split-captions", "instruct") and (a.llm_url is None) != (a.llm_model is None):
         ap.error("--llm-url and --llm-model go together")
@@ -115,6 +118,10 @@ def _data(argv: list[str]) -> int:
             key = os.environ.get(a.llm_api_key_env) if a.llm_api_key_env else None
             llm = InstructLLM(a.llm_url, a.llm_model, timeout=a.llm_timeout, api_key=key) if a.llm_url else None
             print(json.dumps(instruct_file(a.src, a.out, llm=llm, limit=a.limit), indent=1))
+        elif a.cmd == "figures":
+            from pathasst.finetune.data.figures import extract_figures
+
+            print(json.dumps(extract_figures(a.src, a.out, limit=a.limit), indent=1))
         elif a.cmd == "eval-split":
             from pathasst.finetune.data.caption_eval import evaluate_split
             from pathasst.finetune.data.caption_files import load_caption_file

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pathasst.finetune.data.toolcalls_hard import hard_samples
+
 __all__ = [
     "NEGATIVE_QUESTIONS",
     "PHRASES",
@@ -321,6 +323,7 @@ def generate_tool_samples(
     per_template: int = 3,
     negatives: int = 300,
     combos: int = 250,
+    hard: int = 120,
     val_fraction: float = 0.1,
     exclude: Iterable[str] = (),
     exclude_cutoff: float = 0.9,
@@ -328,7 +331,9 @@ def generate_tool_samples(
     """The tool-invocation samples for ``catalogue`` (see the module docstring).
 
     ``per_template`` variants (stain, image kind, wording prefix) per question template; ``negatives`` no-tool
-    samples; ``combos`` two-tool samples. Questions in ``exclude`` (e.g. the evaluation sets) and near-copies of them
+    samples; ``combos`` two-tool samples; ``hard`` samples of each hard-case type
+    (:mod:`pathasst.finetune.data.toolcalls_hard`: terse multi-tool requests, negations, injections, short marker
+    questions, generic requests). Questions in ``exclude`` (e.g. the evaluation sets) and near-copies of them
     (difflib ratio >= ``exclude_cutoff`` on normalised text) are left out.
     """
     from pathasst.planning.base import PlannerContext
@@ -391,6 +396,7 @@ def generate_tool_samples(
         qb = rng.choice(cand)[0]
         qb = qb[0].lower() + qb[1:] if not qb[:2].isupper() else qb
         raw.append((qa.rstrip() + rng.choice(_JOIN) + qb, sa, ka, [a, b], "combo"))
+    raw.extend(hard_samples(catalogue, rng, hard))
 
     excluded = [normalise_question(q) for q in exclude]
     excluded_set = set(excluded)
