@@ -20,7 +20,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-__all__ = ["TERSE", "hard_samples"]
+__all__ = ["HARD_SOURCES", "TERSE", "hard_samples"]
+
+#: the ``source`` of each hard-case type
+HARD_SOURCES = frozenset({"terse", "negation", "injection", "short-marker", "generic"})
 
 Raw = tuple[str, "str | None", str, list[str], str]
 
