@@ -107,6 +107,15 @@ def test_no_module_imports_itself_through_others() -> None:
     assert cycles == []
 
 
+def test_tools_reach_the_case_library_only_through_its_package() -> None:
+    import grimp
+
+    graph = grimp.build_graph("pathasst.tools", "pathasst.memory")
+    reached = {imported for module in graph.find_children("pathasst.tools") | graph.find_descendants("pathasst.tools")
+               for imported in graph.find_modules_directly_imported_by(module) if imported.startswith("pathasst.memory")}
+    assert reached == {"pathasst.memory"}
+
+
 def test_first_party_imports_inside_functions_are_only_the_heavy_ones() -> None:
     import ast
 

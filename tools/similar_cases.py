@@ -15,9 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pathasst.core.embedders import EmbedderError
 from pathasst.core.errors import ToolExecutionError
 from pathasst.core.imaging import ImageData
-from pathasst.memory.ingest import image_vectors
-from pathasst.memory.library import open_library
-from pathasst.memory.store import StoreError
+from pathasst.memory import StoreError, image_vectors, open_library
 from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
 from pathasst.tools.planning import PlanExample, PlanningHints
 
