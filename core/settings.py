@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         "hybrid",
         description="Planner backend: hybrid (rules + MiniLM neighbours of the tool-invocation data) | rules | llamacpp | openai.",
     )
+    hybrid_fallback: Literal["neighbours", "tuned", "neighbours_then_tuned"] = Field(
+        "neighbours",
+        description="What the hybrid planner asks about a sentence the rules cannot place: neighbours (MiniLM k-NN "
+        "vote over the tool-invocation data) | tuned (the llamacpp planner: Gemma 3 270M + the shipped LoRA) | "
+        "neighbours_then_tuned (the tuned model where no example is similar enough to vote).",
+    )
     llamacpp_model_path: Path | None = Field(
         None, description="GGUF file for the llamacpp planner; empty = Gemma 3 270M assembled into cache_dir."
     )

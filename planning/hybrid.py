@@ -22,6 +22,12 @@ How a question becomes a plan (round 0; any later round finishes, as with the ru
    needs coordinates written in the question.
 5. Calls and arguments are built by :meth:`RulesPlanner.plan` (one call per tool per image, catalogue respected).
 
+``settings.hybrid_fallback`` chooses who proposes in step 3: ``neighbours`` (the default, above), ``tuned`` (the
+``llamacpp`` planner with the shipped LoRA, for every sentence the rules cannot place) or ``neighbours_then_tuned``
+(the tuned model only where no example reaches ``MIN_SIMILARITY``, and only for a sentence that can be a request on
+its own); the notes name who decided. Measured in ``finetune/adapters/MODEL_CARD.md``: the neighbours stay the
+default because the tuned model did not beat them on the development and validation sets.
+
 The examples (``planning/data/hybrid_examples.jsonl``) are the train split of the registry-generated tool-invocation
 data, written by ``python scripts/write_hybrid_examples.py`` (``generate_tool_samples`` with seed 0, the planner
 evaluation questions excluded); ``tests/test_planner_hybrid.py`` checks that the file still equals the generator's
@@ -52,7 +58,8 @@ import numpy as np
 
 from pathasst.core.embedders import EmbedderError, text_embedder
 from pathasst.core.settings import Settings
-from pathasst.planning.base import PlanDecision, PlannerContext, PlannerError
+from pathasst.planning.base import PlanDecision, PlannerContext, PlannerError, PlannerOutputError
+from pathasst.planning.llamacpp import LlamaCppPlanner
 from pathasst.planning.parsing import question_coordinates
 from pathasst.planning.rules import (
     _FILE_NAME,
@@ -237,6 +244,7 @@ class HybridPlanner(RulesPlanner):
         self._embed = embed
         self._fingerprint = fingerprint  # names the embedding space in the cache key; None = do not cache
         self._lock = threading.Lock()
+        self._tuned: LlamaCppPlanner | None = None
 
     # ---- the decision ----------------------------------------------------------------------------
     def tools_for(self, question: str, stain: str | None, image_kind: str,
@@ -254,14 +262,42 @@ class HybridPlanner(RulesPlanner):
         if not asked:
             return tools, notes
         wanted = set(tools)
-        for sentence, vote in zip(asked, self.votes(asked), strict=True):
-            routed, why = _route(vote.tools, sentence, stain, image_kind)
+        proposals = self._fallback(asked, stain, image_kind, catalogue)
+        for sentence, (proposed, source) in zip(asked, proposals, strict=True):
+            routed, why = _route(proposed, sentence, stain, image_kind)
             wanted |= set(routed)
-            notes.append(
-                f"fallback (MiniLM {K}-NN, nearest {vote.similarity:.2f}: {vote.nearest[:60]!r}) "
-                f"for {sentence[:60]!r}: {', '.join(routed) or 'no tool'}" + (f" ({'; '.join(why)})" if why else "")
-            )
+            notes.append(f"fallback ({source}) for {sentence[:60]!r}: {', '.join(routed) or 'no tool'}"
+                         + (f" ({'; '.join(why)})" if why else ""))
         return order_tools(wanted, catalogue), notes
+
+    def _fallback(self, sentences: list[str], stain: str | None, image_kind: str,
+                  catalogue: Sequence[dict[str, Any]] | None) -> list[tuple[list[str], str]]:
+        """(tools, who proposed them) per sentence: the neighbours' vote, or the tuned model
+        (``settings.hybrid_fallback``)."""
+        mode = self.settings.hybrid_fallback if self.settings is not None else "neighbours"
+        if mode == "tuned":
+            return [(self._tuned_tools(s, stain, image_kind, catalogue), "tuned Gemma 270M + LoRA") for s in sentences]
+        out = []
+        for sentence, vote in zip(sentences, self.votes(sentences), strict=True):
+            if mode == "neighbours_then_tuned" and vote.similarity < MIN_SIMILARITY and _asks(sentence):
+                out.append((self._tuned_tools(sentence, stain, image_kind, catalogue),
+                            f"tuned Gemma 270M + LoRA; no neighbour above {MIN_SIMILARITY}"))
+            else:
+                out.append((list(vote.tools), f"MiniLM {K}-NN, nearest {vote.similarity:.2f}: {vote.nearest[:60]!r}"))
+        return out
+
+    def _tuned_tools(self, sentence: str, stain: str | None, image_kind: str,
+                     catalogue: Sequence[dict[str, Any]] | None) -> list[str]:
+        with self._lock:
+            if self._tuned is None:
+                self._tuned = LlamaCppPlanner(self._settings())
+        images = ["slide.svs"] if image_kind == "wsi" else ["image.png"]
+        ctx = PlannerContext(question=sentence, stain=stain, image_kind=image_kind, images=images,
+                             catalogue=list(catalogue or []))
+        try:
+            return [call.tool for call in self._tuned.plan(ctx).calls]
+        except PlannerOutputError:  # e.g. a marker tool the sentence and stain give no marker for: no proposal
+            return []
 
     def plan(self, ctx: PlannerContext) -> PlanDecision:
         decision = super().plan(ctx)
@@ -314,6 +350,13 @@ class HybridPlanner(RulesPlanner):
                         index.save(path)
                 self._index = index
             return self._index
+
+
+def _asks(sentence: str) -> bool:
+    """Whether a sentence can be a request on its own: a question, or at least three words that do not lead in to
+    something else ("Doctor here.", "For this case:" are not)."""
+    text = sentence.rstrip()
+    return text.endswith("?") or not text.endswith(":") and len(re.findall(r"[A-Za-z0-9-]+", text)) >= 3
 
 
 def _load_cached(path: Path) -> ToolIndex | None:

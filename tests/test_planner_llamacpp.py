@@ -97,6 +97,25 @@ def test_gemma_grammar_is_restricted_to_the_catalogue(llama_planner):
         _assert_valid(decision, ctx)
 
 
+@pytest.mark.slow
+def test_the_tuned_model_decides_where_rules_and_neighbours_cannot(gguf: Path):
+    """hybrid_fallback=neighbours_then_tuned: the rules place nothing in "Any fibrin thrombi?" and no example is
+    similar enough to vote, so the shipped adapter proposes, and the notes say which decided; a sentence the
+    neighbours place ("Is there blur?") never reaches the model; a filler ("Doctor here.") asks nothing."""
+    from pathasst.planning.hybrid import HybridPlanner, _asks
+
+    planner = HybridPlanner(_settings(hybrid_fallback="neighbours_then_tuned"))
+    tools, notes = planner.tools_for("Any fibrin thrombi?", "H&E", "wsi", CATALOGUE)
+    fallback = [n for n in notes if n.startswith("fallback")]
+    assert len(fallback) == 1 and "tuned Gemma 270M + LoRA; no neighbour above 0.6" in fallback[0]
+    assert set(tools) <= {t["name"] for t in CATALOGUE}
+    assert planner._tuned is not None and planner._tuned.lora_path is not None  # the shipped adapter
+    plain = HybridPlanner(_settings(hybrid_fallback="neighbours_then_tuned"))
+    assert plain.tools_for("Is the scan sharp? Where is the tumour?", "H&E", "wsi", CATALOGUE)[0]
+    assert plain._tuned is None  # the rules and the neighbours placed everything: the model was never loaded
+    assert not _asks("Doctor here.") and not _asks("For this case:") and _asks("Mitoses?") and _asks("Examine this slide")
+
+
 def test_llamacpp_without_catalogue_or_after_round_zero_finishes_without_loading(tmp_path: Path):
     from pathasst.planning.llamacpp import LlamaCppPlanner
 
