@@ -65,8 +65,9 @@ def test_stage2_reloads_and_answers_a_tool_question_with_a_valid_call(runs):
     assert s2["loss_last"] < s2["loss_first"] / 3
     vlm, tok, template, transform = load_vlm(root / "s2")
     image = sorted((root / "pc" / "images").iterdir())[0]
-    turns, _ = next(e for e in stage2_examples(None, None, [image], tool_samples=20, seed=0)
-                    if e[0][1]["value"].startswith('{"tool_calls"'))
+    turns, _ = next(e for e in stage2_examples(None, None, [image], tool_samples=20, seed=0)  # one call: 80 tokens
+                    if e[0][1]["value"].startswith('{"tool_calls"')
+                    and len(json.loads(e[0][1]["value"])["tool_calls"]) == 1)
     ids, _ = tokenize_conversation(turns[:1], tok, template, generation=True)
     with torch.no_grad():
         reply = tok.decode(vlm.generate(ids, transform(Image.open(image).convert("RGB")), max_new_tokens=80,

@@ -381,10 +381,13 @@ def test_uploads_are_checked_and_stay_in_the_cases_root(env, monkeypatch):
 def test_library_page_degrades_without_a_store(env, monkeypatch):
     import pathasst.memory as memory
 
-    monkeypatch.delattr(memory, "open_library", raising=False)
+    def unreachable(settings):
+        raise RuntimeError("Chroma server at 127.0.0.1:1 is not reachable")
+
+    monkeypatch.setattr(memory, "open_library", unreachable)
     at = AppTest.from_file(str(VIEWS / "library.py"), default_timeout=TIMEOUT)
     at.run()
-    assert any("case library not set up" in i.value for i in at.info)
+    assert any("case library unavailable: Chroma server at 127.0.0.1:1 is not reachable" in i.value for i in at.info)
     assert at.button(key="lib_add").disabled
 
 
