@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from chat_standin import ChatStandIn
 
 from pathasst.finetune.cli import main
 from pathasst.finetune.data.caption_eval import evaluate_split, token_f1
@@ -263,57 +262,35 @@ def test_eval_split_cli_prints_metrics(tmp_path: Path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------- LLM backend
-class StandIn:
+class StandIn(ChatStandIn):
     """``POST /v1/chat/completions`` answering ``mode``: "good" (a valid split), "junk" (content not JSON),
     "schema" (JSON of the wrong shape), "invented" (text not in the caption), "error" (HTTP 500), "slow"."""
 
     def __init__(self) -> None:
         self.mode = "good"
-        self.bodies: list[dict] = []
-        standin = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                standin.bodies.append(body)
-                caption = body["messages"][-1]["content"].split("\n", 1)[1]
-                content = {
-                    "good": json.dumps({"panels": [{"label": "A", "caption": caption.split(" (B)")[0]},
-                                                   {"label": "B", "caption": "(B) " + caption.split(" (B) ")[1]}],
-                                        "magnification": ["x200"], "stain": ["H&E"], "identifiers": []}),
-                    "junk": "Sure! Here are the panels: A is glands, B is stroma.",
-                    "schema": json.dumps({"panels": "A, B"}),
-                    "invented": json.dumps({"panels": [{"label": "A", "caption": "entirely made up words here"}],
-                                            "magnification": [], "stain": [], "identifiers": []}),
-                }.get(standin.mode, "")
-                if standin.mode == "slow":
-                    time.sleep(1.0)
-                status = 500 if standin.mode == "error" else 200
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    def _answer(self, body: dict) -> tuple[int, str, dict[str, str]]:
+        caption = body["messages"][-1]["content"].split("\n", 1)[1]
+        content = {
+            "good": json.dumps({"panels": [{"label": "A", "caption": caption.split(" (B)")[0]},
+                                           {"label": "B", "caption": "(B) " + caption.split(" (B) ")[1]}],
+                                "magnification": ["x200"], "stain": ["H&E"], "identifiers": []}),
+            "junk": "Sure! Here are the panels: A is glands, B is stroma.",
+            "schema": json.dumps({"panels": "A, B"}),
+            "invented": json.dumps({"panels": [{"label": "A", "caption": "entirely made up words here"}],
+                                    "magnification": [], "stain": [], "identifiers": []}),
+        }.get(self.mode, "")
+        if self.mode == "slow":
+            time.sleep(1.0)
+        return 500 if self.mode == "error" else 200, content, {}
 
 
 @pytest.fixture()
 def standin() -> Iterator[StandIn]:
     s = StandIn()
     yield s
-    s.server.shutdown()
-    s.server.server_close()
+    s.close()
 
 
 CAP = "Prostate. (A) Glands, H&E x200. (B) Stroma."

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from chat_standin import ChatStandIn
 
 from pathasst.finetune.cli import main as train_main
 from pathasst.finetune.data.instruct import Entry, InstructLLM, build_sample
@@ -108,47 +107,30 @@ def test_a_malformed_caption_file_is_a_clear_error(tmp_path: Path, capsys, conte
 
 
 # --------------------------------------------------------------------------------------------------- LLM backend
-class StandIn:
+class StandIn(ChatStandIn):
     """``POST /v1/chat/completions``: "good" turns copied from the caption, "invented" (a number it does not write),
     "junk" (not JSON)."""
 
     def __init__(self) -> None:
         self.mode, self.calls = "good", 0
-        standin = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                standin.calls += 1
-                assert body["response_format"]["json_schema"]["schema"]["required"] == ["conversations"]
-                turns = [{"kind": "description", "question": "What is shown?",
-                          "answer": "Tumour cells form irregular nests in a desmoplastic stroma."},
-                         {"kind": "qa", "question": "How many cells are in mitosis?",
-                          "answer": "About 15 tumour cells are in mitosis." if standin.mode == "invented"
-                          else "The caption does not say."}]
-                content = "no JSON here" if standin.mode == "junk" else json.dumps({"conversations": turns})
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    def _answer(self, body: dict) -> tuple[int, str, dict[str, str]]:
+        self.calls += 1
+        assert body["response_format"]["json_schema"]["schema"]["required"] == ["conversations"]
+        turns = [{"kind": "description", "question": "What is shown?",
+                  "answer": "Tumour cells form irregular nests in a desmoplastic stroma."},
+                 {"kind": "qa", "question": "How many cells are in mitosis?",
+                  "answer": "About 15 tumour cells are in mitosis." if self.mode == "invented"
+                  else "The caption does not say."}]
+        return 200, "no JSON here" if self.mode == "junk" else json.dumps({"conversations": turns}), {}
 
 
 @pytest.fixture()
 def standin() -> Iterator[StandIn]:
     s = StandIn()
     yield s
-    s.server.shutdown()
-    s.server.server_close()
+    s.close()
 
 
 def test_llm_turns_are_checked_and_an_invented_number_is_dropped(standin: StandIn):

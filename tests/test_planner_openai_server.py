@@ -9,10 +9,10 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from chat_standin import ChatStandIn
 
 from pathasst.planning.base import PlannerContext, PlannerError
 from pathasst.planning.openai_backend import OpenAIPlanner
@@ -38,7 +38,7 @@ def _completion(tool: str, image: str) -> dict:
     }
 
 
-class StandIn:
+class StandIn(ChatStandIn):
     """Answers ``POST /v1/chat/completions``: ``fail_first`` errors (status ``fail_status``) first, each request
     takes ``delay`` seconds; counts requests and the most that were in flight at once."""
 
@@ -49,54 +49,31 @@ class StandIn:
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
-        self.bodies: list[dict] = []
         self.lock = threading.Lock()
-        standin = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with standin.lock:
-                    standin.requests += 1
-                    n = standin.requests
-                    standin.bodies.append(body)
-                    standin.in_flight += 1
-                    standin.max_in_flight = max(standin.max_in_flight, standin.in_flight)
-                try:
-                    time.sleep(standin.delay)
-                    if n <= standin.fail_first:
-                        payload, status = {"error": {"message": "server busy", "type": "overloaded"}}, standin.fail_status
-                    else:
-                        payload, status = _completion("nuclei_segmentation", "a.png"), 200
-                    data = json.dumps(payload).encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    if status == 429:
-                        self.send_header("Retry-After", "0")
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and went away
-                finally:
-                    with standin.lock:
-                        standin.in_flight -= 1
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _answer(self, body: dict) -> tuple[int, dict, dict[str, str]]:
+        with self.lock:
+            self.requests += 1
+            n = self.requests
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay)
+            if n <= self.fail_first:
+                error = {"error": {"message": "server busy", "type": "overloaded"}}
+                return self.fail_status, error, {"Retry-After": "0"} if self.fail_status == 429 else {}
+            return 200, _completion("nuclei_segmentation", "a.png"), {}
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
 
 @pytest.fixture()
 def standin() -> Iterator[StandIn]:
     s = StandIn()
     yield s
-    s.server.shutdown()
-    s.server.server_close()
+    s.close()
 
 
 def _planner(url: str, **kw) -> OpenAIPlanner:
