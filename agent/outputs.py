@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,28 +19,10 @@ import numpy as np
 from PIL import Image
 
 from pathasst.agent.fhir import FHIR_FILE, diagnostic_report
+from pathasst.core.files import TMP_PREFIX, atomic_write_text
 from pathasst.planning.report import Report, render_markdown
 
-__all__ = ["OutputLayout", "atomic_write_text", "case_is_done", "clean_stale", "feature_collection", "write_case"]
-
-TMP_PREFIX = ".tmp-"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+__all__ = ["OutputLayout", "case_is_done", "clean_stale", "feature_collection", "write_case"]
 
 def case_is_done(out_dir: Path, case_id: str) -> bool:
     return OutputLayout(Path(out_dir)).is_done(case_id)

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pathasst.agent.outputs import atomic_write_text
 from pathasst.agent.system import build_system
 from pathasst.core.cases import PATCH_EXTENSIONS, CaseError
 from pathasst.core.errors import ToolCallError
+from pathasst.core.files import atomic_write_text
 from pathasst.core.imaging import ImageData
 from pathasst.core.readers import read_patch
 from pathasst.core.regions import Region

@@ -18,8 +18,9 @@ from typing import Any
 
 from pathasst.agent.engine import Engine
 from pathasst.agent.executors import CaseJob, InlineExecutor
-from pathasst.agent.outputs import OutputLayout, atomic_write_text, clean_stale, write_case
+from pathasst.agent.outputs import OutputLayout, clean_stale, write_case
 from pathasst.core.cases import discover_cases
+from pathasst.core.files import atomic_write_text
 
 __all__ = ["BatchResult", "CaseOutcome", "run_batch", "write_summary"]
 

@@ -462,6 +462,7 @@ FILE_OPENERS = {
     "ui/facade.py": "case.yaml via read_case_meta; reports, GeoJSON and failure records in the output folder",
     # operator-configured files and outputs
     "agent/outputs.py": "writes reports in the output folder",
+    "core/files.py": "rewrites files its callers name (outputs, reviews, caption and training-data files)",
     "agent/runner.py": "reads its own reports and failure records in the output folder",
     "ui/catalogue.py": "model cards of the package; reports in the output folder",
     "ui/review.py": "review files in the output folder",

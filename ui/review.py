@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from pathasst.agent.outputs import OutputLayout, atomic_write_text
+from pathasst.agent.outputs import OutputLayout
+from pathasst.core.files import atomic_write_text
 
 __all__ = [
     "AIDraft",

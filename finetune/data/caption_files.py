@@ -11,12 +11,11 @@ already in the output, writes it atomically every ``checkpoint_every`` figures, 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pathasst.core.files import atomic_write_text
 from pathasst.finetune.data.caption_llm import CaptionLLM, split_figure
 from pathasst.finetune.data.captions import FigureSplit
 from pathasst.finetune.data.readers import DataError, RecordProblem
@@ -41,15 +40,7 @@ def load_caption_file(path: Path) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
 def _entry_caption(entry: Any) -> tuple[str | None, str | None]:

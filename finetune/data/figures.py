@@ -30,6 +30,7 @@ from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pathasst.core.files import atomic_write_bytes, cut_torn_tail
 from pathasst.finetune.data.figures_pdf import parse_pdf
 from pathasst.finetune.data.figures_xml import ZIP_ERRORS, ImageFinder, ParsedDoc, parse_docx, parse_jats
 from pathasst.finetune.data.readers import DataError, RecordProblem
@@ -159,16 +160,11 @@ class _PairsFile:
         self.ids: set[str] = set()
         if not path.exists():
             return
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            with open(path, "r+b") as fh:
-                fh.truncate(keep)
-                fh.flush()
-                os.fsync(fh.fileno())
+        cut = cut_torn_tail(path)
+        if cut:
             problems.append({"file": str(path), "figure": None,
-                             "reason": f"cut a torn last line ({len(data) - keep} bytes) left by an interrupted run"})
-            data = data[:keep]
+                             "reason": f"cut a torn last line ({cut} bytes) left by an interrupted run"})
+        data = path.read_bytes()
         for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
             try:
                 row = json.loads(line) if line.strip() else {}
@@ -186,15 +182,6 @@ class _PairsFile:
             fh.flush()
             os.fsync(fh.fileno())
         self.ids.update(r["id"] for r in rows)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------- driver
@@ -229,7 +216,7 @@ def _rows(doc: ParsedDoc, file: str, out_dir: Path, pairs: _PairsFile, summary: 
         if fig.read_image is not None:
             image = f"{rid}{fig.image_ext or ''}"
             try:
-                _write_atomic(out_dir / image, fig.read_image())
+                atomic_write_bytes(out_dir / image, fig.read_image())
             except (OSError, tarfile.TarError, DataError, *ZIP_ERRORS) as exc:
                 image = None
                 problems.append(f"image not readable: {exc}")

@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pathasst.finetune.data.caption_files import _write_atomic
+from pathasst.core.files import atomic_write_text, cut_torn_tail
 from pathasst.finetune.data.caption_llm import LLMUnavailable
 from pathasst.finetune.data.instruct import Entry, InstructLLM, Sample, build_sample
 from pathasst.finetune.data.readers import DataError, RecordProblem
@@ -70,16 +70,6 @@ def read_entries(path: Path) -> tuple[list[Entry], list[RecordProblem]]:
         panel = rec.get("letter", rec.get("panel", "")) or ""
         entries.append(Entry(id=str(key), caption=caption, image=str(image) if image else None, panel=str(panel)))
     return entries, problems
-
-
-def _repair_tail(path: Path) -> None:
-    """Cut a last line that a killed run left unfinished (every record is written as one whole line)."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        with open(path, "r+b") as fh:
-            fh.truncate(data.rfind(b"\n") + 1)
 
 
 def _done_ids(path: Path) -> set[str]:
@@ -134,7 +124,7 @@ def instruct_file(src: Path, out: Path, *, llm: InstructLLM | None = None, limit
     entries, problems = read_entries(src)
     rejected = out.with_name(out.name + ".rejected.jsonl")
     for path in (out, rejected):
-        _repair_tail(path)
+        cut_torn_tail(path)  # a record a kill cut in half is redone
     done = _done_ids(out) | _done_ids(rejected)
     seen = {_text_key(json.loads(line)) for line in (out.read_text(encoding="utf-8").splitlines()
                                                       if out.is_file() else []) if line.strip()}
@@ -165,5 +155,5 @@ def instruct_file(src: Path, out: Path, *, llm: InstructLLM | None = None, limit
                 _append(rh, {"id": sample.id, "rejected": sample.rejected, **extra})
             done.add(entry.id)
     report = {**_report(out, rejected, problems, src), "processed_this_run": processed}
-    _write_atomic(out.with_name(out.name + ".report.json"), report)
+    atomic_write_text(out.with_name(out.name + ".report.json"), json.dumps(report, ensure_ascii=False, indent=1))
     return report
