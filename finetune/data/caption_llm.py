@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pathasst.finetune.data.caption_refine import _tidy, _tokens
 from pathasst.finetune.data.captions import FigureSplit, Panel, split_caption
 
-__all__ = ["CaptionLLM", "CaptionLLMError", "chat_json", "LLMBadResponse", "LLMUnavailable", "LLM_SCHEMA", "split_figure"]
+__all__ = ["CaptionLLM", "CaptionLLMError", "chat_json", "chat_url", "LLMBadResponse", "LLMUnavailable", "LLM_SCHEMA", "split_figure"]
 
 
 # --------------------------------------------------------------------------------------------------- answer schema
@@ -71,8 +71,7 @@ class CaptionLLM:
 
     def __init__(self, url: str, model: str, *, timeout: float = 60.0, api_key: str | None = None,
                  max_caption_chars: int = 20_000) -> None:
-        base = url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+        self.url = chat_url(url)
         self.model = model
         self.timeout = timeout
         self.api_key = api_key
@@ -93,6 +92,12 @@ class CaptionLLM:
             raise LLMBadResponse(f"caption has {len(caption)} characters (> {self.max_caption_chars}); not sent")
         data = chat_json(self.url, self.request_body(caption), _LLMSplit, api_key=self.api_key, timeout=self.timeout)
         return _check_llm_split(data, caption)
+
+
+def chat_url(url: str) -> str:
+    """The chat-completions endpoint of a server given by its base URL (``http://host:8080/v1``) or the endpoint."""
+    base = url.rstrip("/")
+    return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
 
 
 def chat_json(url: str, body: dict[str, Any], model: type[BaseModel], *, api_key: str | None = None,

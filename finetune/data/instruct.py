@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pathasst.finetune.data.caption_llm import CaptionLLMError, chat_json
+from pathasst.finetune.data.caption_llm import CaptionLLMError, chat_json, chat_url
 from pathasst.finetune.data.caption_refine import _tidy
 from pathasst.finetune.data.captions import FigureSplit, split_caption
 from pathasst.finetune.data.instruct_ground import STOP_WORDS, check_answer
@@ -88,8 +88,7 @@ class InstructLLM:
     """An OpenAI-compatible chat-completions server that writes the turns (``response_format`` json_schema)."""
 
     def __init__(self, url: str, model: str, *, timeout: float = 60.0, api_key: str | None = None) -> None:
-        base = url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+        self.url = chat_url(url)
         self.model, self.timeout, self.api_key = model, timeout, api_key
 
     def turns(self, caption: str) -> list[Turn]:
