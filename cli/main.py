@@ -23,6 +23,7 @@ from pathasst.agent.runner import run_batch
 from pathasst.agent.system import build_system
 from pathasst.cli.eval import eval_app
 from pathasst.cli.mcp import mcp_command
+from pathasst.cli.slide import slide_app
 from pathasst.core.cases import CaseError, CaseMeta, discover_cases, single_image_case
 from pathasst.core.errors import UnknownToolError
 from pathasst.core.settings import Settings, is_loopback
@@ -346,6 +347,13 @@ def _mount_mcp() -> None:
 
 
 _mount_mcp()
+
+
+def _mount_slide() -> None:
+    app.add_typer(slide_app, name="slide")
+
+
+_mount_slide()
 
 
 def main() -> None:

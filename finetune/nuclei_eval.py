@@ -11,7 +11,11 @@ import numpy as np
 
 from pathasst.finetune.nuclei_data import DEFAULT_VAL_SOURCES, Sample, load_samples
 
-__all__ = ["TUNE_GRID", "evaluate_held_out", "score_maps", "tune_checkpoint", "tune_post", "tuning_tiles", "type_f1",
+#: the resolution of the CoNSeP tiles (40x)
+TILE_MPP = 0.25
+
+__all__ = ["TILE_MPP", "TUNE_GRID", "evaluate_held_out", "scaled_grid", "scaled_post", "score_maps", "tune_checkpoint",
+           "tune_post", "tuning_tiles", "type_f1",
            "type_pairs",
            "validation_maps"]
 
@@ -74,12 +78,41 @@ TUNE_GRID: dict[str, dict[str, tuple]] = {
 }
 
 
-def tune_post(maps: list[np.ndarray], samples: list[Sample], base: Any, classes: list[str], log: Any = None) -> tuple:
+#: the post-processing parameters measured in pixels (areas) and in pixel lengths; :func:`scaled_post` and
+#: :func:`scaled_grid` carry them to a network working at another resolution
+_AREA_KEYS, _LENGTH_KEYS = ("min_area_px", "min_marker_px", "unmarked_min_px"), ("hv_sigma",)
+
+
+def _scaled(key: str, value: Any, scale: float) -> Any:
+    if key in _AREA_KEYS:
+        return int(round(value * scale * scale)) if value else 0
+    if key in _LENGTH_KEYS:
+        return round(value * scale, 3)
+    return value
+
+
+def scaled_post(post: Any, scale: float) -> Any:
+    """``post`` (parameters in 40x pixels) for a network at ``0.25 / scale`` um/px: areas times scale^2, lengths
+    times scale."""
+    from dataclasses import asdict, replace
+
+    return replace(post, **{k: _scaled(k, v, scale) for k, v in asdict(post).items()})
+
+
+def scaled_grid(scale: float) -> dict[str, dict[str, tuple]]:
+    """:data:`TUNE_GRID` for a network at ``0.25 / scale`` um/px (duplicates after rounding dropped)."""
+    return {mode: {k: tuple(dict.fromkeys(_scaled(k, v, scale) for v in vals)) for k, vals in grid.items()}
+            for mode, grid in TUNE_GRID.items()}
+
+
+def tune_post(maps: list[np.ndarray], samples: list[Sample], base: Any, classes: list[str], log: Any = None,
+              scale: float = 1.0) -> tuple:
     """Search the post-processing on tuning maps; returns (best PostParams, its scores). For each edge mode, a
     coordinate-wise search (one parameter at a time, the others at their best so far, starting from the first value
     of each grid entry) maximising mean F1 + mean AJI; the base parameters compete too. Maps with an ensemble's
     member maps (:meth:`NucleiNet.keep_member_maps`) also try the members' vote, last in each search and on the base
-    parameters: ``member_vote`` 0 (off) to n + 1 for n members."""
+    parameters: ``member_vote`` 0 (off) to n + 1 for n members. ``scale``: the maps' resolution relative to 40x
+    (:func:`scaled_grid`)."""
     from dataclasses import replace
 
     n_members = (maps[0].shape[0] - 3 - 1 - len(classes)) // 3 if maps else 0
@@ -92,7 +125,7 @@ def tune_post(maps: list[np.ndarray], samples: list[Sample], base: Any, classes:
                 best, best_s = replace(base, member_vote=k), s
     if log is not None and vote:
         print(f"tune base + vote: {best} -> f1 {best_s['f1']:.4f} aji {best_s['aji']:.4f}", file=log, flush=True)
-    for mode, grid in TUNE_GRID.items():
+    for mode, grid in scaled_grid(scale).items():
         grid = grid | vote
         cur = replace(base, edge_mode=mode, **{k: v[0] for k, v in grid.items()})
         cur_s = score_maps(maps, samples, cur, classes)
@@ -138,12 +171,13 @@ def tune_checkpoint(path: Path, data_dir: Path, val_sources: tuple[int, ...] = D
     from pathasst.tools.backends.nuclei_net import NucleiNet
 
     names = tuning_tiles(data_dir, val_sources, val_limit, train_every)
-    samples = load_samples(data_dir, names)
     net = NucleiNet.load(path, "nuclei_weights")
+    scale = TILE_MPP / net.config.mpp
+    samples = load_samples(data_dir, names, scale)
     if net.config.members:
         net.keep_member_maps()  # so that the search can try the members' vote
     maps = validation_maps(net, samples)
-    post, scores = tune_post(maps, samples, net.config.post, net.config.type_classes, log)
+    post, scores = tune_post(maps, samples, net.config.post, net.config.type_classes, log, scale)
     raw = torch.load(str(path), map_location="cpu", weights_only=True)
     raw["config"]["post"] = asdict(post)
     raw["config"]["val_tuned"] = scores

@@ -45,7 +45,14 @@ import numpy as np
 from torch.utils.data import IterableDataset
 
 from pathasst.finetune.nuclei_data import DEFAULT_VAL_SOURCES, HV_TARGETS, Sample, augment, load_samples
-from pathasst.finetune.nuclei_eval import evaluate_held_out, score_maps, tune_checkpoint, validation_maps
+from pathasst.finetune.nuclei_eval import (
+    TILE_MPP,
+    evaluate_held_out,
+    scaled_post,
+    score_maps,
+    tune_checkpoint,
+    validation_maps,
+)
 
 __all__ = ["CropStream", "losses", "main", "save_checkpoint", "train", "training_device"]
 
@@ -216,6 +223,7 @@ def train(
     device: str = "auto",
     workers: int = 0,
     hv_targets: str = "crop",
+    mpp: float = TILE_MPP,
 ) -> dict[str, Any]:
     """Train; returns a summary (losses, validation history, best scores, paths). ``init``: start from the weights
     (and widths) of an existing checkpoint instead of from scratch (a fresh optimiser and schedule). ``ema`` > 0:
@@ -225,7 +233,10 @@ def train(
     about 2x faster on CPUs with AVX512-BF16 or AMX). ``device``: see :func:`training_device` (on a GPU, bf16
     autocast runs on the GPU; the checkpoint is saved as CPU tensors either way). ``workers`` > 0: augment
     batches in that many DataLoader worker processes (:class:`CropStream`), which a GPU needs to be kept busy;
-    0 = in the training loop (the original single-process order, reproducible from ``seed``)."""
+    0 = in the training loop (the original single-process order, reproducible from ``seed``). ``mpp``: the
+    resolution the network works at; other than the tiles' 0.25 um/px, every tile is resampled to it first
+    (:func:`~pathasst.finetune.nuclei_data.rescale_tile`) and the post-processing's pixel sizes are scaled alike
+    (0.5: a network for 20x slides, trained and validated on CoNSeP scanned down to 20x)."""
     import torch
 
     from pathasst.finetune.nuclei_pixel import source_image, train_tiles
@@ -253,12 +264,17 @@ def train(
     tr_names = [n for n in names if source_image(n) not in val_sources][:limit]
     va_names = [n for n in names if source_image(n) in val_sources][:val_limit]
     t0 = time.perf_counter()
-    train_s, val_s = load_samples(data_dir, tr_names), load_samples(data_dir, va_names)
+    scale = TILE_MPP / mpp
+    train_s, val_s = load_samples(data_dir, tr_names, scale), load_samples(data_dir, va_names, scale)
     print(f"{len(train_s)} training / {len(val_s)} validation tiles; targets in {time.perf_counter() - t0:.0f} s",
           file=log, flush=True)
-    cfg = NucleiNetConfig(widths=list(widths))
+    cfg = NucleiNetConfig(widths=list(widths), mpp=mpp)
+    cfg.post = scaled_post(cfg.post, scale)
+    cfg.overlap = max(16, int(round(cfg.overlap * scale)))
     if start_from is not None:
         cfg.widths = list(start_from.config.widths)
+        if start_from.config.mpp != mpp:
+            raise ValueError(f"--init {init} works at {start_from.config.mpp} um/px, not --mpp {mpp}")
     n_types = 1 + len(cfg.type_classes)
     model = build_nuclei_net(cfg.widths, n_types)
     if start_from is not None:
@@ -382,6 +398,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--val-sources", type=int, nargs="+", default=list(DEFAULT_VAL_SOURCES))
     parser.add_argument("--widths", type=int, nargs="+", default=[24, 48, 96, 192, 256])
     parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--mpp", type=float, default=TILE_MPP,
+                        help="resolution the network works at (0.5: a 20x network, tiles scanned down to it)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -437,7 +455,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = train(args.data, args.out, args.minutes, tuple(args.val_sources), tuple(args.widths), args.crop,
                     args.batch, args.lr, args.seed, args.threads, args.val_every, args.max_steps, args.limit,
                     args.val_limit, not args.no_tune, init=args.init, tune_train_every=args.tune_train_every, lowres=args.lowres,
-                    ema=args.ema, bf16=args.bf16, device=args.device, workers=args.workers, hv_targets=args.hv_targets)
+                    ema=args.ema, bf16=args.bf16, device=args.device, workers=args.workers, hv_targets=args.hv_targets, mpp=args.mpp)
     print(json.dumps({k: v for k, v in res.items() if k != "step_losses"}, indent=1, default=str))
     return res
 

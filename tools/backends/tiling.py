@@ -40,6 +40,7 @@ __all__ = [
     "blend_window",
     "dense_tiled",
     "detect_tiled",
+    "map_batches",
     "merge_boxes",
     "tile_grid",
     "use_tile_mapper",
@@ -68,6 +69,13 @@ def _map_batches(fn: Callable[[list[np.ndarray]], object], rgb: np.ndarray, chun
     else:
         results = mapper(fn, [[np.ascontiguousarray(t.crop(rgb)) for t in chunk] for chunk in chunks])
     return _until_deadline(results)
+
+
+def map_batches(fn: Callable[[list], object], batches: list[list]) -> Iterator:
+    """``fn`` over ready-made ``batches`` (any picklable items, e.g. a slide run's tile windows) through the current
+    tile mapper, results in batch order; in-process when none is installed. The deadline is checked per batch."""
+    mapper = _TILE_MAPPER.get()
+    return _until_deadline((fn(b) for b in batches) if mapper is None else mapper(fn, batches))
 
 
 def _until_deadline(results: Iterator) -> Iterator:
