@@ -15,7 +15,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pathasst.core.case_model import CaseError
 from pathasst.core.errors import ToolError
+from pathasst.core.regions import Region
 from pathasst.core.settings import Settings
 from pathasst.tools.geojson import CLASS_COLORS
 from pathasst.tools.wsi.run import SlideNucleiRun
@@ -47,6 +49,8 @@ def nuclei_command(
     weights: Annotated[Path | None, typer.Option(help="Another checkpoint for the chosen path.")] = None,
     mpp: Annotated[float | None, typer.Option(help="Slide resolution (um/px) when the file states none.")] = None,
     tile: Annotated[int, typer.Option(help="Tile side at the working resolution (px).")] = 512,
+    region: Annotated[tuple[int, int, int, int] | None, typer.Option(
+        help="Only this level-0 rectangle: X Y WIDTH HEIGHT.")] = None,
     restart: Annotated[bool, typer.Option(help="Discard a run of other settings in --out, not refuse.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -57,7 +61,9 @@ def nuclei_command(
         _fail(f"--path must be one of {', '.join(SLIDE_PATHS)}, not {path!r}")
     try:
         segmenter, description = build_segmenter(path, Settings(), weights)
-        run = SlideNucleiRun(slide, out, segmenter, tile=tile, mpp=mpp, description=description, restart=restart)
+        box = Region(x=region[0], y=region[1], width=region[2], height=region[3]) if region else None
+        run = SlideNucleiRun(slide, out, segmenter, tile=tile, mpp=mpp, description=description, restart=restart,
+                             region=box)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("tiles · {task.fields[nuclei]:,} nuclei"), TimeElapsedColumn(),
                       TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=as_json) as bar:
@@ -67,7 +73,7 @@ def nuclei_command(
                 bar.update(task, completed=done, total=total, nuclei=nuclei)
 
             summary = run.run(progress)
-    except (ToolError, ValueError) as exc:
+    except (CaseError, ToolError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
         print(json.dumps(summary, indent=1))

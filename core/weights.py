@@ -109,7 +109,10 @@ def check_weights_file(path: Path, setting: str, suffixes: tuple[str, ...]) -> W
 
 
 def describe_setting(setting: str, path: Path) -> str:
-    """``PATHASST_X (x) = '/path'``: how every weights error names its setting."""
+    """``PATHASST_X (x) = '/path'``: how every weights error names its setting; a command-line option (``--x``) is
+    named as it is."""
+    if setting.startswith("-"):
+        return f"{setting} {str(path)!r}"
     return f"{settings_env_var(setting)} ({setting}) = {str(path)!r}"
 
 

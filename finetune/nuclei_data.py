@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pathasst.finetune.augment import colour_jitter
+from pathasst.tools.evaluate import rescale_tile
 
 __all__ = ["DEFAULT_VAL_SOURCES", "HV_TARGETS", "Sample", "augment", "hv_map", "load_samples", "rescale_tile"]
 
@@ -58,20 +59,6 @@ class Sample:
         ids, first = np.unique(self.labels.ravel(), return_index=True)
         codes = self.types.ravel()[first]
         return {int(i): int(c) for i, c in zip(ids, codes) if i > 0}
-
-
-def rescale_tile(rgb: np.ndarray, labels: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """A tile as a scan at another resolution: RGB resampled with antialiasing, instance labels by nearest neighbour
-    (``scale`` 0.5 turns a 40x tile into a 20x one; a nucleus of under a pixel there disappears)."""
-    from pathasst.tools.backends.runtime import resample
-
-    if scale == 1.0:
-        return rgb, labels
-    small = resample(rgb, scale)
-    h, w = small.shape[:2]
-    ys = np.minimum(((np.arange(h) + 0.5) / scale).astype(np.int64), labels.shape[0] - 1)
-    xs = np.minimum(((np.arange(w) + 0.5) / scale).astype(np.int64), labels.shape[1] - 1)
-    return small, labels[np.ix_(ys, xs)]
 
 
 def load_samples(data_dir: Path, names: list[str], scale: float = 1.0) -> list[Sample]:

@@ -432,9 +432,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--evaluate", type=Path, default=None, metavar="CKPT",
                         help="only score CKPT on the held-out tiles (sources 16-26) next to the classical method")
     parser.add_argument("--eval-every", type=int, default=2, help="with --evaluate: every Nth held-out tile (2 = 48)")
+    parser.add_argument("--eval-mpp", type=float, default=TILE_MPP,
+                        help="with --evaluate: score the tiles scanned at this resolution (0.5 = as 20x; labels alike)")
     args = parser.parse_args(argv)
     if args.evaluate is not None:
-        res = evaluate_held_out(args.evaluate, args.data, args.eval_every)
+        res = evaluate_held_out(args.evaluate, args.data, args.eval_every, TILE_MPP / args.eval_mpp)
     elif args.ensemble is not None:
         if args.out is None:
             parser.error("--ensemble needs --out FILE")

@@ -2,12 +2,17 @@
 
     .venv/bin/python scripts/robustness.py tissue  --data ../shared/data/ebhi_seg      [--every 2]
     .venv/bin/python scripts/robustness.py mitosis --data ../shared/data/mitosis_amibr
+    .venv/bin/python scripts/robustness.py nuclei-20x --data ../shared/data/consep_train [--every 2]
 
 Each perturbation is applied to copies of the held-out images written in the dataset's layout to a temporary folder,
 and the same evaluator as ``pathasst tools eval`` scores them (mpp not given, as a user without it would run them;
 mitosis crops at 0.25 um/px). Perturbations: haematoxylin and eosin optical density scaled by 0.7 / 1.3 (colour
 deconvolution and back), Gaussian blur (sigma 1 px), JPEG quality 40, and a rescale by 0.8 / 1.25 that the tool is
 not told about (the masks follow). Prints one JSON line per setting.
+
+``nuclei-20x`` scores the held-out CoNSeP tiles scanned down to 20x (0.5 um/px, labels alike) under each
+perturbation, for the 20x slide network and the patch ensemble (told 0.5 um/px, so it resamples to 0.25 and back):
+mean object F1 and AJI over the tiles.
 """
 
 from __future__ import annotations
@@ -131,13 +136,40 @@ def mitosis(data: Path, every: int) -> None:
                           "atypical_balanced_accuracy": m["atypical_balanced_accuracy"]}), flush=True)
 
 
+def nuclei_20x(data: Path, every: int) -> None:
+    from pathasst.core.imaging import ImageData
+    from pathasst.finetune.nuclei_pixel import held_out_tiles
+    from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS, SLIDE_NET_WEIGHTS, NucleiNet
+    from pathasst.tools.evaluate import _read, _read_rgb, rescale_tile
+    from pathasst.tools.metrics import aji_counts, object_f1
+
+    settings = Settings(_env_file=None)
+    nets = {"slide_20x": NucleiNet.load(SLIDE_NET_WEIGHTS, "slide", settings),
+            "ensemble": NucleiNet.load(SHIPPED_NET_WEIGHTS, "ensemble", settings)}
+    tiles = [rescale_tile(_read_rgb(data / "images" / f"{n}.jpg"), _read(data / "instances" / f"{n}.png"), 0.5)
+             for n in held_out_tiles(data, every)]
+    for name, (fn, f) in SETTINGS.items():
+        row: dict[str, object] = {"setting": name, "n": len(tiles)}
+        for key, net in nets.items():
+            f1, aji = [], []
+            for rgb, lab in tiles:
+                true = lab if f == 1.0 else np.asarray(Image.fromarray(lab.astype(np.int32)).resize(
+                    (round(lab.shape[1] * f), round(lab.shape[0] * f)), Image.NEAREST))
+                pred = net.segment(ImageData(pixels=fn(rgb), mpp=0.5)).labels
+                f1.append(object_f1(true, pred)["f1"])
+                inter, union = aji_counts(true, pred)
+                aji.append(inter / union if union else 1.0)
+            row[key] = {"f1": round(float(np.mean(f1)), 4), "aji": round(float(np.mean(aji)), 4)}
+        print(json.dumps(row), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["tissue", "mitosis"])
+    p.add_argument("what", choices=["tissue", "mitosis", "nuclei-20x"])
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--every", type=int, default=1, help="use every N-th held-out item")
     a = p.parse_args(argv)
-    (tissue if a.what == "tissue" else mitosis)(a.data, a.every)
+    {"tissue": tissue, "mitosis": mitosis, "nuclei-20x": nuclei_20x}[a.what](a.data, a.every)
 
 
 if __name__ == "__main__":

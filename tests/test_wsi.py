@@ -130,6 +130,18 @@ def test_the_plan_covers_the_tissue_with_cores_that_partition_it(slide: tuple[Pa
     assert 0.16 < plan.tissue_mm2 < 0.20  # 900 x 720 px of tissue at 0.5 um/px = 0.162 mm^2 (mask edges blur a little)
 
 
+def test_a_region_run_counts_the_nuclei_of_that_region_only(slide: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    from pathasst.core.regions import Region
+
+    path, truth = slide
+    box = Region(x=250, y=200, width=400, height=300)
+    s = SlideNucleiRun(path, tmp_path, ThresholdSegmenter(), tile=128, halo=24, region=box).run()
+    inside = ((truth[:, 0] >= 250) & (truth[:, 0] < 650) & (truth[:, 1] >= 200) & (truth[:, 1] < 500)).sum()
+    assert s["nuclei"] == inside > 100 and list(s["region"]) == [250, 200, 400, 300]
+    assert s["tiles"]["in_plan"] == 4 * 3  # 400 x 300 px in 128 px cores
+    assert s["tissue_mm2"] == pytest.approx(400 * 300 * 0.25e-6, rel=0.03)
+
+
 def test_a_slide_without_resolution_is_assumed_20x_and_says_so() -> None:
     with SlideReader(SLIDES / "tcga-cr-7395-01a-01-ts1.svs") as reader:
         plan = plan_slide(reader, 0.5)
@@ -222,3 +234,81 @@ def test_density_grid_and_hot_spot_follow_the_nuclei(slide: tuple[Path, np.ndarr
     assert np.isnan(grid.density[0, 0]) and np.isnan(grid.density[-1, -1])  # glass
     x, y, dens = hot_spot(grid, 50)
     assert 690 <= x <= 770 and 390 <= y <= 470 and dens > 2 * np.nanmedian(inner)
+
+
+# ---- the CLI, with the shipped 20x network ------------------------------------------------------------------------
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pathasst.cli.main", "slide", *args], env=CLI_ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_killed_slide_run_resumes_from_its_finished_tiles(tmp_path: Path) -> None:
+    slide = SLIDES / "cmu-1-small-region.svs"
+    args = ["nuclei", str(slide), "--tile", "256", "--json"]
+    clean = _cli(*args, "--out", str(tmp_path / "clean"))
+    assert clean.returncode == 0, clean.stderr
+    expected = json.loads(clean.stdout)
+    assert expected["nuclei"] > 1000 and expected["tiles"]["resumed"] == 0 and not expected["mpp_assumed"]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pathasst.cli.main", "slide", *args, "--out", str(out)],
+                            env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done, deadline = 0, time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "nuclei.sqlite").is_file():
+            try:
+                with sqlite3.connect(f"file:{out / 'nuclei.sqlite'}?mode=ro", uri=True) as db:
+                    done = db.execute("SELECT count(*) FROM tiles").fetchone()[0]
+            except sqlite3.OperationalError:  # the schema is being created
+                done = 0
+            if done >= 3:
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 3 <= done < expected["tiles"]["in_plan"]
+    assert not (out / "summary.json").exists()
+    resumed = _cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    got = json.loads(resumed.stdout)
+    assert got["tiles"]["resumed"] >= done
+    assert got["nuclei"] == expected["nuclei"] and got["composition"] == expected["composition"]
+    assert len(read_features(out / "nuclei.geojson")) == expected["nuclei"]
+
+    query = _cli("query", str(out), "1000", "1000", "1300", "1200")
+    assert query.returncode == 0, query.stderr
+    feats = json.loads(query.stdout)["features"]
+    with NucleiStore(out / "nuclei.sqlite") as store:
+        assert len(feats) == len(list(store.nuclei_in(1000, 1000, 1300, 1200))) > 10
+    for f in feats:
+        xs = [p[0] for p in f["geometry"]["coordinates"][0]]
+        ys = [p[1] for p in f["geometry"]["coordinates"][0]]
+        assert max(xs) >= 1000 and min(xs) <= 1300 and max(ys) >= 1000 and min(ys) <= 1200
+
+
+def test_a_corrupt_slide_or_a_missing_run_is_a_clear_error(tmp_path: Path) -> None:
+    bad = _cli("nuclei", str(SLIDES / "broken.svs"), "--out", str(tmp_path / "o"))
+    assert bad.returncode == 2 and "broken.svs" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "o" / "summary.json").exists()
+    missing = _cli("query", str(tmp_path / "nothing"), "0", "0", "10", "10")
+    assert missing.returncode == 2 and "no slide run" in missing.stderr
+
+
+def test_the_nuclei_tool_runs_the_20x_network_on_slide_pixels_and_says_so() -> None:
+    from pathasst.core.imaging import ImageData
+    from pathasst.core.regions import Region
+    from pathasst.core.settings import Settings
+    from pathasst.tools.registry import default_registry
+
+    tool = default_registry(Settings(_env_file=None)).get("nuclei_segmentation")
+    args = tool.input_model.model_validate({"image": "slide"})
+    with SlideReader(SLIDES / "cmu-1-small-region.svs") as reader:
+        img = reader.read_region(Region(x=900, y=1300, width=512, height=512), 1.0, 512 * 512)
+        img.slide = reader
+        on_slide = tool.analyze(img, args).output
+    assert on_slide.method == "nuclei_net" and on_slide.count > 50 and on_slide.type_counts
+    assert any("20x slide network" in n for n in img.notes)
+    patch = ImageData(pixels=img.pixels, mpp=img.mpp)
+    as_patch = tool.analyze(patch, args).output
+    assert not any("20x" in n for n in patch.notes)
+    assert 0.6 < on_slide.count / as_patch.count < 1.5  # the two networks roughly agree on this 20x skin region

@@ -49,7 +49,7 @@ from pydantic import Field
 from pathasst.core.imaging import ImageData
 from pathasst.core.settings import Settings
 from pathasst.core.weights import file_sha256
-from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS, NucleiNet, to_image_labels
+from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS, SLIDE_NET_WEIGHTS, NucleiNet, to_image_labels
 from pathasst.tools.backends.nuclei_sam import NucleiSam
 from pathasst.tools.backends.nuclei_yolo import load_nuclei_backend
 from pathasst.tools.backends.render import outline_overlay
@@ -73,6 +73,7 @@ from pathasst.tools.planning import PlanExample, PlanningHints
 
 __all__ = [
     "SHIPPED_NET_IS_DEFAULT",
+    "SLIDE_NET_FOR_SLIDES",
     "NucleiSegmentationInput",
     "NucleiSegmentationOutput",
     "NucleiSegmentationTool",
@@ -82,6 +83,11 @@ __all__ = [
 #: whether ``auto`` runs the shipped network when PATHASST_NUCLEI_WEIGHTS is unset (it beat the pixel classifier on
 #: the held-out CoNSeP tiles; see the model card)
 SHIPPED_NET_IS_DEFAULT = True
+
+#: the 20x slide network (``pathasst slide nuclei``'s fast path): ``auto`` runs it instead of the patch ensemble on
+#: pixels read from a whole slide when PATHASST_NUCLEI_WEIGHTS is unset (model card, "Slide path": faster, less
+#: accurate than the ensemble on held-out CoNSeP, so patches keep the ensemble); the output's notes say so
+SLIDE_NET_FOR_SLIDES = True
 
 #: the shipped network's guard falls back on an image without eosin only when deconvolution finds at least this many
 #: nuclei per mm^2 (near-empty CoNSeP tiles without eosin: <= 977; IHC crops of 64-128 px: median 9,000-14,000)
@@ -222,6 +228,14 @@ class NucleiSegmentationTool(PathologyTool):
         elif self._shipped() is not None:
             self._deep = NucleiNet.load(SHIPPED_NET_WEIGHTS, self.weights_setting, self.settings)
 
+    def _slide_network(self, image: ImageData) -> NucleiNet | None:
+        """The 20x slide network when ``image`` comes from a whole slide and nothing else is set (loaded once)."""
+        if image.slide is None or not SLIDE_NET_FOR_SLIDES or not SLIDE_NET_WEIGHTS.is_file():
+            return None
+        if getattr(self, "_slide_net", None) is None:
+            self._slide_net = NucleiNet.load(SLIDE_NET_WEIGHTS, self.weights_setting, self.settings)
+        return self._slide_net
+
     def model_info(self) -> dict[str, Any]:
         info = super().model_info()
         if info["weights"] is None and self._shipped() is not None:  # 'weights' stays the user's setting
@@ -258,7 +272,15 @@ class NucleiSegmentationTool(PathologyTool):
             if not configured and isinstance(self._deep, NucleiNet) and self._deep.config.mpp == MODEL_MPP:
                 shared = working_image(work, MODEL_MPP)
                 shared, ihc = ihc_network_input(shared)
-            if isinstance(self._deep, (NucleiNet, NucleiSam)):
+            slide_net = None if configured or ihc else self._slide_network(image)
+            if slide_net is not None:  # a whole slide: the 20x network at its own resolution
+                pred = slide_net.segment(work)
+                labels, used, type_names = pred.labels, "nuclei_net", pred.type_classes
+                types = {lab: type_names[t - 1] for lab, t in pred.types.items() if 1 <= t <= len(type_names)}
+                image.notes.append(f"nuclei_segmentation: whole-slide image, nuclei by the 20x slide network "
+                                   f"({SLIDE_NET_WEIGHTS.name}; faster and less accurate than the patch ensemble, "
+                                   "see NUCLEI_MODEL_CARD.md)")
+            elif isinstance(self._deep, (NucleiNet, NucleiSam)):
                 pred = self._deep.segment(work if shared is None else shared)
                 if shared is not None:  # labels at the working resolution: back to the image's
                     pred = to_image_labels(pred.labels, pred.types, image.shape, pred.type_classes)

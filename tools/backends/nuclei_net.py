@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SHIPPED_NET_WEIGHTS",
+    "SLIDE_NET_WEIGHTS",
     "ARCHITECTURE",
     "DEFAULT_TYPE_CLASSES",
     "NucleiNet",
@@ -80,6 +81,8 @@ __all__ = [
 
 #: the project's own nuclei network, shipped with the package (see tools/weights/NUCLEI_MODEL_CARD.md)
 SHIPPED_NET_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "nuclei_net.pt"
+#: its 20x network for whole slides (same card, "Slide path"): one small network working at 0.5 um/px
+SLIDE_NET_WEIGHTS = SHIPPED_NET_WEIGHTS.with_name("nuclei_net_20x.pt")
 
 
 ARCHITECTURE = "pathasst-nuclei-net"

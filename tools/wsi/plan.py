@@ -55,6 +55,7 @@ class SlidePlan:
     mask_downsample: float
     tiles: list[SlideTile]
     grid: tuple[int, int]
+    region: tuple[int, int, int, int] | None = None
 
     @property
     def downsample(self) -> float:
@@ -73,27 +74,39 @@ class SlidePlan:
     def signature(self) -> dict[str, object]:
         """What a resumed run must share with the run it resumes."""
         return {"dimensions": list(self.dimensions), "slide_mpp": self.slide_mpp, "work_mpp": self.work_mpp,
-                "tile": self.tile, "halo": self.halo, "tiles": len(self.tiles)}
+                "tile": self.tile, "halo": self.halo, "tiles": len(self.tiles),
+                "region": list(self.region) if self.region else None}
 
 
 def plan_slide(reader: SlideReader, work_mpp: float, tile: int = 512, halo: int = 32, min_tissue: float = 0.01,
-               assumed_mpp: float = 0.5) -> SlidePlan:
+               assumed_mpp: float = 0.5, region: Region | None = None) -> SlidePlan:
     """The tile plan of ``reader``'s slide at ``work_mpp`` um/px; a slide without an mpp is taken to be at
-    ``assumed_mpp`` (``mpp_assumed`` says so). Tiles whose core holds less than ``min_tissue`` tissue are left out."""
+    ``assumed_mpp`` (``mpp_assumed`` says so). Tiles whose core holds less than ``min_tissue`` tissue are left out.
+    ``region`` (level 0) limits the plan to that rectangle: the cores tile it, and the mask outside it is cleared
+    (so tissue areas and densities are the region's)."""
     if tile < 64 or halo < 0 or halo >= tile:
         raise ValueError(f"tile must be >= 64 px and 0 <= halo < tile (got tile {tile}, halo {halo})")
     slide_mpp = reader.mpp or assumed_mpp
     thumb, mds = reader.thumbnail(MASK_SIZE)
     mask = tissue_mask(thumb)
     W, H = reader.dimensions
+    rx0, ry0, rx1, ry1 = 0, 0, W, H
+    if region is not None:
+        rx0, ry0 = max(0, region.x), max(0, region.y)
+        rx1, ry1 = min(W, region.x + region.width), min(H, region.y + region.height)
+        if rx1 <= rx0 or ry1 <= ry0:
+            raise ValueError(f"region {region.model_dump()} lies outside the slide ({W}x{H})")
+        keep = np.zeros_like(mask)
+        keep[int(ry0 / mds) : math.ceil(ry1 / mds), int(rx0 / mds) : math.ceil(rx1 / mds)] = True
+        mask &= keep
     ds = work_mpp / slide_mpp
     step = tile * ds  # level-0 pixels per tile core
-    cols, rows = math.ceil(W / step), math.ceil(H / step)
+    cols, rows = math.ceil((rx1 - rx0) / step), math.ceil((ry1 - ry0) / step)
     tiles: list[SlideTile] = []
     for r in range(rows):
         for c in range(cols):
-            x0, y0 = c * step, r * step
-            x1, y1 = min(W, x0 + step), min(H, y0 + step)
+            x0, y0 = rx0 + c * step, ry0 + r * step
+            x1, y1 = min(rx1, x0 + step), min(ry1, y0 + step)
             m = mask[int(y0 / mds) : max(int(y0 / mds) + 1, math.ceil(y1 / mds)),
                      int(x0 / mds) : max(int(x0 / mds) + 1, math.ceil(x1 / mds))]
             frac = float(m.mean()) if m.size else 0.0
@@ -103,4 +116,5 @@ def plan_slide(reader: SlideReader, work_mpp: float, tile: int = 512, halo: int 
             window = (max(0, math.floor(x0 - h)), max(0, math.floor(y0 - h)), min(W, math.ceil(x1 + h)),
                       min(H, math.ceil(y1 + h)))
             tiles.append(SlideTile(len(tiles), c, r, (x0, y0, x1, y1), window, round(frac, 4)))
-    return SlidePlan((W, H), slide_mpp, reader.mpp is None, work_mpp, tile, halo, mask, mds, tiles, (cols, rows))
+    box = (rx0, ry0, rx1 - rx0, ry1 - ry0) if region is not None else None
+    return SlidePlan((W, H), slide_mpp, reader.mpp is None, work_mpp, tile, halo, mask, mds, tiles, (cols, rows), box)

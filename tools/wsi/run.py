@@ -24,6 +24,7 @@ from typing import Any
 
 from pathasst.core.files import atomic_write_text
 from pathasst.core.readers import SlideReader
+from pathasst.core.regions import Region
 from pathasst.tools.backends.tiling import map_batches
 from pathasst.tools.geojson import CLASS_COLORS
 from pathasst.tools.wsi.density import density_grid, hot_spot, render_heat_map
@@ -44,11 +45,11 @@ class SlideNucleiRun:
 
     def __init__(self, slide: Path, out_dir: Path, segmenter: Any, *, tile: int = 512, halo: int = 32,
                  mpp: float | None = None, assumed_mpp: float = 0.5, batch: int = 2, group: int = 8,
-                 description: str = "", restart: bool = False) -> None:
+                 description: str = "", restart: bool = False, region: Region | None = None) -> None:
         self.slide, self.out_dir, self.segmenter = Path(slide), Path(out_dir), segmenter
         self.tile, self.halo, self.mpp, self.assumed_mpp = tile, halo, mpp, assumed_mpp
         self.batch, self.group = max(1, batch), max(1, group)
-        self.description, self.restart = description, restart
+        self.description, self.restart, self.region = description, restart, region
 
     def _signature(self, plan: SlidePlan) -> dict[str, Any]:
         st = self.slide.stat()
@@ -60,7 +61,8 @@ class SlideNucleiRun:
         started = time.perf_counter()
         with SlideReader(self.slide, mpp=self.mpp) as reader, NucleiStore(self.out_dir / "nuclei.sqlite") as store:
             t0 = time.perf_counter()
-            plan = plan_slide(reader, self.segmenter.mpp, self.tile, self.halo, assumed_mpp=self.assumed_mpp)
+            plan = plan_slide(reader, self.segmenter.mpp, self.tile, self.halo, assumed_mpp=self.assumed_mpp,
+                              region=self.region)
             seconds["tissue_mask"] = time.perf_counter() - t0
             store.bind(self._signature(plan), ["Unknown", *self.segmenter.type_classes], restart=self.restart)
             store.set_meta("slide_path", str(self.slide))
@@ -117,7 +119,8 @@ class SlideNucleiRun:
         seconds["export"] = time.perf_counter() - t0
         composition = store.composition()
         summary: dict[str, Any] = {
-            "slide": str(self.slide), "dimensions": list(plan.dimensions), "slide_mpp": plan.slide_mpp,
+            "slide": str(self.slide), "dimensions": list(plan.dimensions), "region": plan.region,
+            "slide_mpp": plan.slide_mpp,
             "mpp_assumed": plan.mpp_assumed, "work_mpp": plan.work_mpp, "segmenter": self.description,
             "tiles": {"in_plan": len(plan.tiles), "resumed": resumed, "grid": list(plan.grid), "tile_px": plan.tile,
                       "halo_px": plan.halo},

@@ -23,14 +23,12 @@ import numpy as np
 
 from pathasst.core.imaging import ImageData
 from pathasst.core.settings import Settings
-from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS, NucleiNet, NucleiPrediction
+from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS, SLIDE_NET_WEIGHTS, NucleiNet, NucleiPrediction
 from pathasst.tools.backends.nuclei_post import instance_types, instances_from_maps
 
-__all__ = ["SLIDE_NET_WEIGHTS", "SLIDE_PATHS", "NativeSegmenter", "ResamplingSegmenter", "TileNuclei", "Window",
+__all__ = ["SLIDE_PATHS", "NativeSegmenter", "ResamplingSegmenter", "TileNuclei", "Window",
            "build_segmenter", "outline_of", "segment_windows"]
 
-#: the project's 20x nuclei network for slides (see tools/weights/NUCLEI_MODEL_CARD.md, "Slide path")
-SLIDE_NET_WEIGHTS = SHIPPED_NET_WEIGHTS.with_name("nuclei_net_20x.pt")
 #: what segments a slide: ``fast`` = the 20x network at its own resolution; ``ensemble`` = the shipped patch
 #: ensemble, each tile resampled to 0.25 um/px and back
 SLIDE_PATHS = ("fast", "ensemble")
@@ -167,8 +165,9 @@ def build_segmenter(path: str, settings: Settings, weights: Path | None = None,
     shipped checkpoint. The ensemble path reads the slide at ``work_mpp``."""
     if path not in SLIDE_PATHS:
         raise ValueError(f"slide path must be one of {SLIDE_PATHS}, not {path!r}")
+    what = "--weights" if weights else f"--path {path} (shipped weights)"
     if path == "fast":
-        net = NucleiNet.load(Path(weights or SLIDE_NET_WEIGHTS), "--weights", settings)
+        net = NucleiNet.load(Path(weights or SLIDE_NET_WEIGHTS), what, settings)
         return NativeSegmenter(net), f"fast: {net.describe()}"
-    net = NucleiNet.load(Path(weights or SHIPPED_NET_WEIGHTS), "--weights", settings)
+    net = NucleiNet.load(Path(weights or SHIPPED_NET_WEIGHTS), what, settings)
     return ResamplingSegmenter(net, work_mpp), f"ensemble: {net.describe()}, tiles read at {work_mpp} um/px"
