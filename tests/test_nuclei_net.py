@@ -641,6 +641,33 @@ def test_a_short_real_training_run_lowers_the_loss_and_reloads(shared_data: Path
 
 
 @pytest.mark.data
+def test_a_network_for_20x_trains_on_tiles_scanned_down_and_tunes_its_sizes_at_that_scale(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """--mpp 0.5: tiles resampled to half size (labels alike), the checkpoint's mpp 0.5, pixel sizes of the
+    post-processing a quarter (areas) / half (lengths) of the 40x ones, and the tuning grid scaled the same way."""
+    from pathasst.finetune.nuclei_data import load_samples
+    from pathasst.finetune.nuclei_eval import TUNE_GRID, scaled_grid
+    from pathasst.finetune.nuclei_net import train
+
+    (full,), (half,) = (load_samples(shared_data / "consep_train", ["train_1_005"], s) for s in (1.0, 0.5))
+    assert full.rgb.shape == (256, 256, 3) and half.rgb.shape == (128, 128, 3) and half.labels.shape == (128, 128)
+    assert 0.7 * full.labels.max() <= half.labels.max() <= full.labels.max()  # a few tiny nuclei vanish
+    assert abs((half.labels > 0).mean() - (full.labels > 0).mean()) < 0.02
+    res = train(shared_data / "consep_train", tmp_path / "run", minutes=5, widths=(8, 16, 32), crop=64, batch=4,
+                lr=1e-2, threads=1, val_every=1e9, max_steps=3, limit=4, val_limit=1, tune=False, log=None, mpp=0.5)
+    assert res["steps"] == 3
+    net = NucleiNet.load(tmp_path / "run" / "nuclei_net.pt", "x")
+    assert net.config.mpp == 0.5 and net.config.overlap == 24
+    assert (net.config.post.min_area_px, net.config.post.min_marker_px, net.config.post.hv_sigma) == (5, 2, 1.0)
+    assert net.config.post.edge_mode == "absolute"
+    grid = scaled_grid(0.5)["absolute"]
+    assert grid["min_area_px"] == (5, 2, 10) and grid["hv_sigma"] == (0.5, 1.0, 1.5)
+    assert TUNE_GRID["absolute"]["min_area_px"] == (20, 10, 40)
+    assert net.segment(_he_image(64, 80, mpp=0.5)).labels.shape == (64, 80)
+
+
+@pytest.mark.data
 def test_ema_training_saves_the_moving_average_not_the_raw_weights(shared_data: Path, tmp_path: Path) -> None:
     """With a decay near 1 the saved weights stay at the initial ones while the raw weights move; without EMA the
     saved weights are the moved ones. A decay outside (0, 1) is refused."""

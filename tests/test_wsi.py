@@ -55,8 +55,8 @@ def _disk_centres(width: int, height: int, tissue: tuple[int, int, int, int], rn
     return np.array(kept)
 
 
-def write_slide(path: Path, seam: int = 128, seed: int = 0) -> np.ndarray:
-    """A 1200 x 900 generic tiled TIFF at 0.5 um/px: white glass, a pink tissue block, dark disks (radius 5 px) in it.
+def write_slide(path: Path, seam: int = 128, seed: int = 0, mpp: float = 0.5) -> np.ndarray:
+    """A 1200 x 900 generic tiled TIFF at ``mpp`` um/px (default 0.5): white glass, a pink tissue block, dark disks (radius 5 px) in it.
     Returns the disk centres (level-0 x, y; pixel-centre convention)."""
     import tifffile
 
@@ -72,7 +72,7 @@ def write_slide(path: Path, seam: int = 128, seed: int = 0) -> np.ndarray:
         disk = (xx[sl] - cx) ** 2 + (yy[sl] - cy) ** 2 <= 5.2**2
         img[sl][disk] = (60, 30, 110)
     tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb", compression="zlib",
-                     resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+                     resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
     return centres
 
 
@@ -162,6 +162,28 @@ def test_every_disk_is_found_once_however_the_grid_cuts_it(slide: tuple[Path, np
     assert summary["nuclei"] == len(truth) == len(found)  # none lost, none doubled
     matched, worst = _match(found, truth)
     assert matched == len(truth) and worst < 0.6
+
+
+def test_a_slide_coarser_than_the_network_is_enlarged_to_its_resolution(tmp_path: Path) -> None:
+    path = tmp_path / "coarse.tif"
+    truth = write_slide(path, mpp=1.0)
+
+    class Recording(ThresholdSegmenter):
+        shapes: list[tuple[int, ...]] = []
+
+        def __call__(self, pixels: np.ndarray, seconds: dict[str, float]) -> NucleiPrediction:
+            self.shapes.append(pixels.shape)
+            return super().__call__(pixels, seconds)
+
+    seg = Recording()
+    s = SlideNucleiRun(path, tmp_path / "out", seg, tile=256, halo=24).run()
+    assert s["slide_mpp"] == 1.0 and s["work_mpp"] == 0.5
+    assert max(sh[0] for sh in seg.shapes) == 2 * (128 + 24)  # 128 level-0 px of core + 12 px halo, enlarged 2x
+    assert s["nuclei"] == len(truth)
+    with NucleiStore(tmp_path / "out" / "nuclei.sqlite") as store:
+        matched, worst = _match(store.centroids(), truth)
+    assert matched == len(truth) and worst < 1.0  # back in level-0 pixels
+    assert s["tissue_mm2"] == pytest.approx(900 * 720 * 1e-6, rel=0.1)
 
 
 # ---- store ---------------------------------------------------------------------------------------------------------

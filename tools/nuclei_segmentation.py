@@ -34,6 +34,10 @@ Methods, all at the model resolution of 0.25 um/px (40x; other resolutions are r
     nuclei densely enough, so a near-empty field keeps the network's answer). The output's ``method`` says which one
     ran.
 
+On pixels read from a whole slide, ``auto`` runs the project's 20x slide network instead
+(``tools/weights/nuclei_net_20x.pt``, :data:`SLIDE_NET_FOR_SLIDES`; 2.0 M params at 0.5 um/px, faster and less
+accurate than the ensemble: model card, "Slide path") and the output's notes say so; patches keep the ensemble.
+
 Known limits: trained on one centre's colorectal H&E (CoNSeP); very large vesicular nuclei (> ~10 um across, pale
 interior) are under-detected, and touching nuclei in dense epithelium are often merged.
 """
@@ -208,7 +212,7 @@ class NucleiSegmentationTool(PathologyTool):
         "epithelial, spindle) when the network runs, area statistics (um^2), eccentricity and solidity, with an "
         "outline overlay and one polygon per nucleus."
     )
-    version = "0.7.0"
+    version = "0.8.0"
     input_model = NucleiSegmentationInput
     output_model = NucleiSegmentationOutput
     headline_fields = ("count", "density_per_mm2", "mean_area_um2", "mean_eccentricity")

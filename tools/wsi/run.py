@@ -25,6 +25,7 @@ from typing import Any
 from pathasst.core.files import atomic_write_text
 from pathasst.core.readers import SlideReader
 from pathasst.core.regions import Region
+from pathasst.tools.backends.runtime import working_image
 from pathasst.tools.backends.tiling import map_batches
 from pathasst.tools.geojson import CLASS_COLORS
 from pathasst.tools.wsi.density import density_grid, hot_spot, render_heat_map
@@ -94,7 +95,10 @@ class SlideNucleiRun:
 
     def _window(self, reader: SlideReader, plan: SlidePlan, t: SlideTile) -> Window:
         img = reader.read_region(t.region(), plan.downsample, max_pixels=(4 * (self.tile + 2 * self.halo)) ** 2)
-        return Window(t.index, img.pixels, img.origin, img.scale, plan.slide_mpp * img.scale, t.core)
+        img.mpp = plan.slide_mpp * img.scale
+        # a slide coarser than the working resolution is read at level 0 and enlarged to it here
+        img = working_image(img, plan.work_mpp)
+        return Window(t.index, img.pixels, img.origin, img.scale, img.mpp, t.core)
 
     @staticmethod
     def _write(store: NucleiStore, t: SlideTile, res: TileNuclei, seconds: dict[str, float], plan: SlidePlan) -> float:

@@ -61,15 +61,14 @@ class NativeSegmenter:
 
     def __init__(self, net: NucleiNet) -> None:
         self.net = net
+        net.memory_arena = True  # windows of one size: ONNX Runtime's arena pays (1.9 vs 1.6 MP/s here)
         self.mpp = net.config.mpp
         self.type_classes = list(net.config.type_classes)
 
     def __call__(self, pixels: np.ndarray, seconds: dict[str, float]) -> NucleiPrediction:
         c = self.net.config
         t0 = time.perf_counter()
-        m = c.multiple
-        side = max(-(-pixels.shape[0] // m) * m, -(-pixels.shape[1] // m) * m)
-        maps = self.net.maps(pixels, tile=side, overlap=0, dtype=np.float16)
+        maps = self.net.predict_window(pixels)
         t1 = time.perf_counter()
         n_tp = 1 + len(c.type_classes)
         labels = instances_from_maps(maps, c.post, n_tp)
