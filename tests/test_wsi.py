@@ -333,4 +333,5 @@ def test_the_nuclei_tool_runs_the_20x_network_on_slide_pixels_and_says_so() -> N
     patch = ImageData(pixels=img.pixels, mpp=img.mpp)
     as_patch = tool.analyze(patch, args).output
     assert not any("20x" in n for n in patch.notes)
-    assert 0.6 < on_slide.count / as_patch.count < 1.5  # the two networks roughly agree on this 20x skin region
+    assert as_patch.method in ("nuclei_net", "deconvolution")  # the patch path: ensemble, guarded as before
+    assert 100 < on_slide.count < 400 and 1500 < on_slide.density_per_mm2 < 6000  # dermis and basal layer at 20x
