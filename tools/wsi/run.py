@@ -17,6 +17,7 @@ of windows in flight, and the density grid; nuclei go to disk as their tile fini
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,7 +143,5 @@ class SlideNucleiRun:
         if plan.mpp_assumed:
             summary["warning"] = (f"the slide states no resolution; {plan.slide_mpp} um/px (20x) was assumed: "
                                   "areas, densities and the network's scale depend on it (pass --mpp)")
-        import json
-
         atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=1))
         return summary
