@@ -325,13 +325,13 @@ def test_the_nuclei_tool_runs_the_20x_network_on_slide_pixels_and_says_so() -> N
     tool = default_registry(Settings(_env_file=None)).get("nuclei_segmentation")
     args = tool.input_model.model_validate({"image": "slide"})
     with SlideReader(SLIDES / "cmu-1-small-region.svs") as reader:
-        img = reader.read_region(Region(x=900, y=1300, width=512, height=512), 1.0, 512 * 512)
+        img = reader.read_region(Region(x=900, y=1300, width=320, height=320), 1.0, 320 * 320)
         img.slide = reader
         on_slide = tool.analyze(img, args).output
-    assert on_slide.method == "nuclei_net" and on_slide.count > 50 and on_slide.type_counts
+    assert on_slide.method == "nuclei_net" and on_slide.type_counts
     assert any("20x slide network" in n for n in img.notes)
     patch = ImageData(pixels=img.pixels, mpp=img.mpp)
     as_patch = tool.analyze(patch, args).output
     assert not any("20x" in n for n in patch.notes)
     assert as_patch.method in ("nuclei_net", "deconvolution")  # the patch path: ensemble, guarded as before
-    assert 100 < on_slide.count < 400 and 1500 < on_slide.density_per_mm2 < 6000  # dermis and basal layer at 20x
+    assert 40 < on_slide.count < 160 and 1500 < on_slide.density_per_mm2 < 6000  # dermis and basal layer at 20x
