@@ -19,7 +19,6 @@ from pathasst.core.case_model import CaseError
 from pathasst.core.errors import ToolError
 from pathasst.core.regions import Region
 from pathasst.core.settings import Settings
-from pathasst.tools.geojson import CLASS_COLORS
 from pathasst.tools.wsi.run import SlideNucleiRun
 from pathasst.tools.wsi.segment import SLIDE_PATHS, build_segmenter
 from pathasst.tools.wsi.store import NucleiStore
@@ -98,5 +97,5 @@ def query_command(
         _fail(f"no slide run in {out} (nuclei.sqlite missing)")
     with NucleiStore(db) as store:
         box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-        features = [n.feature(CLASS_COLORS) for n in store.nuclei_in(*box)]
+        features = [n.feature() for n in store.nuclei_in(*box)]
     print(json.dumps({"type": "FeatureCollection", "features": features}))

@@ -41,6 +41,7 @@ __all__ = [
     "classification",
     "feature_collection",
     "feature_collection_schema",
+    "feature_properties",
     "features_to_label_map",
     "label_map_to_features",
     "mask_to_features",
@@ -73,7 +74,8 @@ def classification(name: str) -> dict[str, Any]:
     return {"name": name, "color": list(CLASS_COLORS.get(name, _DEFAULT_COLOR))}
 
 
-def _properties(name: str, object_type: str, measurements: Mapping[str, Any] | None) -> dict[str, Any]:
+def feature_properties(name: str, object_type: str, measurements: Mapping[str, Any] | None) -> dict[str, Any]:
+    """QuPath ``properties`` of a feature: object type, classification (with its colour), measurements."""
     props: dict[str, Any] = {"objectType": object_type, "classification": classification(name)}
     if measurements:
         props["measurements"] = {str(k): _plain(v) for k, v in measurements.items()}
@@ -116,7 +118,7 @@ def polygon_feature(
         "type": "Feature",
         "id": str(uuid.uuid4()),
         "geometry": {"type": "Polygon", "coordinates": coords},
-        "properties": _properties(classification_name, object_type, measurements),
+        "properties": feature_properties(classification_name, object_type, measurements),
     }
 
 
@@ -229,7 +231,7 @@ def point_feature(
         "type": "Feature",
         "id": str(uuid.uuid4()),
         "geometry": {"type": "Point", "coordinates": [round(float(v), _DECIMALS) for v in pt[0]]},
-        "properties": _properties(classification, object_type, measurements),
+        "properties": feature_properties(classification, object_type, measurements),
     }
 
 

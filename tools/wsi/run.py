@@ -28,7 +28,6 @@ from pathasst.core.readers import SlideReader
 from pathasst.core.regions import Region
 from pathasst.tools.backends.runtime import working_image
 from pathasst.tools.backends.tiling import map_batches
-from pathasst.tools.geojson import CLASS_COLORS
 from pathasst.tools.wsi.density import density_grid, hot_spot, render_heat_map
 from pathasst.tools.wsi.plan import SlidePlan, SlideTile, plan_slide
 from pathasst.tools.wsi.segment import TileNuclei, Window, segment_windows
@@ -114,7 +113,7 @@ class SlideNucleiRun:
     def _finish(self, reader: SlideReader, plan: SlidePlan, store: NucleiStore, seconds: dict[str, float],
                 resumed: int, processed_mp: float, wall: float) -> dict[str, Any]:
         t0 = time.perf_counter()
-        n = store.export_geojson(self.out_dir / "nuclei.geojson", CLASS_COLORS)
+        n = store.export_geojson(self.out_dir / "nuclei.geojson")
         grid = density_grid(plan, store.iter_centroids())
         thumb, tds = reader.thumbnail(1024)
         tissue = plan.tissue_mm2

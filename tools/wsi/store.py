@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pathasst.core.errors import ToolCallError
+from pathasst.tools.geojson import feature_properties
 
 __all__ = ["Nucleus", "NucleiStore", "StoreMismatchError"]
 
@@ -58,18 +59,14 @@ class Nucleus:
     type: str
     outline: np.ndarray
 
-    def feature(self, colours: dict[str, list[int]] | None = None) -> dict[str, Any]:
-        """This nucleus as a QuPath GeoJSON detection (closed ring; type as classification, coloured when known)."""
+    def feature(self) -> dict[str, Any]:
+        """This nucleus as a QuPath GeoJSON detection (closed ring; its type as the classification)."""
         ring = self.outline.astype(np.float64).round(2).tolist()
         ring.append(ring[0])
-        cls: dict[str, Any] = {"name": self.type}
-        if colours and self.type in colours:
-            cls["color"] = colours[self.type]
+        measurements = {"Area um^2": round(self.area_um2, 2), "Centroid X px": round(self.x, 2),
+                        "Centroid Y px": round(self.y, 2)}
         return {"type": "Feature", "id": f"nucleus-{self.id}", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": {"objectType": "detection", "classification": cls,
-                               "measurements": {"Area um^2": round(self.area_um2, 2), "Centroid X px": round(self.x, 2),
-                                                "Centroid Y px": round(self.y, 2)}}}
-
+                "properties": feature_properties(self.type, "detection", measurements)}
 
 class NucleiStore:
     """A slide run's SQLite store (created on first use; WAL journal, so readers see finished tiles only)."""
@@ -185,7 +182,7 @@ class NucleiStore:
         return self._nuclei("JOIN nuclei_box b ON n.id = b.id WHERE b.max_x >= ? AND b.min_x <= ? AND b.max_y >= ? "
                             "AND b.min_y <= ?", (x0, x1, y0, y1))
 
-    def export_geojson(self, path: Path, colours: dict[str, list[int]] | None = None) -> int:
+    def export_geojson(self, path: Path) -> int:
         """Write every nucleus to ``path`` as a QuPath GeoJSON FeatureCollection, streamed (memory does not grow
         with the slide), via a temporary file renamed into place; returns the number of features."""
         path = Path(path)
@@ -194,7 +191,7 @@ class NucleiStore:
         with tmp.open("w", encoding="utf-8") as fh:
             fh.write('{"type": "FeatureCollection", "features": [\n')
             for nucleus in self._nuclei():
-                feature = nucleus.feature(colours)
+                feature = nucleus.feature()
                 fh.write((",\n" if n else "") + json.dumps(feature))
                 n += 1
             fh.write("\n]}\n")
