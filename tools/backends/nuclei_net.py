@@ -468,10 +468,13 @@ class NucleiNet:
     def segment_array(self, rgb: np.ndarray, post: PostParams | None = None) -> NucleiPrediction:
         """Instances and types of an RGB array already at the model's mpp. The maps are stitched in float16 (half the
         memory of a large window; the same nuclei as float32 on 40 held-out CoNSeP tiles and a 1000 px field)."""
-        mp = self.maps(np.asarray(rgb)[..., :3], dtype=np.float16)
+        return self.instances(self.maps(np.asarray(rgb)[..., :3], dtype=np.float16), post)
+
+    def instances(self, maps: np.ndarray, post: PostParams | None = None) -> NucleiPrediction:
+        """Instances and types of this network's maps (:meth:`maps` or :meth:`predict_window`)."""
         n_tp = 1 + len(self.config.type_classes)
-        labels = instances_from_maps(mp, post or self.config.post, n_tp)
-        return NucleiPrediction(labels, instance_types(labels, mp[3 : 3 + n_tp]), list(self.config.type_classes))
+        labels = instances_from_maps(maps, post or self.config.post, n_tp)
+        return NucleiPrediction(labels, instance_types(labels, maps[3 : 3 + n_tp]), list(self.config.type_classes))
 
     def segment(self, image: ImageData, post: PostParams | None = None) -> NucleiPrediction:
         """Instances (uint32 labels 1..N with the shape of ``image``) and their types; resampled via the model mpp."""

@@ -24,7 +24,6 @@ import numpy as np
 from pathasst.core.imaging import ImageData
 from pathasst.core.settings import Settings
 from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS, SLIDE_NET_WEIGHTS, NucleiNet, NucleiPrediction
-from pathasst.tools.backends.nuclei_post import instance_types, instances_from_maps
 
 __all__ = ["SLIDE_PATHS", "NativeSegmenter", "ResamplingSegmenter", "TileNuclei", "Window",
            "build_segmenter", "outline_of", "segment_windows"]
@@ -66,13 +65,10 @@ class NativeSegmenter:
         self.type_classes = list(net.config.type_classes)
 
     def __call__(self, pixels: np.ndarray, seconds: dict[str, float]) -> NucleiPrediction:
-        c = self.net.config
         t0 = time.perf_counter()
         maps = self.net.predict_window(pixels)
         t1 = time.perf_counter()
-        n_tp = 1 + len(c.type_classes)
-        labels = instances_from_maps(maps, c.post, n_tp)
-        pred = NucleiPrediction(labels, instance_types(labels, maps[3 : 3 + n_tp]), self.type_classes)
+        pred = self.net.instances(maps)
         seconds["network"] = seconds.get("network", 0.0) + t1 - t0
         seconds["post"] = seconds.get("post", 0.0) + time.perf_counter() - t1
         return pred
