@@ -78,10 +78,10 @@ class OutputLayout:
         return self.case_dir(case_id) / self.ANNOTATIONS
 
     @staticmethod
-    def overlay_name(image: str, tool: str) -> str:
-        """The overlay of ``tool`` on ``image``, relative to the case folder (the last call of a tool on an image
-        wins)."""
-        return f"overlays/{_stem(image or 'image')}__{tool}.png"
+    def overlay_name(image: str, tool: str, call_id: str | None = None) -> str:
+        """The overlay of ``tool`` on ``image``, relative to the case folder (``call_id`` tells apart a second call
+        of one tool on one image)."""
+        return f"overlays/{_stem(image or 'image')}__{tool}{f'__{call_id}' if call_id else ''}.png"
 
     def is_done(self, case_id: str) -> bool:
         return self.report_json(case_id).is_file()
@@ -116,33 +116,64 @@ class OutputLayout:
         return Path(self.root) / self.STATE / "ui" / case_id
 
 
-def write_case(out_dir: Path, report: Report, artifacts: dict[str, Any], overwrite: bool = False) -> Path:
-    """Write one case's outputs atomically under ``out_dir/report.case_id``; return that folder."""
+def _carry(src: Path, dest: Path) -> None:
+    """Hard-link (else copy) ``src`` (a file or folder) to ``dest``: the files written here are never changed in
+    place, only replaced, so a link is as safe as a copy."""
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if src.is_dir():
+        shutil.copytree(src, dest, copy_function=link)
+    elif src.is_file():
+        link(str(src), str(dest))
+
+
+def write_case(
+    out_dir: Path, report: Report, artifacts: dict[str, Any], overwrite: bool = False, keep: tuple[str, ...] = ()
+) -> Path:
+    """Write one case's outputs atomically under ``out_dir/report.case_id``; return that folder.
+
+    ``keep`` names entries of the folder being replaced (e.g. the review app's files) that the new folder carries
+    over, inside the same atomic swap. Overlays are named by image and tool; a second call of one tool on one image
+    gets its call id in the name, and ``files.overlay_of`` maps every call id to its overlay.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / report.case_id
     tmp = out_dir / f"{TMP_PREFIX}{report.case_id}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
+        for name in keep:
+            if (final / name).exists():
+                _carry(final / name, tmp / name)
         all_features: list[dict[str, Any]] = []
         per_image: dict[str, list[dict[str, Any]]] = {}
         overlays: list[str] = []
+        overlay_of: dict[str, str] = {}
         for rec in report.trace:
             res = artifacts.get(rec.id)
             if res is None:
                 continue
             if getattr(res, "overlay", None) is not None:
                 name = OutputLayout.overlay_name(rec.image or "image", rec.tool)
+                if name in overlays:
+                    name = OutputLayout.overlay_name(rec.image or "image", rec.tool, rec.id)
                 (tmp / name).parent.mkdir(exist_ok=True)
                 _save_png(tmp / name, res.overlay)
                 overlays.append(name)
+                overlay_of[rec.id] = name
             for feat in getattr(res, "features", None) or []:
                 f = {**feat, "properties": {**feat.get("properties", {}), "tool": rec.tool, "call_id": rec.id,
                                             "image": rec.image}}
                 all_features.append(f)
                 per_image.setdefault(rec.image or "image", []).append(f)
         report_dict = report.model_dump(mode="json")
-        report_dict["files"] = {"overlays": overlays, "annotations": OutputLayout.ANNOTATIONS, "fhir": FHIR_FILE}
+        report_dict["files"] = {
+            "overlays": overlays, "overlay_of": overlay_of, "annotations": OutputLayout.ANNOTATIONS, "fhir": FHIR_FILE
+        }
         (tmp / OutputLayout.ANNOTATIONS).write_text(json.dumps(feature_collection(all_features)), encoding="utf-8")
         if len(per_image) > 1:
             (tmp / "annotations").mkdir()

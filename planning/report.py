@@ -17,7 +17,7 @@ from pathasst.core.cases import Case, CaseProblem
 from pathasst.planning.grounding import fmt_number, source_numbers, ungrounded_numbers
 from pathasst.tools.base import ToolCallRecord
 
-__all__ = ["Finding", "Measurement", "Report", "build_report", "compose_answer", "render_markdown"]
+__all__ = ["Exchange", "Finding", "Measurement", "Report", "build_report", "compose_answer", "render_markdown"]
 
 
 class Measurement(BaseModel):
@@ -32,6 +32,17 @@ class Finding(BaseModel):
     text: str
     kind: Literal["measurement", "not_configured", "tool_failure", "note", "similar_case"]
     sources: list[str] = Field(default_factory=list, description="Tool call ids (or case ids) behind the finding.")
+    question: int | None = Field(None, description="Number of the question that produced it (reports of several).")
+
+
+class Exchange(BaseModel):
+    """One question and its answer, in a report built from several questions (the review app's case)."""
+
+    number: int = Field(..., ge=1)
+    question: str
+    answer: str
+    asked_by: str = ""
+    at: str = ""
 
 
 class Report(BaseModel):
@@ -48,6 +59,9 @@ class Report(BaseModel):
     trace: list[ToolCallRecord] = Field(default_factory=list)
     decisions: list[dict[str, Any]] = Field(default_factory=list, description="Planner decisions, in order.")
     similar_cases: list[dict[str, Any]] = Field(default_factory=list)
+    exchanges: list[Exchange] = Field(
+        default_factory=list, description="Every question and answer when the report gathers several (else empty)."
+    )
     problems: list[CaseProblem] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     rejected_phrasing: dict[str, Any] | None = Field(None, description="A planner phrasing that failed grounding.")
@@ -67,6 +81,7 @@ class Report(BaseModel):
             self.similar_cases,
             self.notes,
             self.question,
+            [e.model_dump() for e in self.exchanges],
             self.images,
             self.case_id,
             case_inputs,
@@ -220,9 +235,17 @@ def render_markdown(report: Report) -> str:
     lines = [f"# PathAsst report: case {report.case_id}", ""]
     if meta:
         lines += [f"*{meta}*", ""]
-    lines += ["## Question", "", f"> {report.question}", "", "## Answer", "", report.answer, ""]
+    if report.exchanges:
+        lines += ["## Questions and answers", ""]
+        for ex in report.exchanges:
+            by = f" ({', '.join(x for x in (ex.asked_by, ex.at) if x)})" if ex.asked_by or ex.at else ""
+            lines += [f"**Q{ex.number}.** {ex.question}{by}", "", ex.answer, ""]
+    else:
+        lines += ["## Question", "", f"> {report.question}", "", "## Answer", "", report.answer, ""]
     lines += ["## Findings", ""]
-    lines += [f"- {f.text} [{', '.join(f.sources)}]" for f in report.findings] or ["- none"]
+    lines += [
+        f"- {f.text} [{', '.join(f.sources)}]" + (f" (Q{f.question})" if f.question else "") for f in report.findings
+    ] or ["- none"]
     if report.similar_cases:
         lines += ["", "## Similar cases", ""]
         for s in report.similar_cases:

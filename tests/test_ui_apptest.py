@@ -159,7 +159,7 @@ def test_analysis_with_rules_planner_shows_steps_findings_and_overlays(env):
     assert f'<span id="{call_id}"></span>' in text  # ... which has that anchor
     # overlays: one toggle per tool call with something to draw, drawn on the image
     toggle = next(t for t in at.toggle if t.key == f"layer_ki67_patch_{call_id}")
-    assert toggle.value is True and toggle.label.startswith("ihc_quantification (")
+    assert toggle.value is True and toggle.label.startswith("Q1 · ihc_quantification (")
     drawn = _caption(at)
     assert "overlay objects drawn: 0" not in drawn
     toggle.set_value(False).run()
@@ -183,16 +183,17 @@ def test_point_and_box_feed_region_segmentation(env):
         ("region_segmentation", "ok", [300, 200])
     ]
     assert any(lbl.startswith("region_segmentation · ihc.png · ok") for lbl in (e.label for e in at.expander))
-    assert any(t.label.startswith("region_segmentation (") for t in at.toggle)  # its outline is an overlay
+    assert any(t.label.startswith("Q1 · region_segmentation (") for t in at.toggle)  # its outline is an overlay
 
     at.radio(key="mark_kind_ki67_patch_").set_value("Box").run()
     for key, value in (("bx0", 100), ("by0", 120), ("bx1", 220), ("by1", 260)):
         at.number_input(key=f"{key}_ki67_patch_").set_value(value)
     at.button(key="measure_ki67_patch_").click().run()
     report = json.loads((env["out"] / "ki67_patch" / "report.json").read_text())
-    assert [(r["tool"], r["status"], r["arguments"].get("box")) for r in report["trace"]] == [
-        ("region_segmentation", "ok", [100, 120, 220, 260])
-    ]
+    assert [(r["tool"], r["status"], r["arguments"].get("point"), r["arguments"].get("box")) for r in report["trace"]] == [
+        ("region_segmentation", "ok", [300, 200], None), ("region_segmentation", "ok", None, [100, 120, 220, 260])
+    ]  # the point's finding stays beside the box's
+    assert any(t.label.startswith("Q2 · region_segmentation (") for t in at.toggle)
 
 
 # --- report: edits, sign-off, export ----------------------------------------------------------------
@@ -204,7 +205,8 @@ def test_edit_sign_off_and_exports(env):
     assert at.button(key="save_edits").disabled  # no reviewer name yet
     at.sidebar.text_input(key="reviewer_name").input("Dr Ana Lopez").run()
     area = next(t for t in at.text_area if t.key.startswith("edit_ki67_patch_"))
-    edited = area.value.replace("## Answer", "## Answer\n\nReviewed: Ki-67 hot spot in the lower left — µm ≥ 5.", 1)
+    edited = area.value.replace("## Findings", "## Findings\n\nReviewed: Ki-67 hot spot in the lower left — µm ≥ 5.", 1)
+    assert edited != area.value
     area.input(edited).run()
     at.button(key="save_edits").click().run()
     state = json.loads(review_path.read_text())
@@ -235,7 +237,7 @@ def test_edit_sign_off_and_exports(env):
     props = geo["features"][0]["properties"]
     assert props["tool"] == "ihc_quantification" and "classification" in props
     labels = {d.proto.label for d in at.get("download_button")}
-    assert labels == {"Markdown", "JSON", "PDF", "QuPath GeoJSON"}
+    assert labels == {"Markdown", "JSON", "PDF", "QuPath GeoJSON", "FHIR"}
 
 
 def test_reopen_keeps_the_old_sign_off_and_new_analysis_keeps_old_draft(env):
@@ -278,8 +280,8 @@ def test_review_survives_a_crash_between_new_outputs_and_restore(env):
 
 def test_a_batch_run_report_becomes_the_ai_draft(env):
     """Cases run with ``pathasst run`` (no review files yet) open with their report as the AI draft."""
-    from pathasst.agent.outputs import write_case
     from pathasst.agent.engine import Engine
+    from pathasst.agent.outputs import write_case
     from pathasst.core.settings import Settings
 
     settings = Settings(_env_file=None)
@@ -290,7 +292,7 @@ def test_a_batch_run_report_becomes_the_ai_draft(env):
     at = _open(_app(), "qc_blurred")
     review = json.loads((env["out"] / "qc_blurred" / "review.json").read_text())
     assert review["ai_draft"]["markdown"] == (env["out"] / "qc_blurred" / "report.md").read_text()
-    assert any(t.label.startswith("tissue_qc (") for t in at.toggle)  # its overlays are there too
+    assert any(t.label.startswith("Q1 · tissue_qc (") for t in at.toggle)  # its overlays are there too
     assert "Draft: not signed off." in _texts(at)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import streamlit as st
 
-from pathasst.ui.review import ChatTurn
+from pathasst.ui.review import ChatTurn, short_time
 from pathasst.ui.widgets import anchor
 
 __all__ = ["LiveSteps", "render_call", "render_findings", "render_gallery", "render_turn", "stream_words"]
@@ -126,8 +126,9 @@ def render_gallery(similar: list[dict[str, Any]]) -> None:
 
 def render_turn(turn: ChatTurn) -> None:
     with st.chat_message("user"):
-        st.markdown(turn.question or "(default question)")
-        st.caption(f"{turn.asked_by or 'reviewer'} · {turn.at}")
+        number = f"**Q{turn.number}.** " if turn.number else ""
+        st.markdown(number + (turn.question or "(default question)"))
+        st.caption(f"{turn.asked_by or 'reviewer'} · {short_time(turn.at)}")
     with st.chat_message("assistant"):
         if turn.status == "failed":
             st.error(f"The analysis failed: {turn.error}")

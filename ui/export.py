@@ -1,4 +1,4 @@
-"""Export of a reviewed case: Markdown, JSON, PDF (fpdf2, core fonts) and QuPath GeoJSON.
+"""Export of a reviewed case: Markdown, JSON, PDF (fpdf2, core fonts), QuPath GeoJSON and the FHIR report.
 
 Every export states whether the text is the AI draft or the pathologist's edited version, and who signed it off
 when (or that it is an unsigned draft). The JSON export carries both texts and the tool trace.
@@ -20,6 +20,7 @@ EXPORT_FORMATS: dict[str, tuple[str, str]] = {  # format -> (file suffix, MIME t
     "json": ("report.json", "application/json"),
     "pdf": ("report.pdf", "application/pdf"),
     "geojson": ("annotations.geojson", "application/geo+json"),
+    "fhir": ("report.fhir.json", "application/fhir+json"),
 }
 
 
@@ -41,7 +42,8 @@ def export_markdown(review: ReviewState) -> str:
     return review.final_markdown.rstrip("\n") + "\n" + "\n".join(_status_block(review)) + "\n"
 
 
-def export_json(review: ReviewState, report: dict[str, Any] | None) -> str:
+def export_json(review: ReviewState, report: dict[str, Any] | None, findings: dict[str, Any] | None = None) -> str:
+    """The final text and its source, the review record, the case's report and every finding (kept or dropped)."""
     doc = {
         "case_id": review.case_id,
         "status": review.status,
@@ -49,6 +51,7 @@ def export_json(review: ReviewState, report: dict[str, Any] | None) -> str:
         "final_text_source": "edits" if review.edits else "ai_draft",
         "review": review.model_dump(mode="json"),
         "report": report,
+        "findings": findings,
     }
     return json.dumps(doc, indent=2, ensure_ascii=False)
 
@@ -60,8 +63,8 @@ def export_geojson(features: list[dict[str, Any]]) -> str:
 
 _REPLACE = {
     "\u2014": "-", "\u2013": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2026": "...",
-    "\u00b5": "u", "\u03bc": "u", "\u2264": "<=", "\u2265": ">=", "\u00d7": "x", "\u2022": "-", "\u2192": "->",
-    "\u2190": "<-", "\u00b2": "^2", "\u2212": "-",
+    "\u03bc": "\u00b5", "\u2264": "<=", "\u2265": ">=", "\u2022": "-", "\u2192": "->", "\u2190": "<-",
+    "\u2212": "-", "\u00b3": "^3",
 }
 
 
@@ -82,8 +85,9 @@ def latin1(text: str) -> str:
 _MD_INLINE = re.compile(r"(\*\*|__|\*|`)")
 
 
-def export_pdf(review: ReviewState) -> bytes:
-    """A plain, readable PDF of the final text and the review status (headings, bullets, tables as text)."""
+def export_pdf(review: ReviewState, image: bytes | None = None, caption: str = "") -> bytes:
+    """A plain, readable PDF of the final text and the review status (headings, bullets, tables as text), with
+    ``image`` (JPEG: the case's image and its overlays) after the text."""
     from fpdf import FPDF
 
     pdf = FPDF(format="A4")
@@ -121,4 +125,11 @@ def export_pdf(review: ReviewState) -> bytes:
             elif text.startswith("> "):
                 text = text[2:]
             para(text, 10)
+    if image is not None:
+        import io
+
+        pdf.ln(3)
+        pdf.image(io.BytesIO(image), w=min(width, 150))
+        if caption:
+            para(caption, 8, "I")
     return bytes(pdf.output())

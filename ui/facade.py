@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from pathasst.agent.engine import Engine
+from pathasst.agent.fhir import FHIR_FILE
 from pathasst.agent.outputs import OutputLayout, write_case
 from pathasst.agent.system import build_system
 from pathasst.core.cases import PATCH_EXTENSIONS, Case, CaseError
@@ -36,11 +37,13 @@ from pathasst.memory.conversations import case_thread_id, conversations_path, op
 from pathasst.planning.base import PlannerError
 from pathasst.planning.report import render_markdown
 from pathasst.ui import catalogue, uploads
+from pathasst.ui import findings as fnd
 from pathasst.ui import review as rv
 from pathasst.ui.browser import CaseBrowser, CaseRow, filter_cases
 from pathasst.ui.catalogue import CaseLibrary, LibraryStatus, ToolInfo
 from pathasst.ui.config import UISettings
 from pathasst.ui.export import EXPORT_FORMATS, export_geojson, export_json, export_markdown, export_pdf
+from pathasst.ui.findings import CaseFindings
 from pathasst.ui.review import ChatTurn, ReviewLockedError, ReviewState
 from pathasst.ui.uploads import UPLOAD_EXTENSIONS, UploadError
 from pathasst.ui.viewer import ImageInfo, Layer, Marker, ViewResult, Window, compose, window_for, zoom_levels
@@ -48,6 +51,7 @@ from pathasst.ui.viewer import ImageInfo, Layer, Marker, ViewResult, Window, com
 __all__ = [
     "AnalysisError",
     "CaseError",
+    "CaseFindings",
     "CaseLibrary",
     "CaseRow",
     "ExportFile",
@@ -175,8 +179,8 @@ class Facade(CaseBrowser):
             pixels = np.asarray(Image.fromarray(pixels).resize((out_w, out_h), resample))
         scale = win.width / out_w
         mine = [lyr for lyr in (layers or []) if lyr.image == name]
-        composed, drawn = compose(pixels, win, scale, mine, marker, alpha)
-        return ViewResult(pixels=composed, window=win, scale=scale, level=level, drawn=drawn)
+        composed, drawn, painted = compose(pixels, win, scale, mine, marker, alpha)
+        return ViewResult(pixels=composed, window=win, scale=scale, level=level, drawn=drawn, painted=painted)
 
     # ---- outputs of the last analysis ---------------------------------------------------------
     def report(self, case_id: str) -> dict[str, Any] | None:
@@ -196,23 +200,28 @@ class Facade(CaseBrowser):
             return []
 
     def layers(self, case_id: str) -> list[Layer]:
-        """One layer per successful tool call of the last analysis that has something to draw."""
+        """One layer per kept tool call that has something to draw, labelled with the question that made it."""
         report = self.report(case_id)
         if not report:
             return []
         by_call: dict[str, list[dict[str, Any]]] = {}
         for f in self.features(case_id):
             by_call.setdefault((f.get("properties") or {}).get("call_id", ""), []).append(f)
-        overlays = set((report.get("files") or {}).get("overlays") or [])
-        last_call: dict[str, str] = {}  # overlay file -> the last call that wrote it (write_case names by tool+image)
-        for rec in report.get("trace", []):
-            if rec.get("status") == "ok":
-                last_call[OutputLayout.overlay_name(rec.get("image") or "image", rec["tool"])] = rec["id"]
+        files = report.get("files") or {}
+        overlay_of = files.get("overlay_of")
+        if overlay_of is None:  # a report written before ``overlay_of``: the last call of a tool on an image wins
+            overlay_of = {}
+            for rec in report.get("trace", []):
+                if rec.get("status") == "ok":
+                    name = OutputLayout.overlay_name(rec.get("image") or "image", rec["tool"])
+                    overlay_of = {cid: n for cid, n in overlay_of.items() if n != name} | {rec["id"]: name}
+        ledger = fnd.load_findings(self.out_dir, case_id)
+        question_of = {s: t.number for t in ledger.turns for f in t.findings for s in f.sources} if ledger else {}
         out = []
         for rec in report.get("trace", []):
             if rec.get("status") != "ok":
                 continue
-            ov = next((name for name, cid in last_call.items() if cid == rec["id"] and name in overlays), None)
+            ov = overlay_of.get(rec["id"])
             ov_path = self.layout.case_dir(case_id) / ov if ov else None
             layer = Layer(
                 call_id=rec["id"],
@@ -222,6 +231,7 @@ class Facade(CaseBrowser):
                 origin=tuple(rec.get("image_origin") or (0.0, 0.0)),
                 scale=float(rec.get("image_scale") or 1.0),
                 features=by_call.get(rec["id"], []),
+                question=question_of.get(rec["id"]),
             )
             if layer.overlay_path is not None or layer.features:
                 out.append(layer)
@@ -299,26 +309,30 @@ class Facade(CaseBrowser):
             if self.review(case_id).sign_off is not None:
                 raise ReviewLockedError(f"case {case_id} is signed off: reopen it before a new analysis")
             t0 = time.perf_counter()
-            rv.backup(self.out_dir, case_id)
             try:
                 report, artifacts = self.engine().run(
                     case=case, question=question, cases_root=self.cases_root, on_event=on_event,
                     thread_id=case_thread_id(case_id, f"ui-{uuid.uuid4().hex[:8]}"),
                 )
-                write_case(self.out_dir, report, artifacts, overwrite=True)
             except (CaseError, PlannerError) as exc:
                 self._record_turn(case_id, ChatTurn(question=question or "", asked_by=user, status="failed", error=str(exc)))
                 raise AnalysisError(str(exc)) from exc
-            finally:
-                rv.restore(self.out_dir, case_id)
             with self._write_lock:
-                state = rv.load_review(self.out_dir, case_id)
-                state.set_ai_draft(render_markdown(report), report.question, report.created_at, report.planner)
-                rv.save_review(self.out_dir, state)
+                rv.backup(self.out_dir, case_id)
+                try:
+                    ledger = self.findings(case_id) or CaseFindings(case_id=case_id)
+                    fnd.save_artifacts(self.out_dir, case_id, artifacts)
+                    added = ledger.add_turn(report, asked_by=user, at=rv.now())
+                    fnd.save_findings(self.out_dir, ledger)
+                    self._rebuild(ledger)
+                finally:
+                    rv.restore(self.out_dir, case_id)
                 turn = ChatTurn(
                     question=report.question,
                     answer=report.answer,
                     asked_by=user,
+                    at=added.at,
+                    number=added.number,
                     calls=[r.model_dump(mode="json") for r in report.trace],
                     findings=[f.model_dump(mode="json") for f in report.findings],
                     similar_cases=self.similar_cases(report.model_dump(mode="json")),
@@ -326,6 +340,50 @@ class Facade(CaseBrowser):
                 )
                 self._record_turn(case_id, turn)
         return turn
+
+    #: the review app's files that a rewrite of the case folder carries over
+    _KEEP = (rv.REVIEW_FILE, rv.CHAT_FILE, fnd.FINDINGS_FILE, fnd.FINDINGS_DIR)
+
+    def _rebuild(self, ledger: CaseFindings) -> None:
+        """Rewrite the case's outputs from every kept finding, and make them the AI draft."""
+        merged = fnd.merged_report(ledger)
+        write_case(self.out_dir, merged, fnd.merged_artifacts(self.out_dir, ledger), overwrite=True, keep=self._KEEP)
+        state = rv.load_review(self.out_dir, ledger.case_id)
+        state.set_ai_draft(render_markdown(merged), merged.question, merged.created_at, merged.planner)
+        rv.save_review(self.out_dir, state)
+
+    def findings(self, case_id: str) -> CaseFindings | None:
+        """The case's findings across all questions; a report of ``pathasst run`` becomes the first question's."""
+        self.case_dir(case_id)
+        with self._write_lock:
+            ledger = fnd.load_findings(self.out_dir, case_id)
+            if ledger is None:
+                report = self.report(case_id)
+                if report is not None:
+                    ledger = fnd.from_batch_report(self.out_dir, case_id, report)
+                    fnd.save_findings(self.out_dir, ledger)
+            return ledger
+
+    def set_finding_kept(self, case_id: str, finding_id: str, kept: bool, user: str) -> CaseFindings:
+        """Keep or drop one finding; the report, overlays, exports and AI draft follow. Raises ReviewLockedError."""
+        with self._write_lock:
+            if self.review(case_id).sign_off is not None:
+                raise ReviewLockedError(f"case {case_id} is signed off: reopen it before changing its findings")
+            ledger = self.findings(case_id)
+            if ledger is None:
+                raise ValueError(f"case {case_id} has no findings yet: run an analysis first")
+            turn, finding = ledger.finding(finding_id)
+            if finding.kept == kept:
+                return ledger
+            finding.kept, finding.changed_by, finding.changed_at = kept, user, rv.now()
+            fnd.save_findings(self.out_dir, ledger)
+            self._rebuild(ledger)
+            self._update(
+                case_id,
+                lambda s: s.record("finding_kept" if kept else "finding_dropped", user, finding=finding.text,
+                                   question=turn.number),
+            )
+            return ledger
 
     def _record_turn(self, case_id: str, turn: ChatTurn) -> None:
         with self._write_lock:
@@ -353,6 +411,7 @@ class Facade(CaseBrowser):
                             str(report.get("created_at", "")), str(report.get("planner", "")),
                         )
                         rv.save_review(self.out_dir, state)
+                self.findings(case_id)  # ... and the first question of the case's findings
         return state
 
     def _update(self, case_id: str, change: Callable[[ReviewState], None]) -> ReviewState:
@@ -370,7 +429,10 @@ class Facade(CaseBrowser):
         return self._update(case_id, lambda s: s.discard_edits(user))
 
     def sign_off(self, case_id: str, user: str) -> ReviewState:
-        return self._update(case_id, lambda s: s.sign(user))
+        """Sign the final text; findings the reviewer dropped are named in the sign-off record."""
+        ledger = self.findings(case_id)
+        dropped = [f"Q{t.number}: {f.text}" for t, f in ledger.dropped] if ledger else []
+        return self._update(case_id, lambda s: s.sign(user, dropped))
 
     def reopen(self, case_id: str, user: str, reason: str) -> ReviewState:
         return self._update(case_id, lambda s: s.reopen(user, reason))
@@ -386,12 +448,37 @@ class Facade(CaseBrowser):
         if fmt == "md":
             data = export_markdown(state).encode("utf-8")
         elif fmt == "json":
-            data = export_json(state, self.report(case_id)).encode("utf-8")
+            ledger = self.findings(case_id)
+            data = export_json(state, self.report(case_id), ledger.model_dump(mode="json") if ledger else None)
+            data = data.encode("utf-8")
         elif fmt == "pdf":
-            data = export_pdf(state)
+            data = export_pdf(state, *self._snapshot(case_id))
+        elif fmt == "fhir":
+            path = self.layout.case_dir(case_id) / FHIR_FILE
+            if not path.is_file():
+                raise ValueError("no FHIR report for this case: run an analysis first")
+            data = path.read_bytes()
         else:
             data = export_geojson(self.features(case_id)).encode("utf-8")
         return ExportFile(filename=f"{case_id}-{suffix}", mime=mime, data=data)
+
+    def _snapshot(self, case_id: str) -> tuple[bytes | None, str]:
+        """A JPEG of the case's first image with every kept overlay, and its caption (None when it cannot be drawn)."""
+        import io
+
+        from PIL import Image
+
+        try:
+            case = self.load_case(case_id)
+            name = case.images[0].name
+            layers = [lyr for lyr in self.layers(case_id) if lyr.image == name]
+            res = self.view(case, name, 1.0, 0, 0, layers)
+        except (CaseError, OSError, ValueError, IndexError):
+            return None, ""
+        buf = io.BytesIO()
+        Image.fromarray(res.pixels).convert("RGB").save(buf, format="JPEG", quality=85)
+        drawn = ", ".join(lyr.label for lyr in layers) or "no overlays"
+        return buf.getvalue(), f"{name} ({res.window.width} x {res.window.height} px); overlays: {drawn}"
 
     # ---- access -------------------------------------------------------------------------------
     @property

@@ -1,10 +1,12 @@
-"""The Report tab: the AI draft (read-only), the pathologist's version (editable), sign-off, reopen and export."""
+"""The Report tab: the case's findings (keep or drop each), the AI draft built from the kept ones (read-only), the
+pathologist's version (editable), sign-off, reopen and export."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from pathasst.ui.facade import Facade, ReviewLockedError
+from pathasst.ui.review import EVENT_LABELS, short_time
 from pathasst.ui.widgets import current_user
 
 __all__ = ["render_report"]
@@ -19,15 +21,20 @@ def render_report(fac: Facade, case_id: str) -> None:
     signed = state.sign_off is not None
     if signed:
         s = state.sign_off
-        st.success(f"Signed off by **{s.by}** at {s.at} ({'edited text' if s.signed_text == 'edits' else 'AI draft'}).")
+        st.success(
+            f"Signed off by **{s.by}** at {short_time(s.at)} "
+            f"({'edited text' if s.signed_text == 'edits' else 'AI draft'})."
+        )
     else:
         st.warning("Draft: not signed off.")
 
-    ai_tab, mine_tab, history_tab = st.tabs(["AI draft", "Pathologist's version", "History"])
+    findings_tab, ai_tab, mine_tab, history_tab = st.tabs(["Findings", "AI draft", "Pathologist's version", "History"])
+    with findings_tab:
+        _render_findings(fac, case_id, user, locked=signed)
     with ai_tab:
         st.caption(
-            f"Built from the grounded report of the last analysis ({state.ai_draft.report_created_at}, planner "
-            f"{state.ai_draft.planner}); never changed by edits."
+            f"Built from every kept finding of every question (last rebuilt {short_time(state.ai_draft.report_created_at)}, "
+            f"planner {state.ai_draft.planner}); never changed by edits."
         )
         st.markdown(state.ai_draft.markdown)
     with mine_tab:
@@ -37,7 +44,7 @@ def render_report(fac: Facade, case_id: str) -> None:
                 "Compare them, then save again or discard your edits."
             )
         if state.edits is not None:
-            st.caption(f"Edited by {state.edits.by} at {state.edits.at}.")
+            st.caption(f"Edited by {state.edits.by} at {short_time(state.edits.at)}.")
         text = st.text_area(
             "Report text (Markdown)",
             value=state.final_markdown,
@@ -56,11 +63,21 @@ def render_report(fac: Facade, case_id: str) -> None:
             st.caption("Enter your name in the sidebar to edit or sign off.")
     with history_tab:
         for ev in reversed(state.history):
-            st.markdown(f"- {ev['at']} · **{ev['event']}** by {ev['by']}")
+            what = EVENT_LABELS.get(ev["event"], ev["event"].replace("_", " "))
+            detail = f": {ev['finding']}" if ev.get("finding") else ""
+            st.markdown(f"- {short_time(ev['at'])} · **{what}** by {ev['by']}{detail}")
 
     st.divider()
     if not signed:
         st.markdown("**Sign-off**")
+        ledger = fac.findings(case_id)
+        dropped = ledger.dropped if ledger else []
+        if dropped:
+            st.warning(
+                f"{len(dropped)} finding(s) dropped and left out of the report: "
+                + "; ".join(f"Q{t.number} {f.text}" for t, f in dropped)
+                + ". The sign-off record names them."
+            )
         confirm = st.checkbox(
             f"I, {user or '…'}, have reviewed this report and the evidence behind it.", key="confirm_sign"
         )
@@ -78,10 +95,42 @@ def render_report(fac: Facade, case_id: str) -> None:
                 fac.reopen(case_id, user, reason.strip())
                 st.rerun()
 
-    st.markdown("**Export**")
-    cols = st.columns([1, 1, 1, 1.5])
-    for col, (fmt, label) in zip(
-        cols, [("md", "Markdown"), ("json", "JSON"), ("pdf", "PDF"), ("geojson", "QuPath GeoJSON")], strict=True
-    ):
-        exp = fac.export(case_id, fmt)
-        col.download_button(label, data=exp.data, file_name=exp.filename, mime=exp.mime, key=f"export_{fmt}")
+    st.markdown("**Export** (every kept finding of every question)")
+    formats = [("md", "Markdown"), ("json", "JSON"), ("pdf", "PDF"), ("geojson", "QuPath GeoJSON"), ("fhir", "FHIR")]
+    cols = st.columns([1, 1, 1, 1.5, 1])
+    for col, (fmt, label) in zip(cols, formats, strict=True):
+        try:
+            exp = fac.export(case_id, fmt)
+        except ValueError as exc:
+            col.caption(f"{label}: {exc}")
+            continue
+        col.download_button(  # on_click="ignore": a download does not rerun the page, so quick clicks all land
+            label, data=exp.data, file_name=exp.filename, mime=exp.mime, key=f"export_{fmt}", on_click="ignore"
+        )
+
+
+def _render_findings(fac: Facade, case_id: str, user: str, locked: bool) -> None:
+    """Every finding of every question, with the question it answers and a keep box."""
+    ledger = fac.findings(case_id)
+    if ledger is None or not ledger.turns:
+        st.caption("No findings yet.")
+        return
+    st.caption(
+        "Every question adds its findings here; the AI draft, the overlays and the exports hold the kept ones. "
+        "Untick a finding to drop it (it stays listed here and in the JSON export)."
+    )
+    for turn in ledger.turns:
+        who = f" · {turn.asked_by}" if turn.asked_by else ""
+        st.markdown(f"**Q{turn.number}.** {turn.question}  \n:gray[{turn.source}{who} · {short_time(turn.at)}]")
+        for f in turn.findings:
+            label = f"{f.text} [{', '.join(f.sources)}]"
+            kept = st.checkbox(label, value=f.kept, key=f"keep_{case_id}_{f.id}", disabled=locked or not user)
+            if kept != f.kept:
+                try:
+                    fac.set_finding_kept(case_id, f.id, kept, user)
+                except (ReviewLockedError, ValueError, KeyError) as exc:
+                    st.error(str(exc))
+                else:
+                    st.rerun()
+    if not user:
+        st.caption("Enter your name in the sidebar to keep or drop findings.")

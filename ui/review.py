@@ -24,6 +24,7 @@ from pathasst.core.files import atomic_write_text
 
 __all__ = [
     "AIDraft",
+    "EVENT_LABELS",
     "ChatTurn",
     "Edits",
     "ReviewLockedError",
@@ -37,9 +38,22 @@ __all__ = [
     "save_chat",
     "save_review",
     "sha256_text",
+    "short_time",
 ]
 
 REVIEW_FILE = "review.json"
+#: what the history's events read as in the app
+EVENT_LABELS = {
+    "analysis": "new AI draft from an analysis",
+    "ai_draft_replaced": "previous AI draft kept in the history",
+    "edit": "edits saved",
+    "edits_replaced": "earlier edits kept in the history",
+    "edits_discarded": "edits discarded",
+    "sign_off": "signed off",
+    "reopen": "reopened",
+    "finding_dropped": "finding dropped",
+    "finding_kept": "finding kept again",
+}
 CHAT_FILE = "chat.json"
 
 
@@ -49,6 +63,19 @@ class ReviewLockedError(RuntimeError):
 
 def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def short_time(stamp: str | None) -> str:
+    """An ISO time as the app shows every time: ``2026-12-06 11:40 UTC`` (unparsable text is shown as it is)."""
+    if not stamp:
+        return ""
+    try:
+        t = _dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    if t.tzinfo is not None:
+        t = t.astimezone(_dt.UTC)
+    return t.strftime("%Y-%m-%d %H:%M") + (" UTC" if t.tzinfo is not None else "")
 
 
 def sha256_text(text: str) -> str:
@@ -77,6 +104,7 @@ class SignOff(BaseModel):
     signed_text: Literal["edits", "ai_draft"]
     sha256: str = Field(..., description="sha256 of the text signed.")
     ai_draft_sha256: str
+    dropped_findings: list[str] = Field(default_factory=list, description="Findings the reviewer left out.")
 
 
 class ReviewState(BaseModel):
@@ -103,8 +131,11 @@ class ReviewState(BaseModel):
     def edits_outdated(self) -> bool:
         return bool(self.edits and self.ai_draft and self.edits.base_sha256 != self.ai_draft.sha256)
 
-    def _event(self, event: str, by: str, **detail: Any) -> None:
+    def record(self, event: str, by: str, **detail: Any) -> None:
+        """Add an event to the history (see ``EVENT_LABELS`` for the words shown to users)."""
         self.history.append({"event": event, "by": by, "at": now(), **detail})
+
+    _event = record
 
     def set_ai_draft(self, markdown: str, question: str, created_at: str, planner: str) -> None:
         if self.sign_off is not None:
@@ -136,7 +167,7 @@ class ReviewState(BaseModel):
             self._event("edits_discarded", by, previous=self.edits.model_dump())
             self.edits = None
 
-    def sign(self, by: str) -> None:
+    def sign(self, by: str, dropped: list[str] | None = None) -> None:
         if self.sign_off is not None:
             raise ReviewLockedError(f"case {self.case_id} is already signed off by {self.sign_off.by}")
         if self.ai_draft is None:
@@ -146,9 +177,9 @@ class ReviewState(BaseModel):
         text = self.final_markdown
         self.sign_off = SignOff(
             by=by.strip(), at=now(), signed_text="edits" if self.edits else "ai_draft", sha256=sha256_text(text),
-            ai_draft_sha256=self.ai_draft.sha256,
+            ai_draft_sha256=self.ai_draft.sha256, dropped_findings=list(dropped or []),
         )
-        self._event("sign_off", by.strip(), sha256=self.sign_off.sha256)
+        self._event("sign_off", by.strip(), sha256=self.sign_off.sha256, dropped=len(dropped or []))
 
     def reopen(self, by: str, reason: str) -> None:
         if self.sign_off is None:
@@ -159,6 +190,7 @@ class ReviewState(BaseModel):
 
 class ChatTurn(BaseModel):
     question: str
+    number: int | None = Field(None, description="The question's number among the case's findings (Q1, Q2...).")
     answer: str = ""
     asked_by: str = ""
     at: str = Field(default_factory=now)

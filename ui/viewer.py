@@ -62,6 +62,7 @@ class Layer:
     origin: tuple[float, float] = (0.0, 0.0)
     scale: float = 1.0
     features: list[dict[str, Any]] = field(default_factory=list)
+    question: int | None = None  # the question (Q1, Q2...) whose analysis made it
 
     @property
     def label(self) -> str:
@@ -70,7 +71,8 @@ class Layer:
             parts.append(f"{len(self.features)} objects")
         if self.overlay_path is not None:
             parts.append("overlay")
-        return f"{self.tool} ({', '.join(parts) or 'nothing to draw'})"
+        where = f"Q{self.question} · " if self.question else ""
+        return f"{where}{self.tool} ({', '.join(parts) or 'nothing to draw'})"
 
 
 @dataclass
@@ -79,7 +81,8 @@ class ViewResult:
     window: Window
     scale: float  # level-0 pixels per view pixel
     level: int | None = None  # pyramid level read (slides)
-    drawn: dict[str, int] = field(default_factory=dict)  # call id -> objects drawn
+    drawn: dict[str, int] = field(default_factory=dict)  # call id -> objects drawn (as the layer counts them)
+    painted: list[str] = field(default_factory=list)  # call ids whose overlay image is blended in
 
 
 def zoom_levels(info: ImageInfo, view_px: int) -> list[float]:
@@ -161,6 +164,7 @@ def _draw_features(draw: ImageDraw.ImageDraw, layer: Layer, window: Window, scal
             break
         geom = feat.get("geometry") or {}
         colour = _rgb(feat)
+        seen = False  # one count per feature, however many rings or points it has
         for ring in _rings(geom):
             if len(ring) < 2:
                 continue
@@ -170,12 +174,13 @@ def _draw_features(draw: ImageDraw.ImageDraw, layer: Layer, window: Window, scal
                 continue
             pts = [((x - wx0) / scale, (y - wy0) / scale) for x, y in zip(xs, ys, strict=True)]
             draw.line(pts, fill=(*colour, 255), width=2 if scale < 1 else 1)
-            n += 1
+            seen = True
         for x, y, *_ in _points(geom):
             if wx0 <= x <= wx1 and wy0 <= y <= wy1:
                 vx, vy = (x - wx0) / scale, (y - wy0) / scale
                 draw.ellipse((vx - radius, vy - radius, vx + radius, vy + radius), outline=(*colour, 255), width=2)
-                n += 1
+                seen = True
+        n += seen
     return n
 
 
@@ -202,13 +207,17 @@ def compose(
     marker: Marker | None = None,
     alpha: float = 0.5,
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """Draw the enabled ``layers`` (and the user's marker) over the view ``base``; objects drawn per call id."""
+    """Draw the enabled ``layers`` (and the user's marker) over the view ``base``.
+
+    Returns the pixels, the objects drawn per call id (features only, so the count matches the layer's) and the
+    call ids whose overlay image was blended in."""
     canvas = Image.fromarray(np.ascontiguousarray(base[..., :3])).convert("RGB")
     drawn: dict[str, int] = {}
+    painted: list[str] = []
     for layer in layers:
         if layer.overlay_path is not None and layer.overlay_path.is_file():
             if _paste_overlay(canvas, layer, window, scale, alpha):
-                drawn[layer.call_id] = drawn.get(layer.call_id, 0) + 1
+                painted.append(layer.call_id)
     ink = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(ink)
     budget = MAX_FEATURES_DRAWN
@@ -220,4 +229,4 @@ def compose(
     if marker is not None:
         _draw_marker(draw, marker, window, scale)
     canvas = Image.alpha_composite(canvas.convert("RGBA"), ink).convert("RGB")
-    return np.asarray(canvas), drawn
+    return np.asarray(canvas), drawn, painted

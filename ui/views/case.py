@@ -81,7 +81,7 @@ with view_col:
     on_image = [lyr for lyr in layers if lyr.image == image]
     enabled = []
     if on_image:
-        st.markdown("**Overlays** (from the tool outputs of the last analysis)")
+        st.markdown("**Overlays** (the kept findings of every question)")
         tog = st.columns(min(3, len(on_image)))
         for i, lyr in enumerate(on_image):
             if tog[i % len(tog)].toggle(lyr.label, value=True, key=f"layer_{case.id}_{lyr.call_id}", help=lyr.call_id):
@@ -131,7 +131,8 @@ with view_col:
         img_slot.image(
             res.pixels,
             caption=f"{image} ({info.width}×{info.height}) · window x {w.x}–{w.x + w.width}, "
-            f"y {w.y}–{w.y + w.height} · {scale_txt}{level_txt} · overlay objects drawn: {sum(res.drawn.values())}",
+            f"y {w.y}–{w.y + w.height} · {scale_txt}{level_txt} · overlay objects drawn: {sum(res.drawn.values())}"
+            + (f" · overlay images: {len(res.painted)}" if res.painted else ""),
             output_format="JPEG",
         )
 
