@@ -27,7 +27,24 @@ from PIL import Image
 from pathasst.core.settings import Settings
 from pathasst.memory import open_library
 
-__all__ = ["DEMO_DIAGNOSIS", "DEMO_MPP", "build_demo_cases", "build_demo_library", "write_pyramidal_tiff"]
+__all__ = [
+    "DEMO_CASES",
+    "DEMO_DIAGNOSIS",
+    "DEMO_LIBRARY",
+    "DEMO_MPP",
+    "DEMO_OUT",
+    "DEMO_REPORTS",
+    "NEW_CASES_DIR",
+    "build_demo_cases",
+    "build_demo_library",
+    "write_pyramidal_tiff",
+]
+
+#: ``pathasst demo`` writes DEMO_OUT/{DEMO_CASES, DEMO_LIBRARY, DEMO_REPORTS}; ``pathasst ui`` opens them when
+#: no cases folder is given
+DEMO_OUT, DEMO_CASES, DEMO_LIBRARY, DEMO_REPORTS = "demo_out", "cases", "library", "reports"
+#: the empty cases folder ``pathasst ui`` starts with when there is neither a cases folder nor a demo
+NEW_CASES_DIR = "pathasst_cases"
 
 #: nominal resolution given to the demo image (the source does not state one)
 DEMO_MPP = 0.5

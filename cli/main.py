@@ -13,7 +13,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pathasst.agent.demo import build_demo_cases, build_demo_library
+from pathasst.agent.demo import (
+    DEMO_CASES,
+    DEMO_LIBRARY,
+    DEMO_OUT,
+    DEMO_REPORTS,
+    NEW_CASES_DIR,
+    build_demo_cases,
+    build_demo_library,
+)
 from pathasst.agent.engine import Engine
 from pathasst.agent.executors import ExecutorError, make_executor
 from pathasst.agent.exposure import InsecureBindError, check_bind, refuse_system_root
@@ -131,22 +139,22 @@ def run(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_out"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(DEMO_OUT),
     planner: PlannerOpt = None,
 ) -> None:
     """Build example cases from images shipped inside installed packages, a small case library from them, then run
     them (each report cites its similar cases)."""
-    cases = build_demo_cases(out / "cases")
-    console.print(f"built {len(cases)} example cases in [cyan]{(out / 'cases').resolve()}[/]")
-    lib = build_demo_library(out / "cases", out / "library", _settings())
+    cases = build_demo_cases(out / DEMO_CASES)
+    console.print(f"built {len(cases)} example cases in [cyan]{(out / DEMO_CASES).resolve()}[/]")
+    lib = build_demo_library(out / DEMO_CASES, out / DEMO_LIBRARY, _settings())
     console.print(
-        f"case library [cyan]{(out / 'library').resolve()}[/]: {lib.count('added')} cases added, "
+        f"case library [cyan]{(out / DEMO_LIBRARY).resolve()}[/]: {lib.count('added')} cases added, "
         f"{lib.count('unchanged')} unchanged, {lib.count('failed')} not embeddable; "
         f"{len(lib.bad_files)} bad files skipped"
     )
-    code = _run_batch(out / "cases", out / "reports", planner, None, False, chroma_path=out / "library")
+    code = _run_batch(out / DEMO_CASES, out / DEMO_REPORTS, planner, None, False, chroma_path=out / DEMO_LIBRARY)
     for cid in cases:
-        md = OutputLayout(out / "reports").report_md(cid)
+        md = OutputLayout(out / DEMO_REPORTS).report_md(cid)
         if md.is_file():
             out_console.print(f"[green]report:[/] {md.resolve()}")
     raise typer.Exit(code)
@@ -223,7 +231,18 @@ def ui_command(
     except ValueError as exc:
         _fail(f"invalid UI settings: {exc}")
     cases_dir = cases or settings.cases_root
-    if cases_dir is None or not Path(cases_dir).is_dir():
+    demo = Path(DEMO_OUT)
+    if cases_dir is None and (demo / DEMO_CASES).is_dir():
+        cases_dir = demo / DEMO_CASES
+        console.print(f"no cases folder given: opening the demo's cases in [cyan]{cases_dir.resolve()}[/]")
+    elif cases_dir is None:
+        cases_dir = Path(NEW_CASES_DIR)
+        cases_dir.mkdir(exist_ok=True)
+        console.print(
+            f"no cases folder given and no demo: starting with an empty one, [cyan]{cases_dir.resolve()}[/] "
+            "(add cases there or upload them in the app; `make demo` builds example cases)"
+        )
+    if not Path(cases_dir).is_dir():
         _fail(f"cases folder not found: {cases_dir} (give --cases DIR or set PATHASST_CASES_ROOT)")
 
     try:
@@ -242,6 +261,11 @@ def ui_command(
         _fail("the review app is not installed (pathasst.ui.app missing)")
     env = dict(os.environ)
     env["PATHASST_CASES_ROOT"] = str(Path(cases_dir).resolve())
+    demo_root = Path(cases_dir).resolve().parent  # a demo's cases open with its reports and case library
+    if out is None and "PATHASST_OUTPUT_DIR" not in env and (demo_root / DEMO_REPORTS).is_dir():
+        out = demo_root / DEMO_REPORTS
+    if "PATHASST_CHROMA_PATH" not in env and (demo_root / DEMO_LIBRARY).is_dir() and (demo_root / DEMO_REPORTS).is_dir():
+        env["PATHASST_CHROMA_PATH"] = str(demo_root / DEMO_LIBRARY)
     if out is not None:
         env["PATHASST_OUTPUT_DIR"] = str(out.resolve())
     if planner is not None:

@@ -326,15 +326,68 @@ def test_login_protects_every_page(login_env):
         assert not [t for t in single.title if t.value != "PathAsst case review"], page
 
 
-def test_login_locks_out_after_repeated_failures(login_env, monkeypatch):
+def _sign_in(at: AppTest, password: str, user: str = "pathologist") -> AppTest:
+    at.text_input(key="login_user").input(user)
+    at.text_input(key="login_password").input(password)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_login_locks_out_per_user_across_sessions(login_env, monkeypatch):
     monkeypatch.setenv("PATHASST_UI_MAX_LOGIN_ATTEMPTS", "2")
     at = _app()
     for _ in range(2):
-        at.text_input(key="login_user").input("pathologist")
-        at.text_input(key="login_password").input("nope")
-        at.button[0].click().run()
-    at.run()
+        _sign_in(at, "nope")
+    _sign_in(at, "s3cret pass")  # even the right password is refused while locked
     assert any("Too many failed attempts" in e.value for e in at.error)
+    assert [s.value for s in at.subheader] == ["Sign in"]
+    fresh = _sign_in(_app(), "s3cret pass")  # a new browser session is locked out too
+    assert any("Too many failed attempts" in e.value for e in fresh.error)
+
+
+def test_sessions_expire_revoke_and_lock_per_user_and_address(tmp_path):
+    from pathasst.ui.sessions import SessionStore, token_from_cookie_header
+
+    now = [1000.0]
+    store = SessionStore(tmp_path / "s.sqlite", ttl_s=60, max_attempts=2, lockout_s=30, clock=lambda: now[0])
+    token = store.create("pathologist")
+    assert store.user_for(token) == "pathologist" and store.user_for("forged") is None
+    assert "pathologist" not in (tmp_path / "s.sqlite").read_bytes().decode("latin-1") or token not in (
+        tmp_path / "s.sqlite"
+    ).read_bytes().decode("latin-1")  # only the token's digest is stored
+    assert token_from_cookie_header(f"a=1; pathasst_session={token}; b=2") == token
+    assert token_from_cookie_header("pathasst_session=") is None and token_from_cookie_header(None) is None
+    now[0] += 61
+    assert store.user_for(token) is None  # expired
+    t2 = store.create("pathologist")
+    store.revoke(t2)
+    assert store.user_for(t2) is None
+    # two failures from one address lock that address for any user name, and the user from any address
+    store.record_failure("alice", "10.0.0.1")
+    store.record_failure("bob", "10.0.0.1")
+    assert store.locked_for("carol", "10.0.0.1") == pytest.approx(30)
+    assert store.locked_for("carol", "10.0.0.2") == 0
+    store.record_failure("dave", "10.0.0.3")
+    store.record_failure("dave", "10.0.0.4")
+    assert store.locked_for("dave", "10.0.0.9") > 0 and store.locked_for("DAVE", None) > 0
+    now[0] += 31
+    assert store.locked_for("dave", "10.0.0.9") == 0 and store.locked_for("carol", "10.0.0.1") == 0
+
+
+def test_sign_off_asks_for_the_password_again(login_env):
+    fac = _facade(login_env)
+    fac.analyse("qc_blurred", "Is the image quality adequate?", "pathologist")
+    at = _sign_in(_app(), "s3cret pass")
+    at.button(key="open_qc_blurred").click().run()
+    at.checkbox(key="confirm_sign").check().run()
+    at.text_input(key="signoff_password").input("wrong")
+    at.button(key="sign_off").click().run()
+    assert any("Not signed: Wrong user or password" in e.value for e in at.error)
+    assert _facade(login_env).review("qc_blurred").sign_off is None
+    at.text_input(key="signoff_password").input("s3cret pass")
+    at.button(key="sign_off").click().run()
+    assert _facade(login_env).review("qc_blurred").sign_off.by == "pathologist"
 
 
 def test_uploads_are_checked_and_stay_in_the_cases_root(env, monkeypatch):
@@ -372,11 +425,21 @@ def test_uploads_are_checked_and_stay_in_the_cases_root(env, monkeypatch):
     assert any("Case uploaded_2 created with 1 image(s)" in s.value for s in at.success)
     assert (env["cases"] / "uploaded_2" / "slide_one.png").read_bytes() == png
     assert "**uploaded_2**" in _texts(at)
+    assert at.text_input(key="new_case_id").value == ""  # a created case clears the form
     at.text_input(key="new_case_id").input("uploaded_3")
+    at.text_input(key="new_organ").input("breast")
+    at.number_input(key="new_mpp").set_value(0.25)
     at.file_uploader(key="new_files").set_value(("notes.png", b"GIF89a not a png", "image/png"))
     at.button(key="FormSubmitter:upload-Create case").click().run()
     assert any("not a .png file" in e.value for e in at.error)
     assert not (env["cases"] / "uploaded_3").exists()
+    # ... and an error keeps every field, so the user fixes only the file
+    assert at.text_input(key="new_case_id").value == "uploaded_3" and at.text_input(key="new_organ").value == "breast"
+    assert at.number_input(key="new_mpp").value == 0.25
+    at.file_uploader(key="new_files").set_value(("good.png", png, "image/png"))
+    at.button(key="FormSubmitter:upload-Create case").click().run()
+    assert any("resolution 0.25 µm/px (given)" in s.value for s in at.success)
+    assert "mpp: 0.25" in (env["cases"] / "uploaded_3" / "case.yaml").read_text()
 
 
 # --- library and tools pages ----------------------------------------------------------------------
@@ -403,7 +466,7 @@ def test_library_page_adds_cases_with_progress(env, monkeypatch):
             added.append(case.id)
 
         def stats(self):
-            return {"cases": len(added), "embedder": "test"}
+            return {"cases": len(added), "image_embedder": "hed-texture"}
 
     monkeypatch.setattr(memory, "open_library", lambda settings: FakeLibrary(), raising=False)
     at = AppTest.from_file(str(VIEWS / "library.py"), default_timeout=TIMEOUT)
@@ -414,6 +477,7 @@ def test_library_page_adds_cases_with_progress(env, monkeypatch):
     assert any("2 of 2 cases in the library" in s.value for s in at.success)
     assert "- **qc_blurred**: added" in _texts(at)
     assert [m.value for m in at.metric if m.label == "cases"] == ["2"]
+    assert "(`hed-texture` embeddings in Chroma)" in _texts(at)  # the embedder in use, not a fixed name
 
 
 def test_tools_page_lists_the_catalogue(env, tmp_path, monkeypatch):
@@ -429,6 +493,11 @@ def test_tools_page_lists_the_catalogue(env, tmp_path, monkeypatch):
     row = table[table["tool"] == "nuclei_segmentation"].iloc[0]
     assert "object_f1 0.71" in row["measured accuracy"]
     assert table[table["tool"] == "mitosis_detection"].iloc[0]["weights"].startswith("not set (PATHASST_")
+    assert table[table["tool"] == "tissue_qc"].iloc[0]["backend (last run)"] == "not run yet"
+    _facade(env).analyse("qc_blurred", "Is the image quality adequate?", "a")
+    at.run()
+    table = at.dataframe[0].value
+    assert table[table["tool"] == "tissue_qc"].iloc[0]["backend (last run)"] == "classical (ok)"
 
 
 # --- the command line -----------------------------------------------------------------------------
@@ -476,6 +545,70 @@ def test_cli_ui_binds_loopback_with_usage_stats_off(env, monkeypatch):
 def test_cli_does_not_import_streamlit():
     code = "import sys, pathasst.cli.main; sys.exit(1 if 'streamlit' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_cli_ui_without_arguments_opens_the_demo_or_an_empty_folder(env, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import pathasst.cli.main as cli
+
+    for key in ("PATHASST_CASES_ROOT", "PATHASST_OUTPUT_DIR", "PATHASST_CHROMA_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    seen: dict = {}
+
+    class FakePopen:
+        def __init__(self, cmd, env):
+            seen["env"] = env
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    demo = tmp_path / "with_demo"
+    for sub in ("demo_out/cases/c1", "demo_out/reports", "demo_out/library"):
+        (demo / sub).mkdir(parents=True)
+    monkeypatch.chdir(demo)
+    res = CliRunner().invoke(cli.app, ["ui"])
+    assert res.exit_code == 0, res.output
+    assert "opening the demo's cases" in res.output
+    assert seen["env"]["PATHASST_CASES_ROOT"] == str((demo / "demo_out" / "cases").resolve())
+    assert seen["env"]["PATHASST_OUTPUT_DIR"] == str((demo / "demo_out" / "reports").resolve())
+    assert seen["env"]["PATHASST_CHROMA_PATH"] == str((demo / "demo_out" / "library").resolve())
+    res = CliRunner().invoke(cli.app, ["ui", "--cases", "demo_out/cases"])  # the demo's cases keep its reports
+    assert seen["env"]["PATHASST_OUTPUT_DIR"] == str((demo / "demo_out" / "reports").resolve())
+
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    res = CliRunner().invoke(cli.app, ["ui"])
+    assert res.exit_code == 0, res.output
+    assert (empty / "pathasst_cases").is_dir() and "starting with an empty one" in res.output
+    assert seen["env"]["PATHASST_CASES_ROOT"] == str((empty / "pathasst_cases").resolve())
+
+
+def test_an_empty_cases_folder_says_how_to_add_cases(env, tmp_path, monkeypatch):
+    (tmp_path / "none").mkdir()
+    monkeypatch.setenv("PATHASST_CASES_ROOT", str(tmp_path / "none"))
+    at = _app()
+    assert any("No cases yet" in i.value and "make demo" in i.value for i in at.info)
+    assert at.text_input(key="new_case_id") is not None and at.number_input(key="new_mpp").value is None
+
+
+def test_user_facing_text_has_no_class_names_double_stops_or_mixed_times(env):
+    fac = _facade(env)
+    layout = fac.layout
+    layout.write_failure("empty_case", "EmptyCaseError: case empty_case has no image files")
+    rows = {r.id: r for r in fac.list_cases()}
+    assert rows["empty_case"].problem == "case empty_case has no image files"
+    fac.analyse("qc_blurred", "Is the image quality adequate?", "Dr A")
+    fac.sign_off("qc_blurred", "Dr A")
+    row = {r.id: r for r in fac.list_cases()}["qc_blurred"]
+    import re
+
+    for stamp in (row.analysed_at, row.signed_at):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", stamp), stamp
+    at = _open(_app(), "ki67_patch")
+    assert "index?." not in _texts(at) and "index?" in _texts(at)
 
 
 def test_cli_ui_refuses_a_missing_cases_folder(env, tmp_path):

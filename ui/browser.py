@@ -3,7 +3,8 @@ filters, and the checked way from a case id to its folder (part of :class:`patha
 
 from __future__ import annotations
 
-import time
+import datetime as _dt
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from pathasst.core.cases import (
 )
 from pathasst.core.settings import Settings
 from pathasst.ui import review as rv
+from pathasst.ui.review import short_time
 
 __all__ = ["CaseBrowser", "CaseRow", "CaseStatus", "filter_cases"]
 
@@ -83,6 +85,14 @@ def _read_case_yaml(case_dir: Path, root: Path) -> tuple[dict[str, Any], str | N
     return {**meta.extra, **meta.model_dump(exclude={"extra"}, exclude_none=True)}, None, True
 
 
+_ERROR_NAME = re.compile(r"\b[A-Z][A-Za-z]*Error: ")
+
+
+def _readable(reason: str) -> str:
+    """A batch failure reason as users read it: without Python exception class names."""
+    return _ERROR_NAME.sub("", reason).strip()
+
+
 def _str(v: Any) -> str | None:
     return None if v is None else str(v)
 
@@ -126,9 +136,9 @@ class CaseBrowser:
             failure = self.layout.failure_reason(d.name)
             if report.is_file():
                 status = "analysed"
-                analysed_at = time.strftime("%Y-%m-%d %H:%M", time.localtime(report.stat().st_mtime))
+                analysed_at = short_time(_dt.datetime.fromtimestamp(report.stat().st_mtime, _dt.UTC).isoformat())
             elif failure is not None:
-                status, problem = "failed", failure or "last run failed"
+                status, problem = "failed", _readable(failure) or "last run failed"
             if review.sign_off is not None:
                 status = "signed off"
             if n_files == 0 and problem is None:
@@ -138,7 +148,7 @@ class CaseBrowser:
                     id=d.name, status=status, stain=_str(meta.get("stain")), organ=_str(meta.get("organ")),
                     question=_str(meta.get("question")), diagnosis=_str(meta.get("diagnosis")), n_files=n_files,
                     analysed_at=analysed_at, signed_by=review.sign_off.by if review.sign_off else None,
-                    signed_at=review.sign_off.at if review.sign_off else None, problem=problem,
+                    signed_at=short_time(review.sign_off.at) if review.sign_off else None, problem=problem,
                 )
             )
         return rows

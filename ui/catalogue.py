@@ -121,10 +121,9 @@ def _backends_seen(out_dir: Path, limit: int = 200) -> dict[str, str]:
             trace = json.loads(rep.read_text(encoding="utf-8")).get("trace", [])
         except (OSError, json.JSONDecodeError):
             continue
-        for r in trace:
+        for r in trace:  # a tool whose output names no backend still ran: say so, with its status
             out = r.get("output") or {}
-            if out.get("backend"):
-                seen[r["tool"]] = f"{out['backend']} ({out.get('status', r.get('status'))})"
+            seen[r["tool"]] = f"{out.get('backend') or 'built-in'} ({out.get('status', r.get('status'))})"
     return seen
 
 

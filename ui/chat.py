@@ -117,7 +117,7 @@ def render_gallery(similar: list[dict[str, Any]]) -> None:
     for i, s in enumerate(similar[:12]):
         with cols[i % 4]:
             if s.get("thumbnail"):
-                st.image(s["thumbnail"], use_container_width=True)
+                st.image(s["thumbnail"], width="stretch")
             st.markdown(
                 f"**{s.get('case_id')}**  \n{s.get('diagnosis') or 'diagnosis unknown'}  \n"
                 f"distance {float(s.get('distance') or 0):.3f} · source {', '.join(f'`{x}`' for x in s.get('sources', []))}"

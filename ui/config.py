@@ -37,9 +37,16 @@ class UISettings(BaseSettings):
         description="Login mode: auto = password when a hash is set, else none; oidc = Streamlit's st.login "
         "(needs an [auth] section in .streamlit/secrets.toml).",
     )
-    max_upload_mb: int = Field(512, ge=1, le=65536, description="Largest file accepted by the upload form, in MB.")
-    max_login_attempts: int = Field(5, ge=1, description="Failed logins allowed per session before a lockout.")
-    lockout_s: float = Field(60.0, ge=0, description="Seconds a session is locked out after too many failed logins.")
+    max_upload_mb: int = Field(
+        1024, ge=1, le=65536, description="Largest file accepted by the upload form, in MB (Streamlit's "
+        "server.maxUploadSize is set to the same value by `pathasst ui`)."
+    )
+    max_login_attempts: int = Field(
+        5, ge=1, description="Failed logins allowed per user name and per client address (across browser sessions) "
+        "within lockout_s before a lockout."
+    )
+    lockout_s: float = Field(60.0, ge=0, description="Seconds a user or address is locked out after too many failures.")
+    session_hours: float = Field(8.0, gt=0, le=24 * 30, description="Lifetime of a sign-in (it survives reloads).")
     accuracy_file: Path | None = Field(
         Path("docs/tool_accuracy.json"),
         description="JSON of measured tool accuracy shown on the Tools page: {tool: {metric: value, ...}}.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import threading
 import time
 import uuid
@@ -45,6 +46,7 @@ from pathasst.ui.config import UISettings
 from pathasst.ui.export import EXPORT_FORMATS, export_geojson, export_json, export_markdown, export_pdf
 from pathasst.ui.findings import CaseFindings
 from pathasst.ui.review import ChatTurn, ReviewLockedError, ReviewState
+from pathasst.ui.sessions import SessionStore, token_from_cookie_header
 from pathasst.ui.uploads import UPLOAD_EXTENSIONS, UploadError
 from pathasst.ui.viewer import ImageInfo, Layer, Marker, ViewResult, Window, compose, window_for, zoom_levels
 
@@ -59,6 +61,7 @@ __all__ = [
     "ImageInfo",
     "Layer",
     "LibraryStatus",
+    "LoginError",
     "Marker",
     "ReviewLockedError",
     "ReviewState",
@@ -78,6 +81,10 @@ MAX_VIEW_READ_PIXELS = 64 * 1024 * 1024
 # --- errors and small models ------------------------------------------------------------------
 class AnalysisError(RuntimeError):
     """An analysis could not run (bad case, planner not available); the message says why."""
+
+
+class LoginError(RuntimeError):
+    """A sign-in was refused (wrong user or password, or locked out); the message is for the user."""
 
 
 class ExportFile(BaseModel):
@@ -106,6 +113,7 @@ class Facade(CaseBrowser):
         self._write_lock = threading.RLock()
         self._patches: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
         self._patch_lock = threading.Lock()
+        self._sessions: SessionStore | None = None
 
     # ---- cases --------------------------------------------------------------------------------
 
@@ -498,6 +506,41 @@ class Facade(CaseBrowser):
             return False
         return user_ok and pw_ok
 
+    @property
+    def sessions(self) -> SessionStore:
+        """Sign-in sessions and failed logins, in ``OUT/.pathasst/ui/sessions.sqlite``."""
+        with self._engine_lock:
+            if self._sessions is None:
+                self._sessions = SessionStore(
+                    self.out_dir / OutputLayout.STATE / "ui" / "sessions.sqlite", ttl_s=self.ui.session_hours * 3600,
+                    max_attempts=self.ui.max_login_attempts, lockout_s=self.ui.lockout_s,
+                )
+            return self._sessions
+
+    def verify(self, user: str, password: str, address: str | None) -> str:
+        """The user when the password is right; LoginError when wrong or locked out (per user and per address)."""
+        wait = self.sessions.locked_for(user, address)
+        if wait > 0:
+            raise LoginError(f"Too many failed attempts: try again in {math.ceil(wait)} s.")
+        if not self.check_password(user, password):
+            self.sessions.record_failure(user, address)
+            raise LoginError("Wrong user or password.")
+        self.sessions.clear_failures(user)
+        return self.ui.user
+
+    def sign_in(self, user: str, password: str, address: str | None) -> str:
+        """A new session token for a right password (see :meth:`verify`)."""
+        return self.sessions.create(self.verify(user, password, address))
+
+    def session_user(self, token: str | None) -> str | None:
+        return self.sessions.user_for(token)
+
+    def authorize_request(self, cookie_header: str | None) -> str | None:
+        """The user behind an HTTP request's ``Cookie`` header (any request is allowed when the app has no login)."""
+        if self.login_mode == "none":
+            return "anonymous"
+        return self.session_user(token_from_cookie_header(cookie_header))
+
     # ---- uploads ------------------------------------------------------------------------------
     def check_upload(self, name: str, size: int, head: bytes) -> str:
         """The safe file name for an upload, or UploadError (size, extension, content type)."""
@@ -510,11 +553,25 @@ class Facade(CaseBrowser):
         stain: str | None = None,
         organ: str | None = None,
         question: str | None = None,
+        mpp: float | None = None,
     ) -> Case:
         """A new case folder under the cases root from uploaded files; refused as a whole if anything is wrong."""
-        meta = {"stain": stain, "organ": organ, "question": question}
+        meta = {"stain": stain, "organ": organ, "question": question, "mpp": mpp}
         uploads.create_case(self.cases_root, case_id, files, meta, self.settings, self.ui.max_upload_bytes)
         return self.load_case(case_id)
+
+    def resolution_note(self, case: Case) -> str:
+        """Where the case's resolution comes from, in words: given, read from the slide, assumed, or unknown."""
+        if case.meta.mpp:
+            return f"resolution {case.meta.mpp:g} µm/px (given)"
+        img = case.images[0]
+        if img.kind == "wsi":
+            with SlideReader(img.path) as s:
+                if s.mpp:
+                    return f"resolution {s.mpp:.4g} µm/px (read from the slide)"
+        if self.settings.default_mpp:
+            return f"resolution not given: {self.settings.default_mpp:g} µm/px assumed (set it in case.yaml)"
+        return "resolution not given: measures are in pixels"
 
     # ---- case library (pathasst.memory) and tools ---------------------------------------------
     def library_status(self) -> LibraryStatus:

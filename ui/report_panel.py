@@ -7,7 +7,7 @@ import streamlit as st
 
 from pathasst.ui.facade import Facade, ReviewLockedError
 from pathasst.ui.review import EVENT_LABELS, short_time
-from pathasst.ui.widgets import current_user
+from pathasst.ui.widgets import current_user, reauthenticate
 
 __all__ = ["render_report"]
 
@@ -81,13 +81,20 @@ def render_report(fac: Facade, case_id: str) -> None:
         confirm = st.checkbox(
             f"I, {user or '…'}, have reviewed this report and the evidence behind it.", key="confirm_sign"
         )
+        password = ""
+        if fac.login_mode == "password":
+            password = st.text_input("Password (asked again to sign)", type="password", key="signoff_password")
         if st.button("Sign off", type="primary", disabled=not (confirm and user), key="sign_off"):
-            try:
-                fac.sign_off(case_id, user)
-            except (ReviewLockedError, ValueError) as exc:
-                st.error(str(exc))
+            refused = reauthenticate(password)
+            if refused:
+                st.error(f"Not signed: {refused}")
             else:
-                st.rerun()
+                try:
+                    fac.sign_off(case_id, user)
+                except (ReviewLockedError, ValueError) as exc:
+                    st.error(str(exc))
+                else:
+                    st.rerun()
     else:
         with st.expander("Reopen this case"):
             reason = st.text_input("Reason", key="reopen_reason")

@@ -5,15 +5,31 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, unquote
 
 import streamlit as st
 
 from pathasst.core.settings import Settings
 from pathasst.ui.config import UISettings
-from pathasst.ui.facade import Facade
+from pathasst.ui.facade import Facade, LoginError
+from pathasst.ui.sessions import COOKIE
 
-__all__ = ["anchor", "current_user", "facade", "gate", "require_login", "sidebar", "status_badge"]
+__all__ = [
+    "anchor",
+    "current_user",
+    "facade",
+    "gate",
+    "reauthenticate",
+    "require_login",
+    "sidebar",
+    "status_badge",
+    "tile_authorizer",
+]
+
+#: cookie that remembers the reviewer's name when the app has no login
+REVIEWER_COOKIE = "pathasst_reviewer"
 
 _STATUS_COLOURS = {"new": "blue", "analysed": "orange", "signed off": "green", "failed": "red"}
 _ANCHOR_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -42,42 +58,89 @@ def _oidc_user() -> str | None:
     return None
 
 
+def _set_cookie(name: str, value: str, max_age_s: int) -> None:
+    """Set (``max_age_s`` > 0) or clear a cookie of this host from the browser (SameSite=Strict, path /)."""
+    st.iframe(  # an HTML string runs in a same-origin frame, so it may set the app's cookie
+        f"<script>document.cookie = {json.dumps(f'{name}={value}; Path=/; SameSite=Strict; Max-Age={max_age_s}')};"
+        "</script>",
+        height=1,
+    )
+
+
+def _flush_cookies() -> None:
+    """Write the cookie changes a sign-in or sign-out left for this run."""
+    fac = facade()
+    if (token := st.session_state.pop("cookie_set", None)) is not None:
+        _set_cookie(COOKIE, token, int(fac.ui.session_hours * 3600))
+    if st.session_state.pop("cookie_clear", False):
+        _set_cookie(COOKIE, "", 0)
+    if (name := st.session_state.pop("reviewer_cookie", None)) is not None:
+        _set_cookie(REVIEWER_COOKIE, quote(name), 365 * 24 * 3600)
+
+
+def _cookie(name: str) -> str | None:
+    value = st.context.cookies.get(name)
+    return value if isinstance(value, str) else None  # (bare-mode test runs have no request behind them)
+
+
+def _address() -> str | None:
+    value = st.context.ip_address
+    return value if isinstance(value, str) else None
+
+
+def _session_token() -> str | None:
+    return st.session_state.get("auth_token") or _cookie(COOKIE)
+
+
+def _start_session(user: str) -> None:
+    token = facade().sessions.create(user)
+    st.session_state.update(auth_user=user, auth_token=token, cookie_set=token)
+
+
 def gate() -> bool:
-    """Render the login form when a login is required and nobody is signed in; True when the page may render."""
+    """Render the login form when a login is required and nobody is signed in; True when the page may render.
+
+    A sign-in is a server-side session kept in a cookie, so it survives a reload and a deep link (the page's URL is
+    left as it is while the form shows). Failed logins count per user and per address across browser sessions.
+    """
     fac = facade()
     mode = fac.login_mode
+    _flush_cookies()
     if mode == "none":
         return True
+    token = _session_token()
+    user = fac.session_user(token)
     if mode == "oidc":
-        if _oidc_user():
+        oidc = _oidc_user()
+        if oidc:
+            if user != oidc:
+                _start_session(oidc)  # a session of our own, so the tile server knows the user too
+                _flush_cookies()
             return True
         st.title("PathAsst case review")
         st.write("Sign in with your organisation's account to open cases.")
         st.button("Log in", type="primary", on_click=st.login)
         return False
-    if st.session_state.get("auth_user"):
+    if user:
+        st.session_state.update(auth_user=user, auth_token=token)
         return True
+    for key in ("auth_user", "auth_token"):
+        st.session_state.pop(key, None)
     st.title("PathAsst case review")
     st.subheader("Sign in")
-    locked_until = st.session_state.get("login_locked_until", 0.0)
-    if time.time() < locked_until:
-        st.error(f"Too many failed attempts: try again in {int(locked_until - time.time()) + 1} s.")
-        return False
     with st.form("login", clear_on_submit=False):
-        user = st.text_input("User", key="login_user")
+        name = st.text_input("User", key="login_user")
         password = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
-        if fac.check_password(user, password):
-            st.session_state["auth_user"] = user.strip()
-            st.session_state.pop("login_attempts", None)
+        try:
+            token = fac.sign_in(name, password, _address())
+        except LoginError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state.update(auth_user=fac.session_user(token), auth_token=token, cookie_set=token)
+            st.session_state.pop("login_password", None)
             st.rerun()
-        attempts = st.session_state.get("login_attempts", 0) + 1
-        st.session_state["login_attempts"] = attempts
-        if attempts >= fac.ui.max_login_attempts:
-            st.session_state["login_locked_until"] = time.time() + fac.ui.lockout_s
-            st.session_state["login_attempts"] = 0
-        st.error("Wrong user or password.")
     return False
 
 
@@ -97,9 +160,33 @@ def current_user() -> str:
     return str(st.session_state.get("reviewer_name") or "").strip()
 
 
+def reauthenticate(password: str) -> str | None:
+    """The signed-in user when ``password`` is right (sign-off asks again), else an error message to show."""
+    fac = facade()
+    if fac.login_mode != "password":
+        return None
+    try:
+        fac.verify(current_user(), password, _address())
+    except LoginError as exc:
+        return str(exc)
+    return None
+
+
+def tile_authorizer() -> Callable[[Any, Any], str | None]:
+    """For the companion tile server: the user behind a request's session cookie (None: refuse)."""
+    fac = facade()
+    return lambda headers, _address: fac.authorize_request(headers.get("Cookie"))
+
+
 def _logout() -> None:
-    for key in ("auth_user", "login_password", "login_user"):
+    facade().sessions.revoke(st.session_state.get("auth_token"))
+    for key in ("auth_user", "auth_token", "login_password", "login_user"):
         st.session_state.pop(key, None)
+    st.session_state["cookie_clear"] = True
+
+
+def _remember_reviewer() -> None:
+    st.session_state["reviewer_cookie"] = str(st.session_state.get("reviewer_name") or "").strip()
 
 
 def sidebar() -> None:
@@ -113,7 +200,10 @@ def sidebar() -> None:
             st.caption(f"Signed in as **{current_user()}**")
             st.button("Sign out", on_click=st.logout)
         else:
-            st.text_input("Reviewer name", key="reviewer_name", help="Recorded with edits and sign-off.")
+            if "reviewer_name" not in st.session_state:  # remembered in this browser across reloads
+                st.session_state["reviewer_name"] = unquote(_cookie(REVIEWER_COOKIE) or "")
+            st.text_input("Reviewer name", key="reviewer_name", on_change=_remember_reviewer,
+                          help="Recorded with edits and sign-off; remembered in this browser.")
         root = str(fac.settings.cases_root or "not configured")
         st.caption(f"Cases: `{root}`  \nOutputs: `{fac.out_dir}`  \nPlanner: `{fac.planner_name}`")
 

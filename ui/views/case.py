@@ -145,7 +145,7 @@ with side_col:
         with history:
             if not turns:
                 st.caption(
-                    f"Ask about this case. Default question: {case.meta.question or 'chosen from the stain and image type'}."
+                    f"Ask about this case. Default question: {case.meta.question or 'chosen from the stain and image type'}"
                 )
             for turn in turns:
                 render_turn(turn)

@@ -57,32 +57,51 @@ for r in shown[:200]:
 if len(shown) > 200:
     st.caption(f"showing the first 200 of {len(shown)}; refine the search")
 
-with st.expander("New case from files", icon=":material/upload:"):
-    st.caption(
-        f"Images (.png .jpg .tif) or single-file slides (.svs .ndpi .tif …), up to {fac.ui.max_upload_mb} MB each. "
-        "Files are checked (type, size, readability) before the case is created."
+def _create_case() -> None:
+    """The upload form's callback: create the case, or keep every field and say what is wrong."""
+    ss = st.session_state
+    try:
+        payload = []
+        for f in ss.get("new_files") or []:
+            fac.check_upload(f.name, f.size, f.getvalue()[:16])
+            payload.append((f.name, f.getvalue()))
+        case = fac.create_case(
+            (ss.get("new_case_id") or "").strip(), payload, ss.get("new_stain") or None, ss.get("new_organ") or None,
+            ss.get("new_question") or None, mpp=ss.get("new_mpp"),
+        )
+    except (UploadError, CaseError) as exc:
+        ss["upload_error"] = str(exc)
+        return
+    ss["flash"] = f"Case {case.id} created with {len(case.images)} image(s); {fac.resolution_note(case)}."
+    for key in ("new_case_id", "new_stain", "new_organ", "new_question", "new_mpp", "new_files"):
+        ss.pop(key, None)
+
+
+if not rows:
+    st.info(
+        "No cases yet. A case is a folder under the cases root holding images (.png .jpg .tif) or a slide (.svs "
+        ".ndpi .tif …) and an optional `case.yaml` (stain, organ, mpp, question, notes). Copy case folders into "
+        f"`{fac.cases_root}`, upload one below, or run `make demo` and then `pathasst ui` to open the example cases."
     )
-    with st.form("upload", clear_on_submit=True):
-        u1, u2, u3 = st.columns(3)
-        new_id = u1.text_input("Case id", key="new_case_id")
-        new_stain = u2.text_input("Stain", placeholder="H&E, Ki-67, ER…", key="new_stain")
-        new_organ = u3.text_input("Organ", key="new_organ")
-        new_q = st.text_input("Default question (optional)", key="new_question")
-        files = st.file_uploader(
+with st.expander("New case from files", icon=":material/upload:", expanded=not rows):
+    st.caption("Files are checked (type, size, readability) before the case is created.")
+    if err := st.session_state.pop("upload_error", None):
+        st.error(err)
+    with st.form("upload", clear_on_submit=False):
+        u1, u2, u3, u4 = st.columns(4)
+        u1.text_input("Case id", key="new_case_id")
+        u2.text_input("Stain", placeholder="H&E, Ki-67, ER…", key="new_stain")
+        u3.text_input("Organ", key="new_organ")
+        u4.number_input(
+            "Resolution (µm/px)", min_value=0.01, max_value=50.0, value=None, step=0.01, format="%.4f", key="new_mpp",
+            help="Microns per pixel at full resolution. Leave empty for a slide that records it; without it, "
+            f"measures use the assumed default ({fac.settings.default_mpp or 'none: pixels'}).",
+        )
+        st.text_input("Default question (optional)", key="new_question")
+        st.file_uploader(
             "Images or slides",
             accept_multiple_files=True,
             key="new_files",
             type=[e.lstrip(".") for e in sorted(UPLOAD_EXTENSIONS)],
         )
-        if st.form_submit_button("Create case"):
-            try:
-                payload = []
-                for f in files or []:
-                    fac.check_upload(f.name, f.size, f.getvalue()[:16])
-                    payload.append((f.name, f.getvalue()))
-                case = fac.create_case(new_id.strip(), payload, new_stain or None, new_organ or None, new_q or None)
-            except (UploadError, CaseError) as exc:
-                st.error(str(exc))
-            else:
-                st.session_state["flash"] = f"Case {case.id} created with {len(case.images)} image(s)."
-                st.rerun()
+        st.form_submit_button("Create case", on_click=_create_case)

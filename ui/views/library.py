@@ -10,13 +10,14 @@ from pathasst.ui.widgets import facade, require_login
 require_login()
 fac = facade()
 st.title("Case library")
-st.caption("Past cases embedded for similar-case retrieval (PathCLIP embeddings in Chroma).")
 
 if flash := st.session_state.pop("lib_flash", None):
     st.success(flash[0])
     st.markdown("\n".join(f"- {line}" for line in flash[1]))
 
 status = fac.library_status()
+embedder = status.stats.get("image_embedder") if status.available else None
+st.caption(f"Past cases embedded for similar-case retrieval ({f'`{embedder}` ' if embedder else ''}embeddings in Chroma).")
 if not status.available:
     st.info(status.message)
 else:

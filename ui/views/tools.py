@@ -31,7 +31,7 @@ st.dataframe(
         for t in tools
     ],
     hide_index=True,
-    use_container_width=True,
+    width="stretch",
 )
 for t in tools:
     with st.expander(f"{t.name} v{t.version}"):
