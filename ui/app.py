@@ -1,6 +1,8 @@
 """PathAsst case review: the Streamlit entry point (``pathasst ui`` runs ``streamlit run`` on this file).
 
-The login gate runs before any page: with a login configured, no page renders until the user is signed in.
+The login gate runs before any page: with a login configured, no page renders until the user is signed in. The
+pages are declared first (hidden until then), so a deep link such as ``/case?case=X`` keeps its page through the
+sign-in.
 """
 
 from __future__ import annotations
@@ -13,9 +15,6 @@ from pathasst.ui import widgets
 
 st.set_page_config(page_title="PathAsst case review", page_icon=":material/biotech:", layout="wide")
 
-if not widgets.gate():
-    st.stop()
-
 _VIEWS = Path(__file__).resolve().parent / "views"
 nav = st.navigation(
     [
@@ -23,7 +22,10 @@ nav = st.navigation(
         st.Page(_VIEWS / "case.py", title="Case review", icon=":material/biotech:", url_path="case"),
         st.Page(_VIEWS / "library.py", title="Library", icon=":material/collections_bookmark:", url_path="library"),
         st.Page(_VIEWS / "tools.py", title="Tools", icon=":material/construction:", url_path="tools"),
-    ]
+    ],
+    position="sidebar" if widgets.signed_in() else "hidden",
 )
+if not widgets.gate():
+    st.stop()
 widgets.sidebar()
 nav.run()

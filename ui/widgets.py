@@ -24,6 +24,7 @@ __all__ = [
     "reauthenticate",
     "require_login",
     "sidebar",
+    "signed_in",
     "status_badge",
     "tile_authorizer",
 ]
@@ -95,6 +96,16 @@ def _session_token() -> str | None:
 def _start_session(user: str) -> None:
     token = facade().sessions.create(user)
     st.session_state.update(auth_user=user, auth_token=token, cookie_set=token)
+
+
+def signed_in() -> bool:
+    """Whether the page may render, without drawing anything (the login form is :func:`gate`)."""
+    fac = facade()
+    if fac.login_mode == "none":
+        return True
+    if fac.login_mode == "oidc":
+        return _oidc_user() is not None
+    return fac.session_user(_session_token()) is not None
 
 
 def gate() -> bool:
