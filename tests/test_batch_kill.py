@@ -34,7 +34,10 @@ def _cases(root: Path, n: int) -> list[str]:
 
 
 def _run(cases: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PATHASST_PLANNER": "rules", "HF_HUB_OFFLINE": "1"}
+    from pathasst.tools.backends.nuclei_net import SLIDE_NET_WEIGHTS
+
+    # the batch is under test, not the tools: one small nuclei network instead of the patch ensemble keeps it quick
+    env = {**os.environ, "PATHASST_PLANNER": "rules", "HF_HUB_OFFLINE": "1", "PATHASST_NUCLEI_WEIGHTS": str(SLIDE_NET_WEIGHTS)}
     return subprocess.Popen(
         [sys.executable, "-m", "pathasst.cli.main", "run", str(cases), "--out", str(out)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

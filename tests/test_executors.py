@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from pathasst.agent.engine import Engine
+from pathasst.tools.backends.nuclei_net import SLIDE_NET_WEIGHTS
 from pathasst.agent.executors import CaseJob, ExecutorError, ProcessExecutor, RayExecutor, RayTileMapper, make_executor
 from pathasst.agent.runner import run_batch
 
@@ -64,8 +65,11 @@ def demo_cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def batch_settings(settings: Any) -> Any:
-    # executors are under test, not the tools: a 1 M-pixel analysis budget keeps the Ki-67 slide case quick
-    return settings.model_copy(update={"planner": "rules", "torch_threads": 1, "max_region_pixels": 1_048_576})
+    # executors are under test, not the tools: a 1 M-pixel analysis budget and one small nuclei network (not the
+    # patch ensemble) keep the Ki-67 cases quick
+    return settings.model_copy(update={
+        "planner": "rules", "torch_threads": 1, "max_region_pixels": 1_048_576, "nuclei_weights": SLIDE_NET_WEIGHTS,
+    })
 
 
 _CALL_ID = re.compile(r"call_[0-9a-f]{10}")
@@ -153,6 +157,7 @@ def test_cli_runs_on_ray_and_refuses_unknown_executors(
     monkeypatch.setenv("PATHASST_CHROMA_PATH", str(tmp_path / "chroma"))
     monkeypatch.setenv("PATHASST_TORCH_THREADS", "1")
     monkeypatch.setenv("PATHASST_MAX_REGION_PIXELS", "1048576")  # as batch_settings: the executor is under test
+    monkeypatch.setenv("PATHASST_NUCLEI_WEIGHTS", str(SLIDE_NET_WEIGHTS))
     runner = CliRunner()
     res = runner.invoke(app, ["run", str(demo_cases), "--out", str(tmp_path / "out"), "--executor", "ray",
                               "--planner", "rules"])
