@@ -41,6 +41,8 @@ def test_wheel_has_only_the_pathasst_namespace_and_imports(tmp_path):
                     "weights/nuclei_net_20x.pt", "wsi/run.py",
                     "weights/nuclei_pixel.npz"):
         assert f"pathasst/tools/{shipped}" in names, shipped  # the embedded backends work from a wheel
+    for asset in ("index.html", "main.js", "style.css", "openseadragon.min.js", "openseadragon-LICENSE.txt"):
+        assert f"pathasst/ui/slide_viewer/frontend/{asset}" in names, asset  # the viewer loads nothing from the web
     sources = {
         "pathasst/" + p.relative_to(REPO).as_posix()
         for area in AREAS

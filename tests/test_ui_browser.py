@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -156,6 +157,8 @@ def test_three_questions_then_the_first_finding_is_in_the_signed_pdf(server: tup
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
         try:
             ctx = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+            requested: list[str] = []
+            ctx.on("request", lambda r: requested.append(r.url))
             page = ctx.new_page()
             page.set_default_timeout(60_000)
             expect.set_options(timeout=60_000)
@@ -212,15 +215,29 @@ def test_three_questions_then_the_first_finding_is_in_the_signed_pdf(server: tup
             expect(page.get_by_text(re.compile(rf"Signed off by {USER} at"))).to_be_visible()
             _idle(page)
             _shot(page, "05-signed-off")
+            # exports are links to the app's case server, answered only with the session cookie
             downloads = {}
-            for fmt in ("md", "pdf"):
-                with page.expect_download() as dl:
-                    _one(page.locator(f".st-key-export_{fmt} a, .st-key-export_{fmt} button")).click()
-                downloads[fmt] = Path(dl.value.path()).read_bytes()
+            for fmt in ("md", "pdf", "geojson", "fhir"):
+                href = _one(page.locator(f".st-key-export_{fmt} a")).get_attribute("href")
+                answer = ctx.request.get(href)
+                assert answer.status == 200 and "attachment" in answer.headers["content-disposition"], fmt
+                downloads[fmt] = answer.body()
+                anonymous = p.request.new_context()
+                assert anonymous.get(href).status == 401, fmt  # no cookie, no export
+                anonymous.dispose()
             md = downloads["md"].decode("utf-8")
             assert "Reviewed in the browser: agree." in md and f"Signed off by {USER} at" in md and first in md
             pdf = _pdf_text(downloads["pdf"])
             assert first in pdf and "What is the Ki-67 proliferation index?" in pdf and f"Signed off by {USER}" in pdf
+            assert first in downloads["fhir"].decode() and first in downloads["geojson"].decode()
+            # the viewer's tiles come from the same server, behind the same session
+            tiles = [u for u in requested if "/tile?" in u]
+            assert tiles, "the tiled viewer loaded no tile"
+            anonymous = p.request.new_context()
+            assert anonymous.get(tiles[0]).status == 401 and ctx.request.get(tiles[0]).status == 200
+            anonymous.dispose()
+            # nothing of the case went through Streamlit's /media, which has no session check
+            assert not [u for u in requested if urlsplit(u).path.startswith("/media/")]
 
             # the case list shows the new status
             page.get_by_role("link", name="Cases").click()

@@ -51,7 +51,12 @@ class UISettings(BaseSettings):
         Path("docs/tool_accuracy.json"),
         description="JSON of measured tool accuracy shown on the Tools page: {tool: {metric: value, ...}}.",
     )
-    view_px: int = Field(768, ge=256, le=2048, description="Width in pixels of the slide/image viewer.")
+    view_px: int = Field(768, ge=256, le=2048, description="Width in pixels of the static (server-rendered) view.")
+    viewer: Literal["tiled", "static"] = Field(
+        "tiled", description="tiled = the OpenSeadragon viewer fed by the app's loopback tile server (used when the "
+        "app listens on loopback; exports are then served there too, behind the session); static = server-rendered "
+        "views only.",
+    )
 
     @field_validator("password_hash")
     @classmethod

@@ -118,14 +118,15 @@ class Facade(CaseBrowser):
     # ---- cases --------------------------------------------------------------------------------
 
     # ---- pixels -------------------------------------------------------------------------------
-    def _image(self, case: Case, name: str):
+    def case_image(self, case: Case, name: str):
+        """The image ``name`` of ``case`` (CaseError when the case has none of that name)."""
         try:
             return case.image(name)
         except KeyError:
             raise CaseError(f"case {case.id} has no image {name!r}") from None
 
     def image_info(self, case: Case, name: str) -> ImageInfo:
-        img = self._image(case, name)
+        img = self.case_image(case, name)
         mpp = case.meta.mpp or self.settings.default_mpp
         if img.kind == "wsi":
             with SlideReader(img.path, mpp=mpp) as s:
@@ -167,7 +168,7 @@ class Facade(CaseBrowser):
         out_h = max(1, round(win.height * view_px / win.width))
         level = None
         if info.kind == "wsi":
-            with SlideReader(self._image(case, name).path, mpp=info.mpp) as s:
+            with SlideReader(self.case_image(case, name).path, mpp=info.mpp) as s:
                 ds = max([d for d in s.level_downsamples if d <= max(1.0, win.width / view_px)] or [1.0])
                 if (win.width / ds) * (win.height / ds) > MAX_VIEW_READ_PIXELS:
                     raise CaseError(
@@ -181,7 +182,7 @@ class Facade(CaseBrowser):
                 level = s.last_level
             pixels = data.pixels
         else:
-            pixels = self._patch(self._image(case, name).path)[win.y : win.y + win.height, win.x : win.x + win.width]
+            pixels = self._patch(self.case_image(case, name).path)[win.y : win.y + win.height, win.x : win.x + win.width]
         if pixels.shape[1] != out_w or pixels.shape[0] != out_h:
             resample = Image.Resampling.NEAREST if out_w > pixels.shape[1] else Image.Resampling.LANCZOS
             pixels = np.asarray(Image.fromarray(pixels).resize((out_w, out_h), resample))

@@ -3,11 +3,13 @@ pathologist's version (editable), sign-off, reopen and export."""
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import streamlit as st
 
 from pathasst.ui.facade import Facade, ReviewLockedError
 from pathasst.ui.review import EVENT_LABELS, short_time
-from pathasst.ui.widgets import current_user, reauthenticate
+from pathasst.ui.widgets import case_server_url, current_user, reauthenticate
 
 __all__ = ["render_report"]
 
@@ -105,7 +107,11 @@ def render_report(fac: Facade, case_id: str) -> None:
     st.markdown("**Export** (every kept finding of every question)")
     formats = [("md", "Markdown"), ("json", "JSON"), ("pdf", "PDF"), ("geojson", "QuPath GeoJSON"), ("fhir", "FHIR")]
     cols = st.columns([1, 1, 1, 1.5, 1])
+    server = case_server_url()
     for col, (fmt, label) in zip(cols, formats, strict=True):
+        if server is not None:  # served behind the session, made when clicked (nothing kept in Streamlit's media)
+            col.link_button(label, f"{server}/export?{urlencode({'case': case_id, 'fmt': fmt})}", key=f"export_{fmt}")
+            continue
         try:
             exp = fac.export(case_id, fmt)
         except ValueError as exc:

@@ -12,12 +12,14 @@ from urllib.parse import quote, unquote
 import streamlit as st
 
 from pathasst.core.settings import Settings
+from pathasst.ui.case_server import ensure_server
 from pathasst.ui.config import UISettings
 from pathasst.ui.facade import Facade, LoginError
 from pathasst.ui.sessions import COOKIE
 
 __all__ = [
     "anchor",
+    "case_server_url",
     "current_user",
     "facade",
     "gate",
@@ -187,6 +189,23 @@ def tile_authorizer() -> Callable[[Any, Any], str | None]:
     """For the companion tile server: the user behind a request's session cookie (None: refuse)."""
     fac = facade()
     return lambda headers, _address: fac.authorize_request(headers.get("Cookie"))
+
+
+#: addresses of an app whose browser is on this machine, so it reaches the loopback case server
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def case_server_url() -> str | None:
+    """The companion case server (tiles, layers, exports; behind the session) when this browser reaches it: the app
+    listens on loopback and the tiled viewer is on. None otherwise (pages then fall back to Streamlit's own views)."""
+    fac = facade()
+    if fac.ui.viewer == "static" or st.get_option("server.address") not in _LOOPBACK:
+        return None
+    try:
+        return ensure_server(fac, tile_authorizer(), app_port=st.get_option("server.port"))
+    except OSError as exc:
+        st.warning(f"The tiled viewer and export links are not available ({exc}): using the static views.")
+        return None
 
 
 def _logout() -> None:
