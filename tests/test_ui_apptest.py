@@ -676,3 +676,18 @@ def test_cli_hash_password_makes_a_usable_bcrypt_hash():
     assert res.exit_code == 0, res.output
     line = next(w for w in res.output.split() if w.startswith("$2b$"))
     assert bcrypt.checkpw(b"pw 1", line.encode())
+
+
+def test_questions_asked_while_one_runs_are_queued_not_lost(env):
+    """Questions (or drawn regions) that arrive while the assistant works wait in a queue; each is answered once."""
+    at = _open(_app(), "qc_blurred")
+    at.session_state["questions_qc_blurred"] = [
+        "Is the image quality adequate?", "Measure the area I marked: point 50, 60.",
+    ]
+    at.run()
+    assert not at.exception, at.exception
+    chat = json.loads((env["out"] / "qc_blurred" / "chat.json").read_text())
+    assert [t["question"] for t in chat] == ["Is the image quality adequate?", "Measure the area I marked: point 50, 60."]
+    assert at.session_state["questions_qc_blurred"] == []
+    at.run()  # a later rerun answers nothing again
+    assert len(json.loads((env["out"] / "qc_blurred" / "chat.json").read_text())) == 2

@@ -42,6 +42,15 @@ if case.meta.notes:
 
 view_col, side_col = st.columns([5, 4], gap="large")
 
+#: questions waiting for the assistant, oldest first. A question leaves the queue only once its turn is recorded, so
+#: a click or question that interrupts a running analysis (Streamlit reruns the page) delays it but never loses it.
+QUEUE = f"questions_{case.id}"
+
+
+def _queue(question: str) -> None:
+    st.session_state.setdefault(QUEUE, []).append(question)
+
+
 
 # ---- viewer ----------------------------------------------------------------------------------------
 VIEWER_HEIGHT = 560
@@ -71,7 +80,7 @@ def _tiled_view(shown: list[str], layer_ids: list[str]) -> bool:
         elif marker is None:
             st.warning("That region could not be read: draw it again.")
         else:
-            st.session_state["pending_question"] = fac.region_question(marker)
+            _queue(fac.region_question(marker))
     return True
 
 
@@ -153,7 +162,7 @@ with view_col:
         if marker.box is not None and (marker.box[2] <= marker.box[0] or marker.box[3] <= marker.box[1]):
             st.error("The box needs x1 > x0 and y1 > y0.")
         elif st.button("Measure this region", key=_k("measure"), disabled=review.sign_off is not None):
-            st.session_state["pending_question"] = fac.region_question(marker)
+            _queue(fac.region_question(marker))
 
     if static.open:  # drawn only while shown: a slide's window costs a few hundred ms the tiled viewer does not need
         try:
@@ -195,12 +204,13 @@ with side_col:
             "Run the default analysis", disabled=locked, key="default_analysis",
             help=f"Question: {case.meta.question or 'chosen from the stain and image type'}",
         ):
-            st.session_state["pending_question"] = case.meta.question or ""
+            _queue(case.meta.question or "")
         question = st.chat_input("Ask about this case…", disabled=locked, key="chat_q")
         if question:
-            st.session_state["pending_question"] = question
-        pending = st.session_state.pop("pending_question", None)
-        if pending is not None:
+            _queue(question)
+        queued = st.session_state.get(QUEUE) or []
+        if queued:
+            pending = queued[0]
             with history:
                 with st.chat_message("user"):
                     st.markdown(pending or "(default question)")
@@ -211,8 +221,12 @@ with side_col:
                         with st.spinner("The assistant is working…"):
                             turn = fac.analyse(case.id, pending, current_user(), on_event=live)
                     except (AnalysisError, ReviewLockedError) as exc:
+                        queued.pop(0)  # recorded as a failed turn
                         st.error(str(exc))
+                        if queued:
+                            st.rerun()
                     else:
+                        queued.pop(0)  # at once: the turn is recorded, a rerun from here on must not repeat it
                         st.write_stream(stream_words(linkify(turn.answer)))
                         render_findings(turn.findings)
                         st.rerun()
