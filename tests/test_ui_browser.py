@@ -179,7 +179,12 @@ def test_three_questions_then_the_first_finding_is_in_the_signed_pdf(server: tup
             _idle(page)
             _shot(page, "02-case-view")
             _ask(page, "What is the Ki-67 proliferation index?", r"ihc_quantification · ihc\.png · ok · [\d.]+ s — ")
+            viewer = page.frame_locator('iframe[src*="slide_viewer"]')
+            expect(viewer.locator("#legend .layer")).to_contain_text("Q1 · ihc_quantification")  # its layer is drawn
+            viewer.get_by_role("button", name=re.compile(r"^Layers")).click()  # the legend, open for the screenshot
+            page.wait_for_timeout(500)
             readme_src = _shot(page, "03-analysis")
+            viewer.get_by_role("button", name=re.compile(r"^Layers")).click()
             _ask(page, "Is the image quality adequate?", r"tissue_qc · ihc\.png · ok · [\d.]+ s — ")
             _ask(page, "Measure the area I marked: point 200, 200.", r"region_segmentation · ihc\.png · ok · [\d.]+ s — ")
             expect(page.get_by_text(re.compile(r"^Q3\.")).first).to_be_attached()  # the third turn is recorded

@@ -48,7 +48,11 @@ QUEUE = f"questions_{case.id}"
 
 
 def _queue(question: str) -> None:
-    st.session_state.setdefault(QUEUE, []).append(question)
+    """Add a question unless it is already waiting (an interrupted run hands Streamlit's chat input and buttons
+    their value again on the next run)."""
+    queue = st.session_state.setdefault(QUEUE, [])
+    if question not in queue:
+        queue.append(question)
 
 
 
