@@ -642,7 +642,15 @@ def test_similar_cases_gallery_shows_diagnoses_and_distances(env):
     first, second = text.index("**lib-03**"), text.index("**lib-17**")
     assert first < second
     assert "tubular adenoma" in text and "distance 0.120" in text and "source `call_sim0000001`" in text
-    assert len(at.get("image")) == 2  # the viewer and the one stored thumbnail
+    # the one stored thumbnail, inline (no /media URL, which would bypass the login)
+    shown = [m.value for m in at.markdown if 'alt="case lib-03"' in m.value]
+    assert len(shown) == 1 and "data:image/png;base64," in shown[0]
+    import base64
+    import io
+
+    png = base64.b64decode(shown[0].split("base64,")[1].split('"')[0])
+    assert Image.open(io.BytesIO(png)).convert("RGB").getpixel((5, 5)) == (200, 120, 150)
+    assert not [m for m in at.markdown if 'alt="case lib-17"' in m.value]  # it has no thumbnail
 
 
 def test_real_case_library_feeds_the_similar_cases_gallery(env, tmp_path, monkeypatch):
@@ -663,7 +671,7 @@ def test_real_case_library_feeds_the_similar_cases_gallery(env, tmp_path, monkey
     text = _texts(at)
     assert "**ki67_patch**" in text and "**qc_blurred**" in text
     assert "distance 0." in text
-    assert len(at.get("image")) >= 3  # the viewer and the stored thumbnails
+    assert len([m for m in at.markdown if "data:image/png;base64," in m.value]) >= 2  # the stored thumbnails, inline
 
 
 def test_cli_hash_password_makes_a_usable_bcrypt_hash():
