@@ -241,6 +241,10 @@ def test_three_questions_then_the_first_finding_is_in_the_signed_pdf(server: tup
             anonymous = p.request.new_context()
             assert anonymous.get(tiles[0]).status == 401 and ctx.request.get(tiles[0]).status == 200
             anonymous.dispose()
+            # ... nor the static view's image (inline, over the signed-in session)
+            page.get_by_text("Static view (server-rendered)").click()
+            expect(page.get_by_text(re.compile(r"ihc\.png \(512×512\) · window x 0–512"))).to_be_visible()
+            expect(page.locator('img[alt="ihc.png"][src^="data:image/jpeg;base64,"]')).to_have_count(1)
             # nothing of the case went through Streamlit's /media, which has no session check
             assert not [u for u in requested if urlsplit(u).path.startswith("/media/")]
 

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import streamlit as st
-from PIL import Image
 
 from pathasst.ui.review import ChatTurn, short_time
-from pathasst.ui.widgets import anchor
+from pathasst.ui.widgets import anchor, inline_image
 
-__all__ = [
-    "LiveSteps", "render_call", "render_findings", "render_gallery", "render_turn", "stream_words", "thumbnail_uri",
-]
+__all__ = ["LiveSteps", "render_call", "render_findings", "render_gallery", "render_turn", "stream_words"]
 
 _STATE = {"ok": "complete", "not_configured": "complete", "bad_call": "error", "failed": "error"}
 _ICON = {"ok": ":material/check_circle:", "not_configured": ":material/block:", "bad_call": ":material/error:",
@@ -121,27 +116,12 @@ def render_gallery(similar: list[dict[str, Any]]) -> None:
     cols = st.columns(4)
     for i, s in enumerate(similar[:12]):
         with cols[i % 4]:
-            if s.get("thumbnail") and (uri := thumbnail_uri(s["thumbnail"])):
-                # inline, so it travels over the signed-in session (Streamlit's /media has no session check)
-                st.markdown(f'<img src="{uri}" alt="case {s.get("case_id")}" style="width:100%">',
-                            unsafe_allow_html=True)
+            if s.get("thumbnail"):
+                inline_image(s["thumbnail"], alt=f"case {s.get('case_id')}", max_side=256)
             st.markdown(
                 f"**{s.get('case_id')}**  \n{s.get('diagnosis') or 'diagnosis unknown'}  \n"
                 f"distance {float(s.get('distance') or 0):.3f} · source {', '.join(f'`{x}`' for x in s.get('sources', []))}"
             )
-
-
-def thumbnail_uri(path: str, size: int = 256) -> str | None:
-    """A small PNG of the image at ``path`` as a data URI (None when it cannot be read)."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-    except (OSError, ValueError):
-        return None
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def render_turn(turn: ChatTurn) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import html
+import io
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 
 from pathasst.core.settings import Settings
 from pathasst.ui.case_server import ensure_server
@@ -23,6 +29,7 @@ __all__ = [
     "current_user",
     "facade",
     "gate",
+    "inline_image",
     "reauthenticate",
     "require_login",
     "sidebar",
@@ -236,6 +243,27 @@ def sidebar() -> None:
                           help="Recorded with edits and sign-off; remembered in this browser.")
         root = str(fac.settings.cases_root or "not configured")
         st.caption(f"Cases: `{root}`  \nOutputs: `{fac.out_dir}`  \nPlanner: `{fac.planner_name}`")
+
+
+def inline_image(source: np.ndarray | str | Path, *, alt: str, caption: str | None = None, max_side: int | None = None,
+                 target: Any = None) -> bool:
+    """Show an image inline (a data URI over the signed-in session) rather than through Streamlit's ``/media`` URLs,
+    which answer without a session. False when ``source`` cannot be read."""
+    try:
+        im = Image.fromarray(np.ascontiguousarray(source)) if isinstance(source, np.ndarray) else Image.open(source)
+        im = im.convert("RGB")
+        if max_side:
+            im.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=90)
+    except (OSError, ValueError):
+        return False
+    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    where = target if target is not None else st
+    where.markdown(f'<img src="{uri}" alt="{html.escape(alt)}" style="max-width:100%">', unsafe_allow_html=True)
+    if caption:
+        where.caption(caption)
+    return True
 
 
 def status_badge(status: str) -> str:

@@ -13,7 +13,7 @@ from pathasst.ui.chat import LiveSteps, linkify, render_findings, render_gallery
 from pathasst.ui.facade import AnalysisError, CaseError, Marker, ReviewLockedError, zoom_levels
 from pathasst.ui.report_panel import render_report
 from pathasst.ui.slide_viewer import region_marker, slide_viewer
-from pathasst.ui.widgets import case_server_url, current_user, facade, require_login, status_badge
+from pathasst.ui.widgets import case_server_url, current_user, facade, inline_image, require_login, status_badge
 
 require_login()
 fac = facade()
@@ -180,12 +180,11 @@ with view_col:
             w = res.window
             per_px = f"{res.scale * info.mpp:.2f} µm/px" if info.mpp else f"{res.scale:.2f} level-0 px per screen px"
             level_txt = f" · pyramid level {res.level}" if res.level is not None else ""
-            img_slot.image(
-                res.pixels,
+            inline_image(
+                res.pixels, alt=image, target=img_slot,
                 caption=f"{image} ({info.width}×{info.height}) · window x {w.x}–{w.x + w.width}, "
                 f"y {w.y}–{w.y + w.height} · {per_px}{level_txt} · overlay objects drawn: {sum(res.drawn.values())}"
                 + (f" · overlay images: {len(res.painted)}" if res.painted else ""),
-                output_format="JPEG",
             )
 
 # ---- assistant and report -------------------------------------------------------------------------
