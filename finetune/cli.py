@@ -11,6 +11,10 @@
     pathasst-train data instruct CAPTIONS --out FILE.jsonl [--llm-url URL --llm-model NAME]
                                                    LLaVA conversations grounded in the captions (resumable)
     pathasst-train data figures SRC --out DIR     figures + captions + licence from PMC JATS, DOCX, PDF (resumable)
+    pathasst-train data filter-build|filter-train|filter-eval|filter-images ...
+                                                   pathology image filter (data/figure_cli.py lists the arguments)
+    pathasst-train data subfig-build|subfig-train|subfig-eval|split-figure ...
+                                                   sub-figure (panel) splitter: deterministic and YOLO backends
     pathasst-train clip ...                        PathCLIP contrastive training (python -m pathasst.finetune.clip)
     pathasst-train vlm --stage 1|2 ...             PathAsst stages 1 and 2 (python -m pathasst.finetune.vlm.train)
     pathasst-train export --vlm DIR --gguf FILE    merge LoRA, export the language model to GGUF
@@ -28,6 +32,10 @@ __all__ = ["main"]
 
 
 def _data(argv: list[str]) -> int:
+    from pathasst.finetune.data import figure_cli
+
+    if argv and argv[0] in figure_cli.COMMANDS:
+        return figure_cli.main(argv)
     ap = argparse.ArgumentParser(prog="pathasst-train data")
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("tools", help="tool-invocation samples from the tool registry")

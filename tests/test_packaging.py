@@ -41,6 +41,7 @@ def test_wheel_has_only_the_pathasst_namespace_and_imports(tmp_path):
                     "weights/nuclei_net_20x.pt", "wsi/run.py",
                     "weights/nuclei_pixel.npz"):
         assert f"pathasst/tools/{shipped}" in names, shipped  # the embedded backends work from a wheel
+    assert "pathasst/finetune/data/weights/image_filter.pt" in names
     for asset in ("index.html", "main.js", "style.css", "openseadragon.min.js", "openseadragon-LICENSE.txt"):
         assert f"pathasst/ui/slide_viewer/frontend/{asset}" in names, asset  # the viewer loads nothing from the web
     sources = {
