@@ -460,6 +460,11 @@ FILE_OPENERS = {
     "core/readers.py": "images and slides listed by load_case or located by RootImageResolver",
     "memory/ingest.py": "report/caption texts of a loaded case (Case.root, symlinks skipped)",
     "ui/facade.py": "case.yaml via read_case_meta; reports, GeoJSON and failure records in the output folder",
+    "ui/findings.py": "OUT/CASE/findings/CALL_ID.{png,geojson} (call ids checked against call_[A-Za-z0-9_-]); "
+                      "a batch report's overlays via ensure_inside the case folder",
+    "ui/case_server.py": "images of load_case (via Facade.case_image) and overlays of Facade.layers, ensure_inside "
+                         "the case's output folder",
+    "ui/widgets.py": "similar-case thumbnails (Facade.similar_cases keeps only existing image files) and arrays",
     # operator-configured files and outputs
     "agent/outputs.py": "writes reports in the output folder",
     "core/files.py": "rewrites files its callers name (outputs, reviews, caption and training-data files)",

@@ -194,3 +194,27 @@ def test_a_crash_while_rewriting_the_case_loses_no_finding(fac, monkeypatch):
     report = json.loads(fac.layout.report_json(CASE).read_text())
     assert [e["number"] for e in report["exchanges"]] == [1, 2, 3]
     assert [r["tool"] for r in report["trace"]] == ["tissue_qc"] * 2 + ["region_segmentation"] * 4  # two images
+
+
+def test_a_tampered_batch_report_cannot_reach_files_outside_the_case(fac, tmp_path):
+    from pathasst.agent.engine import Engine
+    from pathasst.agent.outputs import write_case
+    from pathasst.core.cases import CaseError
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG not for you")
+    report, artifacts = Engine(fac.settings, planner="rules").run(case_dir=fac.cases_root / CASE, cases_root=fac.cases_root)
+    write_case(fac.out_dir, report, artifacts)
+    path = fac.layout.report_json(CASE)
+    doc = json.loads(path.read_text())
+    call = doc["trace"][0]["id"]
+    doc["files"]["overlay_of"] = {call: "../../secret.png"}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CaseError, match="outside"):
+        fac.findings(CASE)
+    doc["files"]["overlay_of"] = {}
+    doc["trace"][0]["id"] = "call_../../../secret"  # a call id is never a path
+    path.write_text(json.dumps(doc))
+    ledger = fac.findings(CASE)
+    assert not list((fac.layout.case_dir(CASE) / "findings").glob("*secret*"))
+    assert ledger.turns[0].report["trace"][0]["id"] == "call_../../../secret"

@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from pathasst.agent.outputs import OutputLayout
+from pathasst.core.cases import ensure_inside
 from pathasst.core.files import atomic_write_text
 from pathasst.planning.report import Exchange, Finding, Report
 
@@ -115,8 +116,18 @@ class CallArtifacts:
 
 
 # ---- files --------------------------------------------------------------------------------------------------
+_CALL_ID = re.compile(r"^call_[A-Za-z0-9_-]{1,40}$")
+
+
 def _dir(out_dir: Path, case_id: str) -> Path:
     return OutputLayout(Path(out_dir)).case_dir(case_id) / FINDINGS_DIR
+
+
+def _artifact(folder: Path, call_id: str, suffix: str) -> Path:
+    """``folder/CALL_ID.suffix``; a call id that is not one (a path, dots) is refused, so no path leaves ``folder``."""
+    if not _CALL_ID.match(call_id):
+        raise ValueError(f"not a tool-call id: {call_id!r}")
+    return folder / f"{call_id}{suffix}"
 
 
 def load_findings(out_dir: Path, case_id: str) -> CaseFindings | None:
@@ -140,17 +151,20 @@ def save_artifacts(out_dir: Path, case_id: str, artifacts: dict[str, Any]) -> No
     for call_id, res in artifacts.items():
         overlay = getattr(res, "overlay", None)
         if overlay is not None:
-            tmp = folder / f".{call_id}.png.tmp"
+            target = _artifact(folder, call_id, ".png")
+            tmp = target.with_name(f".{target.name}.tmp")
             Image.fromarray(np.ascontiguousarray(overlay)).save(tmp, format="PNG")
-            tmp.replace(folder / f"{call_id}.png")
+            tmp.replace(target)
         features = getattr(res, "features", None) or []
         if features:
-            atomic_write_text(folder / f"{call_id}.geojson", json.dumps({"type": "FeatureCollection", "features": features}))
+            atomic_write_text(
+                _artifact(folder, call_id, ".geojson"), json.dumps({"type": "FeatureCollection", "features": features})
+            )
 
 
 def _load_artifacts(out_dir: Path, case_id: str, call_id: str) -> CallArtifacts:
     folder = _dir(out_dir, case_id)
-    png, geo = folder / f"{call_id}.png", folder / f"{call_id}.geojson"
+    png, geo = _artifact(folder, call_id, ".png"), _artifact(folder, call_id, ".geojson")
     overlay = np.asarray(Image.open(png)) if png.is_file() else None
     features = json.loads(geo.read_text(encoding="utf-8"))["features"] if geo.is_file() else []
     return CallArtifacts(overlay=overlay, features=features)
@@ -182,7 +196,11 @@ def from_batch_report(out_dir: Path, case_id: str, report: dict[str, Any]) -> Ca
         pass
     artifacts = {}
     for rec in rep.trace:
-        path = layout.case_dir(case_id) / overlay_of[rec.id] if rec.id in overlay_of else None
+        if not _CALL_ID.match(rec.id):
+            continue
+        # report.json names the overlay: it must lie in the case folder
+        path = ensure_inside(layout.case_dir(case_id) / overlay_of[rec.id], layout.case_dir(case_id)) \
+            if rec.id in overlay_of else None
         overlay = np.asarray(Image.open(path)) if path is not None and path.is_file() else None
         if overlay is not None or features.get(rec.id):
             artifacts[rec.id] = CallArtifacts(overlay=overlay, features=features.get(rec.id, []))
@@ -269,4 +287,4 @@ def merged_report(ledger: CaseFindings) -> Report:
 
 def merged_artifacts(out_dir: Path, ledger: CaseFindings) -> dict[str, CallArtifacts]:
     """The saved overlay and features of every kept call."""
-    return {cid: _load_artifacts(out_dir, ledger.case_id, cid) for cid in ledger.kept_calls}
+    return {cid: _load_artifacts(out_dir, ledger.case_id, cid) for cid in ledger.kept_calls if _CALL_ID.match(cid)}
