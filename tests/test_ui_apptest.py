@@ -700,3 +700,6 @@ def test_questions_asked_while_one_runs_are_queued_not_lost(env):
     assert at.session_state["questions_qc_blurred"] == []
     at.run()  # a later rerun answers nothing again
     assert len(json.loads((env["out"] / "qc_blurred" / "chat.json").read_text())) == 2
+    # the same submission handed in again right after its answer (a rerun that interrupted the page) is not re-asked
+    at.chat_input(key="chat_q").set_value("Measure the area I marked: point 50, 60.").run()
+    assert len(json.loads((env["out"] / "qc_blurred" / "chat.json").read_text())) == 2

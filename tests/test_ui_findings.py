@@ -218,3 +218,15 @@ def test_a_tampered_batch_report_cannot_reach_files_outside_the_case(fac, tmp_pa
     ledger = fac.findings(CASE)
     assert not list((fac.layout.case_dir(CASE) / "findings").glob("*secret*"))
     assert ledger.turns[0].report["trace"][0]["id"] == "call_../../../secret"
+
+
+def test_the_same_submission_twice_in_a_row_is_answered_once(fac):
+    """Two page runs racing with one chat submission must not record it twice; asking again later does."""
+    first = fac.analyse(CASE, "Is the image quality adequate?", "Dr Lopez")
+    again = fac.analyse(CASE, "Is the image quality adequate?", "Dr Lopez")
+    assert again.calls == first.calls and len(fac.chat(CASE)) == 1 and len(fac.findings(CASE).turns) == 1
+    fac.analyse(CASE, "Is the image quality adequate?", "Dr Other")  # another reviewer asks it too
+    assert len(fac.chat(CASE)) == 2
+    fac.REPEAT_WINDOW_S = 0.0  # later on, the same question is a new question
+    fac.analyse(CASE, "Is the image quality adequate?", "Dr Other")
+    assert len(fac.chat(CASE)) == 3

@@ -11,6 +11,7 @@ cases root (and resolved with ``ensure_inside``), so a request can never reach a
 
 from __future__ import annotations
 
+import datetime as _dt
 import hmac
 import json
 import math
@@ -317,6 +318,9 @@ class Facade(CaseBrowser):
         with self._run_lock:
             if self.review(case_id).sign_off is not None:
                 raise ReviewLockedError(f"case {case_id} is signed off: reopen it before a new analysis")
+            repeat = self._just_answered(case_id, question, user)
+            if repeat is not None:  # the same submission twice (two page runs racing): answered once
+                return repeat
             t0 = time.perf_counter()
             try:
                 report, artifacts = self.engine().run(
@@ -349,6 +353,21 @@ class Facade(CaseBrowser):
                 )
                 self._record_turn(case_id, turn)
         return turn
+
+    #: a question equal to the one the same user had answered this many seconds ago is the same submission again
+    REPEAT_WINDOW_S = 10.0
+
+    def _just_answered(self, case_id: str, question: str | None, user: str) -> ChatTurn | None:
+        turns = rv.load_chat(self.out_dir, case_id)
+        if not turns or turns[-1].status != "ok" or turns[-1].asked_by != user:
+            return None
+        last = turns[-1]
+        asked = question if question is not None else last.question  # the default question is recorded resolved
+        try:
+            age = (_dt.datetime.now(_dt.UTC) - _dt.datetime.fromisoformat(last.at)).total_seconds()
+        except ValueError:
+            return None
+        return last if last.question == asked and question is not None and age < self.REPEAT_WINDOW_S else None
 
     #: the review app's files that a rewrite of the case folder carries over
     _KEEP = (rv.REVIEW_FILE, rv.CHAT_FILE, fnd.FINDINGS_FILE, fnd.FINDINGS_DIR)

@@ -5,6 +5,7 @@ report (AI draft, the pathologist's version, sign-off, export)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -47,12 +48,24 @@ view_col, side_col = st.columns([5, 4], gap="large")
 QUEUE = f"questions_{case.id}"
 
 
+ANSWERED = f"answered_{case.id}"
+#: a question equal to the one answered this many seconds ago is the same submission handed in again
+REDELIVERY_S = 10.0
+
+
 def _queue(question: str) -> None:
-    """Add a question unless it is already waiting (an interrupted run hands Streamlit's chat input and buttons
-    their value again on the next run)."""
+    """Add a question unless it is already waiting or was answered a moment ago: a run interrupted by a rerun can
+    hand Streamlit's chat input and buttons their value again on the next run."""
     queue = st.session_state.setdefault(QUEUE, [])
-    if question not in queue:
-        queue.append(question)
+    last, at = st.session_state.get(ANSWERED, ("", 0.0))
+    if question in queue or (question == last and time.monotonic() - at < REDELIVERY_S):
+        return
+    queue.append(question)
+
+
+def _answered(question: str) -> None:
+    st.session_state[QUEUE].remove(question)
+    st.session_state[ANSWERED] = (question, time.monotonic())
 
 
 
@@ -224,12 +237,12 @@ with side_col:
                         with st.spinner("The assistant is working…"):
                             turn = fac.analyse(case.id, pending, current_user(), on_event=live)
                     except (AnalysisError, ReviewLockedError) as exc:
-                        queued.pop(0)  # recorded as a failed turn
+                        _answered(pending)  # recorded as a failed turn
                         st.error(str(exc))
                         if queued:
                             st.rerun()
                     else:
-                        queued.pop(0)  # at once: the turn is recorded, a rerun from here on must not repeat it
+                        _answered(pending)  # at once: the turn is recorded, a rerun from here on must not repeat it
                         st.write_stream(stream_words(linkify(turn.answer)))
                         render_findings(turn.findings)
                         st.rerun()
