@@ -23,6 +23,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def demo_cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example cases of ``pathasst demo`` (a Ki-67 patch, a pyramidal slide, QC, broken and empty cases), built
+    once per test module; tests copy them before writing into them."""
+    from pathasst.agent.demo import build_demo_cases
+
+    root = tmp_path_factory.mktemp("demo") / "cases"
+    build_demo_cases(root)
+    return root
+
+
 @pytest.fixture()
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A Settings object isolated from the user's environment and .env, with temporary folders."""

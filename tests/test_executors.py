@@ -54,15 +54,6 @@ def ray_local():
             os.environ[k] = v
 
 
-@pytest.fixture(scope="module")
-def demo_cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pathasst.agent.demo import build_demo_cases
-
-    root = tmp_path_factory.mktemp("cases")
-    build_demo_cases(root)
-    return root
-
-
 @pytest.fixture()
 def batch_settings(settings: Any) -> Any:
     # executors are under test, not the tools: a 1 M-pixel analysis budget and one small nuclei network (not the

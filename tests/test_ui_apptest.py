@@ -22,15 +22,6 @@ VIEWS = REPO / "ui" / "views"
 TIMEOUT = 120
 
 
-@pytest.fixture(scope="module")
-def demo_cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pathasst.agent.demo import build_demo_cases
-
-    root = tmp_path_factory.mktemp("demo") / "cases"
-    build_demo_cases(root)
-    return root
-
-
 @pytest.fixture()
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_cases: Path) -> dict[str, Path]:
     """A private copy of the example cases, an empty output folder and the rules planner; no login."""

@@ -17,15 +17,6 @@ from pathasst.ui.facade import Facade, ReviewLockedError
 CASE = "qc_blurred"  # its tools (QC, region measure) take well under a second each
 
 
-@pytest.fixture(scope="module")
-def demo_cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pathasst.agent.demo import build_demo_cases
-
-    root = tmp_path_factory.mktemp("demo") / "cases"
-    build_demo_cases(root)
-    return root
-
-
 @pytest.fixture()
 def fac(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_cases: Path) -> Facade:
     from pathasst.core.settings import Settings
