@@ -261,6 +261,16 @@ def test_three_questions_then_the_first_finding_is_in_the_signed_pdf(server: tup
         _readme_screenshot(readme_src)
 
 
+def _cookies_once_set(page: sync_api.Page, name: str, timeout_s: float = 30.0) -> dict[str, dict]:
+    """The page's cookies once ``name`` is among them (the app writes it from a frame, after the page renders)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cookies = {c["name"]: c for c in page.context.cookies()}
+        if name in cookies or time.monotonic() > deadline:
+            return cookies
+        page.wait_for_timeout(200)
+
+
 def test_sign_in_survives_reload_keeps_deep_links_and_locks_out_across_contexts(server: tuple[str, Path]) -> None:
     expect = sync_api.expect
     url, base = server
@@ -274,7 +284,7 @@ def test_sign_in_survives_reload_keeps_deep_links_and_locks_out_across_contexts(
             _sign_in(a)
             a.get_by_role("heading", name="Case qc_blurred").wait_for()
             assert "case=qc_blurred" in a.url
-            cookies = {c["name"]: c for c in a.context.cookies()}
+            cookies = _cookies_once_set(a, "pathasst_session")
             assert cookies["pathasst_session"]["sameSite"] == "Strict"
             # a reload keeps the session (server side, from the cookie) and the page
             a.reload()

@@ -78,9 +78,15 @@ def _set_cookie(name: str, value: str, max_age_s: int) -> None:
 
 
 def _flush_cookies() -> None:
-    """Write the cookie changes a sign-in or sign-out left for this run."""
+    """Write the cookie changes a sign-in or sign-out left for this run.
+
+    The session cookie is written on every run until the browser's request carries it: the writing frame runs its
+    script asynchronously, and a rerun that came first would otherwise unmount it unrun (a reload would then sign
+    the reviewer out). An unchanged frame stays mounted across reruns, so the script runs once per page, not per run.
+    """
     fac = facade()
-    if (token := st.session_state.pop("cookie_set", None)) is not None:
+    token = st.session_state.get("auth_token")
+    if token and _cookie(COOKIE) != token:
         _set_cookie(COOKIE, token, int(fac.ui.session_hours * 3600))
     if st.session_state.pop("cookie_clear", False):
         _set_cookie(COOKIE, "", 0)
@@ -104,7 +110,7 @@ def _session_token() -> str | None:
 
 def _start_session(user: str) -> None:
     token = facade().sessions.create(user)
-    st.session_state.update(auth_user=user, auth_token=token, cookie_set=token)
+    st.session_state.update(auth_user=user, auth_token=token)
 
 
 def signed_in() -> bool:
@@ -158,7 +164,7 @@ def gate() -> bool:
         except LoginError as exc:
             st.error(str(exc))
         else:
-            st.session_state.update(auth_user=fac.session_user(token), auth_token=token, cookie_set=token)
+            st.session_state.update(auth_user=fac.session_user(token), auth_token=token)
             st.session_state.pop("login_password", None)
             st.rerun()
     return False
