@@ -199,3 +199,82 @@ def test_filter_images_drops_charts_and_reports_bad_files(tmp_path: Path, capsys
     assert rows["notes.png"]["error"] == "unsupported_format" and rows["huge.png"]["error"] == "image_too_large"
     assert figure_cli.main(["filter-images", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ robustness sweep (--perturb)
+def _high_frequency_energy(rgb: np.ndarray) -> float:
+    from scipy import ndimage as ndi
+
+    return float(ndi.laplace(rgb.astype(np.float64).mean(-1)).var())
+
+
+def test_perturbations_change_pixels_as_intended() -> None:
+    from skimage.color import rgb2hed
+
+    from pathasst.finetune.data.filter_robustness import PERTURBATIONS, blur, jpeg, rescale, stain_scale
+
+    ihc = next(p for p in package_images() if p.name == "skimage:ihc").load()[:160, :200]  # real brightfield tissue
+    chart = render_chart(np.random.default_rng(7), (200, 160), "bar")
+    for im in (ihc, chart):
+        # stain scale 1.0 is the identity within rounding, on tissue and on a chart's colours alike
+        assert np.abs(stain_scale(im, 1.0, 1.0).astype(int) - im).max() <= 1
+    he = lambda x: rgb2hed(x)[..., :2].mean()  # noqa: E731  # mean H + E optical density
+    faded, strong = stain_scale(ihc, 0.5, 0.5), stain_scale(ihc, 1.5, 1.5)
+    assert 0.4 < he(faded) / he(ihc) < 0.65 and 1.35 < he(strong) / he(ihc) < 1.6
+    assert faded.mean() > ihc.mean() + 5 > strong.mean() + 10  # less stain is lighter, more is darker
+    white = np.full((8, 8, 3), 255, np.uint8)
+    assert (stain_scale(white, 1.5, 1.5) == 255).all()  # glass stays glass
+    # blur removes high-frequency energy, more with a larger sigma, and keeps the mean
+    e0, e1, e2 = (_high_frequency_energy(x) for x in (ihc, blur(ihc, 1.0), blur(ihc, 2.0)))
+    assert e2 < 0.25 * e1 and e1 < 0.5 * e0
+    assert abs(float(blur(ihc, 2.0).mean()) - float(ihc.mean())) < 1.0
+    # JPEG: q50 loses more than q75, neither much
+    err = lambda x: float(np.abs(x.astype(int) - ihc).mean())  # noqa: E731
+    assert 0 < err(jpeg(ihc, 75)) < err(jpeg(ihc, 50)) < 10
+    assert rescale(ihc, 0.5).shape == (80, 100, 3) and rescale(ihc, 2.0).shape == (320, 400, 3)
+    g = PERTURBATIONS["grayscale"](ihc)
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all() and g.std() > 10
+    assert (PERTURBATIONS["clean"](ihc) == ihc).all()
+    for name, f in PERTURBATIONS.items():
+        out = f(chart)
+        assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3, name
+
+
+def test_filter_eval_perturb_scores_every_setting_on_the_whole_split(
+        tiny_set: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pathasst.finetune.data.filter_robustness import PERTURBATIONS
+    from pathasst.finetune.data.filter_train import evaluate
+
+    test_rows = [r for r in read_manifest(tiny_set) if r.split == "test"]
+    assert figure_cli.main(["filter-eval", str(tiny_set), "--perturb", "--bootstrap", "50"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["split"] == "test" and out["weights"] == str(DEFAULT_WEIGHTS)
+    assert out["threshold"] == load_filter().threshold  # the validation threshold, untouched by the sweep
+    assert list(out["settings"]) == list(PERTURBATIONS)
+    positives = sum(r.label for r in test_rows)
+    for name, s in out["settings"].items():
+        assert s["n"] == len(test_rows) and (s["positives"], s["negatives"]) == (positives, len(test_rows) - positives)
+        lo, hi = s["accuracy_ci95"]
+        assert lo <= s["accuracy"] <= hi, name
+        # accuracy is the count-weighted mean of recall and specificity
+        assert s["accuracy"] == pytest.approx((s["recall"] * positives + s["specificity"] * s["negatives"])
+                                              / s["n"], abs=1e-3), name
+        assert set(s["per_source_accuracy"]) == {r.source for r in test_rows}
+    # "clean" is the plain filter-eval; "jpeg_q75" the plain filter-eval --jpeg 75
+    for name, q in (("clean", None), ("jpeg_q75", 75)):
+        plain = evaluate(tiny_set, split="test", jpeg=q, bootstrap=10)["all"]
+        assert out["settings"][name]["accuracy"] == plain["accuracy"] and out["settings"][name]["auc"] == plain["auc"]
+    # one setting by name; bad names and --jpeg with --perturb are errors
+    assert figure_cli.main(["filter-eval", str(tiny_set), "--bootstrap", "20", "--perturb", "grayscale"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["settings"]) == ["grayscale"]
+    assert figure_cli.main(["filter-eval", str(tiny_set), "--perturb", "sepia"]) == 2
+    assert "unknown perturbation" in capsys.readouterr().err
+    assert figure_cli.main(["filter-eval", str(tiny_set), "--jpeg", "50", "--perturb"]) == 2
+
+
+def test_shipped_weights_keep_a_real_he_tile_under_blur_sigma_1(shared_data: Path) -> None:
+    from pathasst.finetune.data.filter_robustness import blur
+
+    tile = load_image(shared_data / "tiles" / "he_tile_240.png")
+    keep, p = is_pathology(blur(tile, 1.0))
+    assert keep and p > 0.5, p

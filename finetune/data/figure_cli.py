@@ -4,6 +4,7 @@ sub-figure splitter. :func:`pathasst.finetune.cli` hands these command names her
     filter-build --out DIR [--shared DIR]          pathology-vs-other data set (split by case / slide / source)
     filter-train DIR --out WEIGHTS.pt              train the filter (train split; val picks epoch and threshold)
     filter-eval DIR [WEIGHTS] [--jpeg Q]           JSON scores on the held-out split (bootstrap 95 % intervals)
+    filter-eval DIR [WEIGHTS] --perturb [NAME ...] the same under stain / blur / JPEG / scale / grayscale changes
     filter-images IN_DIR --out FILE.jsonl          keep / drop every image of a folder, with its probability
     subfig-build --out DIR [--shared DIR]          synthetic compound figures, YOLO format
     subfig-train DIR --out RUN [--epochs N]        YOLO (yolov8n.yaml, from scratch) on them
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=float, default=None)
     e.add_argument("--jpeg", type=int, default=None, help="re-encode every image as JPEG of this quality first")
     e.add_argument("--bootstrap", type=int, default=1000)
+    e.add_argument("--perturb", nargs="*", default=None, metavar="NAME",
+                   help="robustness sweep: score the split under each perturbation (all when no NAME is given; "
+                        "see finetune/data/filter_robustness.py)")
     f = sub.add_parser("filter-images", help="keep / drop the images of a folder")
     f.add_argument("src", type=Path)
     f.add_argument("--out", type=Path, required=True, help="JSONL, one line per file")
@@ -102,6 +106,14 @@ def _run(a: argparse.Namespace) -> object:
                         seed=a.seed, max_minutes=a.max_minutes, threads=a.threads, log=log)
         return {k: v for k, v in summary.items() if k != "history"}
     if a.cmd == "filter-eval":
+        if a.perturb is not None:
+            if a.jpeg is not None:
+                raise ValueError("--jpeg and --perturb do not combine (the sweep has jpeg_q75 and jpeg_q50)")
+            from pathasst.finetune.data.filter_robustness import perturbation_sweep
+
+            return perturbation_sweep(a.data, a.weights, split=a.split, threshold=a.threshold,
+                                      settings=a.perturb or None, bootstrap=a.bootstrap,
+                                      log=lambda m: print(m, file=sys.stderr, flush=True))
         from pathasst.finetune.data.filter_train import evaluate
 
         return evaluate(a.data, a.weights, split=a.split, threshold=a.threshold, jpeg=a.jpeg, bootstrap=a.bootstrap)
