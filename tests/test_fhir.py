@@ -289,7 +289,7 @@ def test_headline_values_and_units(runs: dict[str, Path]) -> None:
     by_field = {o["identifier"][0]["value"].split("/")[1]: o for o in _observations(fhir)}
     # the demo's DAB sample is membranous: the Ki-67 index is withheld with a warning, never sent as a number
     assert ihc["output"]["positivity_index"] is None and "positivity_index" not in by_field
-    assert by_field["in_domain"]["valueBoolean"] is False and "outside nuclei" in by_field["warnings"]["valueString"]
+    assert by_field["in_domain"]["valueBoolean"] is False and "membranous" in by_field["warnings"]["valueString"]
     assert by_field["dab_outside_nuclei"]["valueQuantity"]["value"] == ihc["output"]["dab_outside_nuclei"]
     assert by_field["positive_cells"]["valueQuantity"]["code"] == "{count}"
     assert by_field["positive_cells"]["valueQuantity"]["value"] == ihc["output"]["positive_cells"] > 0

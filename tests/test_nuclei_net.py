@@ -45,9 +45,13 @@ def _tiny_ensemble(tmp_path: Path) -> Path:
 
 
 def _he_image(h: int, w: int, mpp: float | None = 0.25, seed: int = 0) -> ImageData:
+    """A crop of scikit-image's IHC sample restained as H&E (its DAB drawn as eosin), so it reads as H&E."""
     from skimage import data
+    from skimage.color import hed2rgb, rgb2hed
 
-    rgb = np.asarray(data.immunohistochemistry())
+    hed = rgb2hed(data.immunohistochemistry())
+    hed[..., 1], hed[..., 2] = hed[..., 2] * 0.6, 0.0
+    rgb = (np.clip(hed2rgb(hed), 0, 1) * 255).astype(np.uint8)
     y, x = np.random.default_rng(seed).integers(0, 512 - h + 1), np.random.default_rng(seed + 1).integers(0, 512 - w + 1)
     return ImageData(np.ascontiguousarray(rgb[y : y + h, x : x + w]), name="img.png", mpp=mpp)
 

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -123,9 +124,15 @@ def test_signed_pdf_and_every_export_hold_the_first_finding(fac):
     turns = [fac.analyse(CASE, q, "Dr Lopez") for q in _questions(3)]
     fac.sign_off(CASE, "Dr Lopez")
     first = turns[0].calls[0]["id"]
-    pdf = PdfReader(io.BytesIO(fac.export(CASE, "pdf").data))
+    data = fac.export(CASE, "pdf").data
+    pdf = PdfReader(io.BytesIO(data))
     text = " ".join(p.extract_text() for p in pdf.pages)
     assert first in text and "Signed off by Dr Lopez" in text
+    # one review state, one PDF: dated by the sign-off, not by the export's clock
+    signed_at = fac.review(CASE).sign_off.at
+    assert pdf.metadata.creation_date.isoformat().startswith(signed_at.replace("+00:00", ""))
+    time.sleep(1.1)
+    assert fac.export(CASE, "pdf").data == data
     assert "Is the image quality adequate?" in text and "mm²" in text  # latin-1 characters kept, not "mm^2"
     assert sum(len(p.images) for p in pdf.pages) == 1  # the image with its overlays
     assert first in fac.export(CASE, "md").data.decode()

@@ -3,7 +3,7 @@
 Nuclei come from ``nuclei_segmentation`` itself: on a DAB immunostain its network reads the image's normalised
 nuclear stain (:mod:`pathasst.tools.ihc_nuclei`), so both tools report the same nuclei and the counterstain's or
 the DAB's strength does not change them. A nucleus is **positive** when its normalised DAB fraction exceeds
-``dab_fraction_threshold`` (default 0.5, the best mean index error over the four DeepLIIF Ki-67 images; figures leave-one-image-out: README). Positive
+``dab_fraction_threshold`` (default 0.35, the best mean index error over the four DeepLIIF Ki-67 images; figures leave-one-image-out: README). Positive
 nuclei get an intensity bin from their mean DAB optical density (rgb2hed units):
 
 =========  ========================  ====================
@@ -37,11 +37,11 @@ import numpy as np
 
 from pathasst.core.errors import ToolExecutionError
 from pathasst.core.imaging import ImageData, looks_like_he
-from pathasst.core.weights import check_weights_file
 from pathasst.core.regions import Region
-from pathasst.tools.backends.render import caption
-from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
+from pathasst.core.weights import check_weights_file
+from pathasst.tools.backends.render import caption, outline_overlay
 from pathasst.tools.backends.yolo_cells import analyze_ihc, load_cell_detector
+from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult, sig
 from pathasst.tools.geojson import label_map_to_features, polygon_feature
 from pathasst.tools.ihc_models import (
     Cell,
@@ -50,9 +50,15 @@ from pathasst.tools.ihc_models import (
     allred_score,
     intensity_bins,
 )
-from pathasst.tools.ihc_nuclei import dab_fraction, dab_outside_nuclei, has_dab, hot_spot, index_heatmap, stain_maps
-from pathasst.tools.backends.render import outline_overlay
-from pathasst.tools.base import sig
+from pathasst.tools.ihc_nuclei import (
+    dab_fraction,
+    dab_outside_nuclei,
+    dab_sheet_share,
+    has_dab,
+    hot_spot,
+    index_heatmap,
+    stain_maps,
+)
 from pathasst.tools.nuclei_classical import MODEL_MPP
 from pathasst.tools.nuclei_segmentation import NucleiSegmentationInput, NucleiSegmentationTool
 from pathasst.tools.planning import PlanExample, PlanningHints
@@ -80,6 +86,9 @@ MAX_DAB_COVER = 0.6
 #: reads as a membranous or cytoplasmic stain (DeepLIIF Ki-67: <= 0.15 and <= 0.03; scikit-image sample 0.34, 0.10)
 MEMBRANOUS_SHARE = 0.25
 MEMBRANOUS_COVER = 0.05
+#: ... or above this share of the DAB in sheets larger than nuclei (:func:`dab_sheet_share`; DeepLIIF Ki-67: 0 under
+#: the stain sweep; scikit-image sample >= 0.18), whatever the detector took for nuclei
+MEMBRANOUS_SHEET = 0.1
 _POS_COLOR = (220, 30, 30)
 _NEG_COLOR = (40, 80, 230)
 
@@ -97,7 +106,7 @@ class IHCQuantificationTool(PathologyTool):
         "(%), H-score and Allred (er_pr), TPS (pdl1), and one point per cell; withholds the index with a warning on "
         "H&E, no DAB, or membranous DAB in a nuclear mode."
     )
-    version = "0.3.0"
+    version = "0.4.0"
     input_model = IHCQuantificationInput
     output_model = IHCQuantificationOutput
     headline_fields = ("positivity_index", "hotspot_index", "positive_cells", "negative_cells", "h_score", "tps")
@@ -146,7 +155,7 @@ class IHCQuantificationTool(PathologyTool):
         pos = frac > a.dab_fraction_threshold
         bins = np.where(pos, np.maximum(intensity_bins(dab, a.positive_threshold), 1), 0)
         share, cover = sampled if sampled is not None else dab_outside_nuclei(labels, maps)
-        warnings = self._warnings(image.pixels, maps, a.mode, n, share, cover)
+        warnings = self._warnings(image.pixels, maps, a.mode, n, share, cover, mpp)
         if sampled is not None:
             warnings.append(f"large image with the index withheld: nuclei counted on {SAMPLE_WINDOWS} sample windows "
                             f"of {SAMPLE_WINDOW_PX * MODEL_MPP:g} um only")
@@ -248,12 +257,12 @@ class IHCQuantificationTool(PathologyTool):
         n_px = SAMPLE_WINDOWS * win * win
         pooled = (outside / dab if dab > 0 else 0.0, outside / n_px)
         n = int(labels.max())
-        if not self._warnings(image.pixels, maps, a.mode, n, *pooled):
+        if not self._warnings(image.pixels, maps, a.mode, n, *pooled, mpp):
             return None, None
         return labels, pooled
 
     @staticmethod
-    def _warnings(rgb: np.ndarray, maps: Any, mode: str, n: int, share: float, cover: float) -> list[str]:
+    def _warnings(rgb: np.ndarray, maps: Any, mode: str, n: int, share: float, cover: float, mpp: float) -> list[str]:
         """Why no index can be read on this image (empty: it can)."""
 
         stained = -np.log(np.maximum(np.asarray(rgb)[..., :3].astype(np.float32), 1.0) / 255.0).sum(-1) > 0.3
@@ -272,9 +281,15 @@ class IHCQuantificationTool(PathologyTool):
             return [f"DAB covers {100 * dab_cover:.0f} % of the image: over-staining or background, index withheld"]
         if n == 0:
             return ["no nuclei found: index withheld"]
-        if mode in ("ki67", "er_pr") and share > MEMBRANOUS_SHARE and cover > MEMBRANOUS_COVER:
+        if mode not in ("ki67", "er_pr"):
+            return []
+        marker = "Ki-67" if mode == "ki67" else "ER/PR"
+        if share > MEMBRANOUS_SHARE and cover > MEMBRANOUS_COVER:
             return [f"DAB lies mainly outside nuclei ({100 * share:.0f} % of it, membranous or cytoplasmic): "
-                    f"{'Ki-67' if mode == 'ki67' else 'ER/PR'} is a nuclear stain, index withheld"]
+                    f"{marker} is a nuclear stain, index withheld"]
+        if (sheet := dab_sheet_share(maps, mpp)) > MEMBRANOUS_SHEET:
+            return [f"DAB forms sheets larger than nuclei ({100 * sheet:.0f} % of it, membranous or cytoplasmic): "
+                    f"{marker} is a nuclear stain, index withheld"]
         return []
 
     def summarize(self, output: ToolOutput) -> str:
