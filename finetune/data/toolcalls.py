@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pathasst.finetune.data.toolcalls_families import family_samples
 from pathasst.finetune.data.toolcalls_hard import hard_samples
 
 __all__ = [
@@ -324,6 +325,7 @@ def generate_tool_samples(
     negatives: int = 300,
     combos: int = 250,
     hard: int = 120,
+    families: int = 150,
     val_fraction: float = 0.1,
     exclude: Iterable[str] = (),
     exclude_cutoff: float = 0.9,
@@ -333,8 +335,11 @@ def generate_tool_samples(
     ``per_template`` variants (stain, image kind, wording prefix) per question template; ``negatives`` no-tool
     samples; ``combos`` two-tool samples; ``hard`` samples of each hard-case type
     (:mod:`pathasst.finetune.data.toolcalls_hard`: terse multi-tool requests, negations, injections, short marker
-    questions, generic requests). Questions in ``exclude`` (e.g. the evaluation sets) and near-copies of them
-    (difflib ratio >= ``exclude_cutoff`` on normalised text) are left out.
+    questions, generic requests); ``families`` samples of each concept family
+    (:mod:`pathasst.finetune.data.toolcalls_families`: synonyms, kind-dependent diagnoses, definitions, unsupported
+    markers, wrapped injections, negations and multi-tool requests in whole sentences). Questions in ``exclude``
+    (e.g. the evaluation sets) and near-copies of them (difflib ratio >= ``exclude_cutoff`` on normalised text) are
+    left out.
     """
     from pathasst.planning.base import PlannerContext
     from pathasst.planning.parsing import parse_plan
@@ -397,6 +402,7 @@ def generate_tool_samples(
         qb = qb[0].lower() + qb[1:] if not qb[:2].isupper() else qb
         raw.append((qa.rstrip() + rng.choice(_JOIN) + qb, sa, ka, [a, b], "combo"))
     raw.extend(hard_samples(catalogue, rng, hard))
+    raw.extend(family_samples(catalogue, rng, families))
 
     excluded = [normalise_question(q) for q in exclude]
     excluded_set = set(excluded)

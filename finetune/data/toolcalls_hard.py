@@ -20,10 +20,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from pathasst.finetune.data.toolcalls_families import FAMILY_SOURCES
+
 __all__ = ["HARD_SOURCES", "TERSE", "hard_samples"]
 
-#: the ``source`` of each hard-case type
-HARD_SOURCES = frozenset({"terse", "negation", "injection", "short-marker", "generic"})
+#: the ``source`` of each hard-case type, the concept families' included (none of them is a hybrid-planner example)
+HARD_SOURCES = frozenset({"terse", "negation", "injection", "short-marker", "generic"}) | FAMILY_SOURCES
 
 Raw = tuple[str, "str | None", str, list[str], str]
 
