@@ -300,8 +300,6 @@ class NucleiSegmentationTool(PathologyTool):
                 pred = ihc_net.segment(pseudo)
                 pred = to_image_labels(pred.labels, pred.types, image.shape, pred.type_classes)
                 labels, used = pred.labels, "nuclei_net"
-                image.notes.append(f"nuclei_segmentation: nuclei by the 20x network ({SLIDE_NET_WEIGHTS.name}) "
-                                   f"at {ihc_net.config.mpp:g} um/px")
             elif slide_net is not None:  # a whole slide: the 20x network at its own resolution
                 pred = slide_net.segment(work)
                 labels, used, type_names = pred.labels, "nuclei_net", pred.type_classes
@@ -325,7 +323,9 @@ class NucleiSegmentationTool(PathologyTool):
                 labels, used, types, type_names = fallback, "deconvolution", None, []
             if ihc:  # the type head learned H&E colours: on an immunostain it names no type
                 types, type_names = None, []
-                image.notes.append("nuclei_segmentation: DAB immunostain, nuclei read on its normalised nuclear stain")
+                by = f" by the 20x network ({SLIDE_NET_WEIGHTS.name}, {ihc_net.config.mpp:g} um/px)" if ihc_net else ""
+                image.notes.append("nuclei_segmentation: DAB immunostain, nuclei read on its normalised nuclear "
+                                   f"stain{by}")
         else:
             labels, used = segment_nuclei(
                 image.pixels, mpp, args.method, args.min_area_px, args.seed_h, weights=self.pixel_weights
