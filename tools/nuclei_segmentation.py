@@ -288,16 +288,22 @@ class NucleiSegmentationTool(PathologyTool):
             self.load()
             work = image if image.mpp is not None else _with_mpp(image, mpp)
             shared = None  # the shipped network and its domain guard both work at MODEL_MPP: resample once for both
-            ihc = False
+            ihc, ihc_net = False, None
             if isinstance(self._deep, NucleiNet) and (configured or self._deep.config.mpp == MODEL_MPP):
-                # an immunostain goes to any nuclei network as its pseudo-H&E, at the network's own resolution
-                candidate, ihc = ihc_network_input(working_image(work, self._deep.config.mpp))
-                shared = candidate if ihc or not configured else None
-            ihc_net = self._ihc_network() if ihc and not configured else None
+                # an immunostain goes to a nuclei network as its pseudo-H&E, at the resolution of the network that
+                # reads it (the 20x one unless weights are configured): decided there, so it is deconvolved once
+                ihc_net = None if configured else self._ihc_network()
+                reader = ihc_net or self._deep
+                candidate, ihc = ihc_network_input(working_image(work, reader.config.mpp))
+                if not ihc:
+                    ihc_net = None
+                    if not configured:
+                        shared = candidate if reader is self._deep else working_image(work, MODEL_MPP)
+                elif ihc_net is None:
+                    shared = candidate
             slide_net = None if configured or ihc else self._slide_network(image)
             if ihc_net is not None:  # an immunostain: the 20x network on its pseudo-H&E, at 0.5 um/px
-                pseudo, _ = ihc_network_input(working_image(work, ihc_net.config.mpp))
-                pred = ihc_net.segment(pseudo)
+                pred = ihc_net.segment(candidate)
                 pred = to_image_labels(pred.labels, pred.types, image.shape, pred.type_classes)
                 labels, used = pred.labels, "nuclei_net"
             elif slide_net is not None:  # a whole slide: the 20x network at its own resolution
