@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from tool_helpers import EXPECTED_TOOLS, loadable_tools
 
+from pathasst.agent.engine import Engine
 from pathasst.agent.fhir import CASE_SYSTEM, FHIR_FILE, OUTPUT_SYSTEM, UNITLESS, UNITS, diagnostic_report
 from pathasst.agent.outputs import case_is_done, write_case
-from pathasst.agent.engine import Engine
 from pathasst.planning.base import PlanDecision, PlannedCall, PlannerContext
 from pathasst.planning.report import Measurement, Report, render_markdown
 from pathasst.tools.base import PathologyTool, ToolCallRecord
