@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["HotSpot", "StainMaps", "dab_fraction", "dab_outside_nuclei", "dab_sheet_share", "has_dab", "hot_spot", "index_heatmap", "pseudo_he",
-           "stain_maps"]
+__all__ = ["HotSpot", "StainMaps", "dab_fraction", "dab_outside_nuclei", "dab_sheet_share", "has_dab", "hot_spot",
+           "index_heatmap", "pseudo_he", "stain_maps"]
 
 #: percentile used as each stain's scale
 SCALE_PERCENTILE = 99.5
@@ -49,6 +49,11 @@ class StainMaps:
     h_scale: float
     d_scale: float
     d_background: float = 0.0  # the median DAB optical density subtracted from ``d``
+
+    def dab_dominant(self, min_level: float = 0.35) -> np.ndarray:
+        """Pixels where the normalised DAB exceeds ``min_level`` and the normalised haematoxylin."""
+        dn = self.d / self.d_scale
+        return (dn > min_level) & (dn > self.h / self.h_scale)
 
     @property
     def nuclear(self) -> np.ndarray:
@@ -107,8 +112,7 @@ def dab_outside_nuclei(labels: np.ndarray, maps: StainMaps, min_level: float = 0
     sweep); membrane or cytoplasm stains (HER2, PD-L1, cytokeratin; scikit-image's sample: 0.34, 0.10) do not."""
     from scipy import ndimage as ndi
 
-    dn, hn = maps.d / maps.d_scale, maps.h / maps.h_scale
-    dab = (dn > min_level) & (dn > hn)
+    dab = maps.dab_dominant(min_level)
     outside = dab & ~ndi.binary_dilation(labels > 0, iterations=3)
     return float(outside.sum() / max(int(dab.sum()), 1)), float(outside.mean())
 
@@ -121,8 +125,7 @@ def dab_sheet_share(maps: StainMaps, mpp: float, min_area_um2: float = 200.0) ->
     cytoplasm as nuclei does not hide it."""
     from scipy import ndimage as ndi
 
-    dn, hn = maps.d / maps.d_scale, maps.h / maps.h_scale
-    dab = (dn > 0.35) & (dn > hn)
+    dab = maps.dab_dominant()
     total = int(dab.sum())
     if total == 0:
         return 0.0

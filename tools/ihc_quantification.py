@@ -275,8 +275,7 @@ class IHCQuantificationTool(PathologyTool):
                     "or not a DAB immunostain, index withheld"]
         if not has_dab(maps):
             return ["no DAB staining found: index withheld (a true 0 % needs the control slide checked)"]
-        dn, hn = maps.d / maps.d_scale, maps.h / maps.h_scale
-        dab_cover = float(((dn > 0.35) & (dn > hn)).mean())
+        dab_cover = float(maps.dab_dominant().mean())
         if dab_cover > MAX_DAB_COVER:
             return [f"DAB covers {100 * dab_cover:.0f} % of the image: over-staining or background, index withheld"]
         if n == 0:

@@ -240,17 +240,9 @@ class NucleiSegmentationTool(PathologyTool):
         elif self._shipped() is not None:
             self._deep = NucleiNet.load(SHIPPED_NET_WEIGHTS, self.weights_setting, self.settings)
 
-    def _slide_network(self, image: ImageData) -> NucleiNet | None:
-        """The 20x slide network when ``image`` comes from a whole slide and nothing else is set (loaded once)."""
-        if image.slide is None or not SLIDE_NET_FOR_SLIDES or not SLIDE_NET_WEIGHTS.is_file():
-            return None
-        if getattr(self, "_slide_net", None) is None:
-            self._slide_net = NucleiNet.load(SLIDE_NET_WEIGHTS, self.weights_setting, self.settings)
-        return self._slide_net
-
-    def _ihc_network(self) -> NucleiNet | None:
-        """The 20x network for immunostains when nothing else is set (:data:`SLIDE_NET_FOR_IHC`; loaded once)."""
-        if not SLIDE_NET_FOR_IHC or not SLIDE_NET_WEIGHTS.is_file():
+    def _twenty_x(self, wanted: bool) -> NucleiNet | None:
+        """The 20x network (loaded once) when ``wanted`` and it is shipped, else None."""
+        if not wanted or not SLIDE_NET_WEIGHTS.is_file():
             return None
         if getattr(self, "_slide_net", None) is None:
             self._slide_net = NucleiNet.load(SLIDE_NET_WEIGHTS, self.weights_setting, self.settings)
@@ -292,7 +284,7 @@ class NucleiSegmentationTool(PathologyTool):
             if isinstance(self._deep, NucleiNet) and (configured or self._deep.config.mpp == MODEL_MPP):
                 # an immunostain goes to a nuclei network as its pseudo-H&E, at the resolution of the network that
                 # reads it (the 20x one unless weights are configured): decided there, so it is deconvolved once
-                ihc_net = None if configured else self._ihc_network()
+                ihc_net = None if configured else self._twenty_x(SLIDE_NET_FOR_IHC)
                 reader = ihc_net or self._deep
                 candidate, ihc = ihc_network_input(working_image(work, reader.config.mpp))
                 if not ihc:
@@ -301,7 +293,8 @@ class NucleiSegmentationTool(PathologyTool):
                         shared = candidate if reader is self._deep else working_image(work, MODEL_MPP)
                 elif ihc_net is None:
                     shared = candidate
-            slide_net = None if configured or ihc else self._slide_network(image)
+            # a whole slide: the 20x network at its own resolution (patches keep the ensemble)
+            slide_net = None if configured or ihc else self._twenty_x(SLIDE_NET_FOR_SLIDES and image.slide is not None)
             if ihc_net is not None:  # an immunostain: the 20x network on its pseudo-H&E, at 0.5 um/px
                 pred = ihc_net.segment(candidate)
                 pred = to_image_labels(pred.labels, pred.types, image.shape, pred.type_classes)
