@@ -6,7 +6,6 @@ when (or that it is an unsigned draft). The JSON export carries both texts and t
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 import unicodedata
@@ -86,22 +85,6 @@ def latin1(text: str) -> str:
 _MD_INLINE = re.compile(r"(\*\*|__|\*|`)")
 
 
-def _last_change(review: ReviewState) -> _dt.datetime:
-    """When the review last changed (its newest time stamp; the epoch when it has none): the PDF's creation date, so
-    one review state always exports the same bytes."""
-    stamps = [str(e.get("at", "")) for e in review.history]
-    stamps += [x.at for x in (review.edits, review.sign_off) if x is not None]
-    stamps += [review.ai_draft.report_created_at] if review.ai_draft is not None else []
-    parsed = [_dt.datetime.fromtimestamp(0, _dt.UTC)]
-    for stamp in stamps:
-        try:
-            t = _dt.datetime.fromisoformat(stamp)
-        except ValueError:
-            continue
-        parsed.append(t if t.tzinfo else t.replace(tzinfo=_dt.UTC))
-    return max(parsed)
-
-
 def export_pdf(review: ReviewState, image: bytes | None = None, caption: str = "") -> bytes:
     """A plain, readable PDF of the final text and the review status (headings, bullets, tables as text), with
     ``image`` (JPEG: the case's image and its overlays) after the text."""
@@ -111,7 +94,7 @@ def export_pdf(review: ReviewState, image: bytes | None = None, caption: str = "
     pdf.set_auto_page_break(auto=True, margin=15)
     pdf.set_title(latin1(f"PathAsst report {review.case_id}"))
     pdf.set_creator("PathAsst")
-    pdf.set_creation_date(_last_change(review))
+    pdf.set_creation_date(review.last_change)  # one review state, one PDF: no export clock in it
     pdf.add_page()
     width = pdf.w - pdf.l_margin - pdf.r_margin
 

@@ -363,10 +363,10 @@ class Facade(CaseBrowser):
             return None
         last = turns[-1]
         asked = question if question is not None else last.question  # the default question is recorded resolved
-        try:
-            age = (_dt.datetime.now(_dt.UTC) - _dt.datetime.fromisoformat(last.at)).total_seconds()
-        except ValueError:
+        at = rv.parse_time(last.at)
+        if at is None:
             return None
+        age = (_dt.datetime.now(_dt.UTC) - at).total_seconds()
         return last if last.question == asked and question is not None and age < self.REPEAT_WINDOW_S else None
 
     #: the review app's files that a rewrite of the case folder carries over

@@ -65,14 +65,19 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def parse_time(stamp: str | None) -> _dt.datetime | None:
+    """An ISO time stamp as a datetime (None when it is empty or not one)."""
+    try:
+        return _dt.datetime.fromisoformat(stamp) if stamp else None
+    except ValueError:
+        return None
+
+
 def short_time(stamp: str | None) -> str:
     """An ISO time as the app shows every time: ``2026-12-06 11:40 UTC`` (unparsable text is shown as it is)."""
-    if not stamp:
-        return ""
-    try:
-        t = _dt.datetime.fromisoformat(stamp)
-    except ValueError:
-        return stamp
+    t = parse_time(stamp)
+    if t is None:
+        return stamp or ""
     if t.tzinfo is not None:
         t = t.astimezone(_dt.UTC)
     return t.strftime("%Y-%m-%d %H:%M") + (" UTC" if t.tzinfo is not None else "")
@@ -126,6 +131,15 @@ class ReviewState(BaseModel):
         if self.edits is not None:
             return self.edits.markdown
         return self.ai_draft.markdown if self.ai_draft else ""
+
+    @property
+    def last_change(self) -> _dt.datetime:
+        """The newest time stamp of the review (naive ones read as UTC; the epoch when it has none)."""
+        stamps = [str(e.get("at", "")) for e in self.history]
+        stamps += [x.at for x in (self.edits, self.sign_off) if x is not None]
+        stamps += [self.ai_draft.report_created_at] if self.ai_draft is not None else []
+        times = [t if t.tzinfo else t.replace(tzinfo=_dt.UTC) for t in map(parse_time, stamps) if t is not None]
+        return max(times, default=_dt.datetime.fromtimestamp(0, _dt.UTC))
 
     @property
     def edits_outdated(self) -> bool:
