@@ -34,11 +34,12 @@ render seed; 2.5-97.5 percentiles), ROC AUC, and the accuracy of each source.
 from __future__ import annotations
 
 import io
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from pathasst.finetune.data.filter_train import split_scores
 
 __all__ = ["PERTURBATIONS", "blur", "grayscale", "jpeg", "perturbation_sweep", "rescale", "stain_scale"]
 
@@ -109,44 +110,14 @@ PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _cluster_bootstrap(y: np.ndarray, pred: np.ndarray, groups: list[str], reps: int,
-                       seed: int) -> dict[str, list[float] | None]:
-    """95 % intervals (2.5-97.5 percentiles) of accuracy, recall and specificity over ``reps`` resamples of the
-    groups (whole units drawn with replacement)."""
-    index: dict[str, list[int]] = defaultdict(list)
-    for i, g in enumerate(groups):
-        index[g].append(i)
-    units = list(index.values())
-    # per unit: images, correct, positives, true positives, negatives, true negatives
-    stats = np.array([[len(m), (pred[m] == y[m]).sum(), y[m].sum(), (pred[m] & y[m]).sum(), (~y[m]).sum(),
-                       (~pred[m] & ~y[m]).sum()] for m in (np.array(u) for u in units)], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(units), size=(reps, len(units)))
-    tot = stats[draws].sum(axis=1)  # (reps, 6)
-
-    def ci(num: np.ndarray, den: np.ndarray) -> list[float] | None:
-        ok = den > 0  # a resample without one class has no recall (or specificity)
-        if not ok.any():
-            return None
-        v = num[ok] / den[ok]
-        return [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]
-
-    return {"accuracy_ci95": ci(tot[:, 1], tot[:, 0]), "recall_ci95": ci(tot[:, 3], tot[:, 2]),
-            "specificity_ci95": ci(tot[:, 5], tot[:, 4])}
-
-
 def _setting_scores(rows: list[Any], p: np.ndarray, thr: float, reps: int, seed: int) -> dict[str, Any]:
-    from pathasst.finetune.data.filter_train import auc
-
-    y = np.array([r.label for r in rows]).astype(bool)
-    pred = p >= thr
-    rate = lambda m: round(float((pred[m] == y[m]).mean()), 4) if m.any() else None  # noqa: E731
-    out: dict[str, Any] = {"n": len(rows), "positives": int(y.sum()), "negatives": int((~y).sum()),
-                           "accuracy": rate(np.ones_like(y)), "recall": rate(y), "specificity": rate(~y),
-                           "auc": round(auc(y, p), 4)}
-    out.update(_cluster_bootstrap(y, pred, [r.group for r in rows], reps, seed))
-    out["per_source_accuracy"] = {s: rate(np.array([r.source == s for r in rows]))
-                                  for s in sorted({r.source for r in rows})}
+    """``filter-eval``'s scores with their cluster-bootstrap intervals, plus the accuracy of each source."""
+    out = split_scores(rows, p, thr, reps, seed)
+    y, pred = np.array([r.label for r in rows]).astype(bool), p >= thr
+    out["per_source_accuracy"] = {}
+    for source in sorted({r.source for r in rows}):
+        m = np.array([r.source == source for r in rows])
+        out["per_source_accuracy"][source] = round(float((pred[m] == y[m]).mean()), 4)
     return out
 
 

@@ -29,7 +29,7 @@ from pathasst.finetune.data.filter_data import FilterSample, read_manifest
 from pathasst.finetune.data.image_filter import ARCHITECTURE, DEFAULT_WIDTHS, INPUT_SIZE, build_filter_net, prepare
 from pathasst.finetune.data.image_io import load_image
 
-__all__ = ["REAL_NEGATIVES", "auc", "evaluate", "train"]
+__all__ = ["REAL_NEGATIVES", "auc", "evaluate", "split_scores", "train"]
 
 #: negative sources that are real images (package photos and drawings, the phase-contrast micrograph), not renders
 REAL_NEGATIVES = ("photo", "micrograph")
@@ -191,27 +191,36 @@ def _bootstrap(rows: list[FilterSample], p: np.ndarray, thr: float, reps: int, s
     for i, r in enumerate(rows):
         groups[r.group].append(i)
     units = [np.array(v) for v in groups.values()]
-    y = np.array([r.label for r in rows])
+    y = np.array([r.label for r in rows]).astype(bool)
     rng = np.random.default_rng(seed)
-    acc, bal, aucs = [], [], []
+    draws: dict[str, list[float]] = defaultdict(list)
     for _ in range(reps):
         idx = np.concatenate([units[k] for k in rng.integers(0, len(units), len(units))])
         yy, pp = y[idx], p[idx]
-        acc.append(float(((pp >= thr) == yy).mean()))
-        bal.append(_balanced(yy, pp >= thr))
-        aucs.append(auc(yy, pp))
+        for name, value in _point_scores(yy, pp, thr).items():
+            draws[name].append(value)
+
     def ci(values: list[float]) -> list[float] | None:
-        v = np.asarray(values)[~np.isnan(values)]  # AUC is undefined on a resample holding one class
+        v = np.asarray(values)[~np.isnan(values)]  # AUC, recall ... are undefined on a resample holding one class
         return [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)] if len(v) else None
 
-    return {"accuracy_ci95": ci(acc), "balanced_accuracy_ci95": ci(bal), "auc_ci95": ci(aucs)}
+    return {f"{name}_ci95": ci(values) for name, values in draws.items()}
 
 
-def _scores(rows: list[FilterSample], p: np.ndarray, thr: float, reps: int, seed: int) -> dict[str, Any]:
-    y = np.array([r.label for r in rows])
-    out = {"n": len(rows), "positives": int(y.sum()), "units": len({r.group for r in rows}),
-           "accuracy": round(float(((p >= thr) == y).mean()), 4),
-           "balanced_accuracy": round(_balanced(y, p >= thr), 4), "auc": round(auc(y, p), 4)}
+def _point_scores(y: np.ndarray, p: np.ndarray, thr: float) -> dict[str, float]:
+    """Accuracy, balanced accuracy, ROC AUC, pathology recall and non-pathology specificity (nan when undefined)."""
+    pred = p >= thr
+    rate = lambda m: float((pred[m] == y[m]).mean()) if m.any() else float("nan")  # noqa: E731
+    return {"accuracy": rate(np.ones_like(y)), "balanced_accuracy": _balanced(y, pred), "auc": auc(y, p),
+            "recall": rate(y), "specificity": rate(~y)}
+
+
+def split_scores(rows: list[FilterSample], p: np.ndarray, thr: float, reps: int, seed: int) -> dict[str, Any]:
+    """Point scores of ``rows`` with their cluster-bootstrap 95 % intervals."""
+    y = np.array([r.label for r in rows]).astype(bool)
+    out: dict[str, Any] = {"n": len(rows), "positives": int(y.sum()), "negatives": int((~y).sum()),
+                           "units": len({r.group for r in rows})}
+    out.update({k: None if np.isnan(v) else round(v, 4) for k, v in _point_scores(y, p, thr).items()})
     out.update(_bootstrap(rows, p, thr, reps, seed))
     return out
 
@@ -220,10 +229,7 @@ def evaluate(data: Path, weights: Path | None = None, split: str = "test", thres
              jpeg: int | None = None, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Score weights (default: the shipped ones) on ``split`` of a data set folder (module docstring). ``jpeg``
     re-encodes every image at that JPEG quality first (robustness check)."""
-    import io
-
-    from PIL import Image
-
+    from pathasst.finetune.data.filter_robustness import jpeg as jpeg_round_trip
     from pathasst.finetune.data.image_filter import load_filter
 
     model = load_filter(weights)
@@ -233,11 +239,7 @@ def evaluate(data: Path, weights: Path | None = None, split: str = "test", thres
         raise ValueError(f"{data}: no images in split {split!r}")
     images = _load(data, rows)
     if jpeg is not None:
-        def rt(im: np.ndarray) -> np.ndarray:
-            buf = io.BytesIO()
-            Image.fromarray(im).save(buf, format="JPEG", quality=jpeg)
-            return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-        images = [rt(im) for im in images]
+        images = [jpeg_round_trip(im, jpeg) for im in images]
     p = model.probabilities(images)
     per_source = {}
     for source in sorted({r.source for r in rows}):
@@ -256,10 +258,10 @@ def evaluate(data: Path, weights: Path | None = None, split: str = "test", thres
         if name.startswith("out_of_domain"):
             idx = idx + [i for i, r in enumerate(rows) if r.kind == "in_domain" and r.label == 0]
         if idx:
-            result[name] = _scores([rows[i] for i in idx], p[idx], thr, bootstrap, seed)
+            result[name] = split_scores([rows[i] for i in idx], p[idx], thr, bootstrap, seed)
     # real images only: the shared-data tiles and the photos / micrographs that packages ship (no renders)
     real = [i for i, r in enumerate(rows) if r.label == 1 or r.source in REAL_NEGATIVES]
     if real:
-        result["real_images_only"] = _scores([rows[i] for i in real], p[real], thr, bootstrap, seed)
+        result["real_images_only"] = split_scores([rows[i] for i in real], p[real], thr, bootstrap, seed)
     result["per_source"] = per_source
     return result
