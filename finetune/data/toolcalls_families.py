@@ -31,6 +31,7 @@ from pathasst.finetune.data.toolcalls_lexicon import (
     MARKERS,
     TUMOURS,
     UNSUPPORTED,
+    cap,
 )
 
 __all__ = ["FAMILY_SOURCES", "family_samples"]
@@ -65,10 +66,6 @@ _MULTI2 = ["{A_v} and {b_v}.", "{A_v}, then {b_v}.", "First {a_v}; after that, {
 _MULTI3 = ["{A_n}, {b_n} and {c_n}, please.", "{A_v}, {b_v} and {c_v}.", "I need {a_n}, {b_n} and {c_n}.",
            "{A_v}; then {b_v}; finally {c_v}.", "{A_n} + {b_n} + {c_n}"]
 _STAINS_HE = ["H&E", "H&E", "H&E", None]
-
-
-def _cap(text: str) -> str:
-    return text[0].upper() + text[1:] if text and not text[:2].isupper() else text
 
 
 def _bare(text: str) -> str:
@@ -118,10 +115,10 @@ def _request(tool: str, w: _Writer) -> str:
     form = w.rng.choice(["noun", "verb", "question", "question"])
     text = w.say(tool, form)
     if form == "noun":
-        return _cap(w.rng.choice(["{}, please.", "{}?", "I'd like {}.", "Give me {}.", "Can I have {}?"]).format(text))
+        return cap(w.rng.choice(["{}, please.", "{}?", "I'd like {}.", "Give me {}.", "Can I have {}?"]).format(text))
     if form == "verb":
         text = w.rng.choice(["{}.", "Please {}.", "Can you {}?", "Just {}.", "Could you {}?"]).format(text)
-        return _cap(text)
+        return cap(text)
     return text
 
 
@@ -145,7 +142,7 @@ def family_samples(catalogue: list[dict[str, Any]], rng: random.Random, n: int =
     for _ in range(n):  # definitions, on a case of the matching stain
         term, stain = rng.choice(DEFINITIONS)
         text = rng.choice(DEF_TEMPLATES).format(t=term)
-        out.append((_cap(text), stain if rng.random() < 0.7 else None, rng.choice(["patch", "wsi"]), [], "definition"))
+        out.append((cap(text), stain if rng.random() < 0.7 else None, rng.choice(["patch", "wsi"]), [], "definition"))
     for _ in range(n // 2):  # markers no tool measures: the case's stain is the marker, or H&E when it is named
         stain = rng.choice(sorted(UNSUPPORTED))
         w = _Writer(rng, rng.choice(["patch", "wsi"]), None)
@@ -164,15 +161,15 @@ def family_samples(catalogue: list[dict[str, Any]], rng: random.Random, n: int =
             text = rng.choice(_WRAP).format(i=i, r=r, r_low=_low(r), s=s)
             out.append((text, stain, kind, [tool], "wrapped-injection"))
         else:
-            text = rng.choice(_ALONE).format(i=i, I=_cap(i), s=s, S=_cap(s))
+            text = rng.choice(_ALONE).format(i=i, I=cap(i), s=s, S=cap(s))
             out.append((text, stain, kind, [], "wrapped-injection"))
     he = [t for t in tools if t != "ihc_quantification"]
     for _ in range(n if len(he) >= 2 else 0):  # negations in whole sentences
         a, b = rng.sample(he, 2)
         kind, stain = _case([a], rng)
         w = _Writer(rng, kind, stain)
-        text = rng.choice(_NEG).format(a_v=w.say(a, "verb"), A_v=_cap(w.say(a, "verb")), a_n=w.say(a, "noun"),
-                                       A_n=_cap(w.say(a, "noun")), b=_bare(w.say(b, "noun")))
+        text = rng.choice(_NEG).format(a_v=w.say(a, "verb"), A_v=cap(w.say(a, "verb")), a_n=w.say(a, "noun"),
+                                       A_n=cap(w.say(a, "noun")), b=_bare(w.say(b, "noun")))
         out.append((text, stain, kind, [a], "negation-2"))
     for _ in range(2 * n if len(tools) >= 2 else 0):  # 2-3 tools in one sentence
         k = 3 if rng.random() < 0.3 and len(tools) >= 3 else 2
@@ -184,6 +181,6 @@ def family_samples(catalogue: list[dict[str, Any]], rng: random.Random, n: int =
         slots = {}
         for key, tool in zip("abc", chosen):
             slots |= {f"{key}_v": w.say(tool, "verb"), f"{key}_n": w.say(tool, "noun")}
-        slots |= {"A_v": _cap(slots["a_v"]), "A_n": _cap(slots["a_n"]), "A_q": w.say(chosen[0], "question")}
+        slots |= {"A_v": cap(slots["a_v"]), "A_n": cap(slots["a_n"]), "A_q": w.say(chosen[0], "question")}
         out.append((rng.choice(_MULTI3 if k == 3 else _MULTI2).format(**slots), stain, kind, chosen, "multi"))
     return out

@@ -21,6 +21,7 @@ import random
 from typing import Any
 
 from pathasst.finetune.data.toolcalls_families import FAMILY_SOURCES
+from pathasst.finetune.data.toolcalls_lexicon import cap
 
 __all__ = ["HARD_SOURCES", "TERSE", "hard_samples"]
 
@@ -63,10 +64,6 @@ def _phrase(tool: str, rng: random.Random, marker: str | None = None) -> str:
     return rng.choice(options).format(marker=marker or "Ki-67", x=x, y=y)
 
 
-def _cap(text: str) -> str:
-    return text[0].upper() + text[1:] if text and not text[:2].isupper() else text
-
-
 def _kind(tools: list[str], rng: random.Random) -> str:
     """A diagnosis is slide classification on a slide only (on a patch it is tissue classification)."""
     return "wsi" if "slide_classification" in tools else rng.choice(["patch", "wsi"])
@@ -89,16 +86,16 @@ def hard_samples(catalogue: list[dict[str, Any]], rng: random.Random, n: int = 1
         tools = rng.sample(he_tools, k)
         parts = [_phrase(t, rng) for t in tools]
         text = parts[0] + "".join(rng.choice(_JOINS) + p for p in parts[1:])
-        out.append((_cap(text) + rng.choice(["", "", "?", ", please"]), "H&E", _kind(tools, rng), tools, "terse"))
+        out.append((cap(text) + rng.choice(["", "", "?", ", please"]), "H&E", _kind(tools, rng), tools, "terse"))
     for _ in range(n):  # negations: the unwanted tool is named, only the wanted one is called
         a, b = rng.sample(he_tools, 2)
-        text = rng.choice(_NEGATIONS).format(a=_phrase(a, rng), A=_cap(_phrase(a, rng)), b=_phrase(b, rng))
+        text = rng.choice(_NEGATIONS).format(a=_phrase(a, rng), A=cap(_phrase(a, rng)), b=_phrase(b, rng))
         out.append((text, "H&E", _kind([a], rng), [a], "negation"))
     for _ in range(n):  # injections after a request, or alone
         a, b = rng.sample(he_tools, 2)
         inject = rng.choice(_INJECTIONS).format(tool=b)
         if rng.random() < 0.7:
-            out.append((f"{_cap(_phrase(a, rng))}. {inject}", "H&E", _kind([a], rng), [a], "injection"))
+            out.append((f"{cap(_phrase(a, rng))}. {inject}", "H&E", _kind([a], rng), [a], "injection"))
         else:
             out.append((inject, "H&E", rng.choice(["patch", "wsi"]), [], "injection"))
     if "ihc_quantification" in names:

@@ -9,7 +9,8 @@ whose tool depends on the image kind, ``DEFINITIONS`` / ``UNSUPPORTED`` are aske
 
 from __future__ import annotations
 
-__all__ = ["ASK", "DEFINITIONS", "DEF_TEMPLATES", "DIAGNOSTIC", "IMG", "KINDS", "MARKERS", "TUMOURS", "UNSUPPORTED"]
+__all__ = ["ASK", "DEFINITIONS", "DEF_TEMPLATES", "DIAGNOSTIC", "IMG", "KINDS", "MARKERS", "TUMOURS", "UNSUPPORTED",
+           "cap"]
 
 ASK: dict[str, dict[str, list[str]]] = {
     "nuclei_segmentation": {
@@ -140,3 +141,8 @@ DEF_TEMPLATES = ["What is {t}?", "How is {t} calculated in general?", "How do pa
 #: markers no tool measures, with the stain label of the case
 UNSUPPORTED = {"HER2": ["HER2", "HER2/neu", "c-erbB-2", "HER-2"], "p53": ["p53"], "CD8": ["CD8"], "MLH1": ["MLH1"],
                "CD20": ["CD20"], "ALK": ["ALK"]}
+
+
+def cap(text: str) -> str:
+    """``text`` with its first letter upper case (an acronym such as "TILs" or "ER" is left as it is)."""
+    return text[0].upper() + text[1:] if text and not text[:2].isupper() else text
