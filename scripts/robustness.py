@@ -3,6 +3,7 @@
     .venv/bin/python scripts/robustness.py tissue  --data ../shared/data/ebhi_seg      [--every 2]
     .venv/bin/python scripts/robustness.py mitosis --data ../shared/data/mitosis_amibr
     .venv/bin/python scripts/robustness.py nuclei-20x --data ../shared/data/consep_train [--every 2]
+    .venv/bin/python scripts/robustness.py ihc --data ../shared/data/deepliif_ki67
 
 Each perturbation is applied to copies of the held-out images written in the dataset's layout to a temporary folder,
 and the same evaluator as ``pathasst tools eval`` scores them (mpp not given, as a user without it would run them;
@@ -135,6 +136,28 @@ def mitosis(data: Path, every: int) -> None:
                           "atypical_balanced_accuracy": m["atypical_balanced_accuracy"]}), flush=True)
 
 
+def ihc(data: Path, every: int) -> None:
+    """Ki-67 index error per DeepLIIF image with the shipped threshold (not leave-one-out; the haematoxylin and DAB
+    sweep is ``pathasst tools eval ihc_quantification``'s); rescaled images keep the stated 0.25 um/px."""
+    from pathasst.tools.evaluate import DEEPLIIF_MPP, ihc_ground_truth
+    from pathasst.tools.evaluate_ihc import _index, _read
+    from pathasst.tools.registry import default_registry
+
+    tool = default_registry(Settings(_env_file=None)).get("ihc_quantification")
+    tool.load()
+    threshold = float(tool.input_model(image="x").dab_fraction_threshold)
+    images = sorted(data.glob("*_ihc.png"))[::every]
+    for name, (fn, _) in SETTINGS.items():
+        if name.startswith("eosin"):
+            continue  # an immunostain has no eosin
+        errors = {}
+        for path in images:
+            truth = ihc_ground_truth(np.asarray(Image.open(str(path).replace("_ihc", "_groundtruth")).convert("RGB")))
+            _, fraction = _read(tool, fn(np.asarray(Image.open(path).convert("RGB"))), DEEPLIIF_MPP)
+            errors[path.name[: -len("_ihc.png")]] = round(abs(_index(fraction > threshold) - _index(truth[1])), 2)
+        print(json.dumps({"setting": name, "threshold": threshold, "abs_index_error": errors}), flush=True)
+
+
 def nuclei_20x(data: Path, every: int) -> None:
     from pathasst.core.imaging import ImageData
     from pathasst.finetune.nuclei_pixel import held_out_tiles
@@ -164,11 +187,11 @@ def nuclei_20x(data: Path, every: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["tissue", "mitosis", "nuclei-20x"])
+    p.add_argument("what", choices=["tissue", "mitosis", "nuclei-20x", "ihc"])
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--every", type=int, default=1, help="use every N-th held-out item")
     a = p.parse_args(argv)
-    {"tissue": tissue, "mitosis": mitosis, "nuclei-20x": nuclei_20x}[a.what](a.data, a.every)
+    {"tissue": tissue, "mitosis": mitosis, "nuclei-20x": nuclei_20x, "ihc": ihc}[a.what](a.data, a.every)
 
 
 if __name__ == "__main__":
