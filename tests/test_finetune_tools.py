@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -102,12 +103,14 @@ def test_mitosis_scoring_counts_hits_misses_and_false_detections() -> None:
 
 
 def test_slide_head_trainer_cross_validates_by_group(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Six images of three TMA groups, one view each, a few epochs: fold heads and the shipped head are written."""
+    """Six images of three TMA groups, one view each, a tiny grid: nested CV chooses a setting per fold, scores every
+    image out of fold, and writes two-seed ensembles (fold heads and the shipped head)."""
     import csv
 
     import torch
 
     from pathasst.finetune import slide_mil
+    from pathasst.tools.backends.abmil import ensemble_members
 
     src = shared_data / "bisque_breast"
     rows = list(csv.DictReader(open(src / "labels.csv")))
@@ -122,10 +125,37 @@ def test_slide_head_trainer_cross_validates_by_group(shared_data: Path, tmp_path
         with Image.open(next(src.glob(f"images/{r['image']}.*"))) as im:
             im.convert("RGB").resize((448, 384)).save(data / "images" / f"{r['image']}.jpg")
     (data / "labels.csv").write_text("image,label,group\n" + "".join(f"{r['image']},{r['label']},{r['group']}\n" for r in keep))
-    summary = slide_mil.train(data, tmp_path / "out", views=1, epochs=3, log=None)
+    grid = ((2, 1e-1), (4, 1e-2))
+    summary = slide_mil.train(data, tmp_path / "out", views=1, log=None, seeds=2, grid=grid)
     cv = summary["cross_validation"]
-    assert cv["folds"] == 3 and 0.0 <= cv["auc"] <= 1.0 and cv["baseline_majority"]["auc"] == 0.5
+    assert cv["folds"] == 3 and cv["nested"] and cv["seeds"] == 2 and cv["grid"] == [[2, 0.1], [4, 0.01]]
+    assert 0.0 <= cv["auc"] <= 1.0 and cv["baseline_majority"] == {"auc": 0.5, "accuracy": 0.5}
+    assert [c["group"] for c in cv["chosen"]] == groups
+    for c in cv["chosen"]:  # each fold's setting is one of the grid's, with an inner AUC for every setting
+        assert (c["epochs"], c["weight_decay"]) in grid and len(c["inner_auc"]) == 2
+        assert c["inner_auc"][f"{c['epochs']} epochs, wd {c['weight_decay']:g}"] == max(c["inner_auc"].values())
+    assert sorted(summary["oof"]) == sorted(r["image"] for r in keep)  # every image scored out of fold
+    assert all(0.0 <= p <= 1.0 for p in summary["oof"].values())
+    assert (summary["shipped_head"]["epochs"], summary["shipped_head"]["weight_decay"]) in grid
     folds = torch.load(tmp_path / "out" / "slide_abmil_cv.pt", weights_only=True)["folds"]
     assert [f["group"] for f in folds] == groups and folds[0]["config"]["embedder"] == "hed_texture"
+    assert [f["config"]["epochs"] for f in folds] == [c["epochs"] for c in cv["chosen"]]
+    assert all(len(ensemble_members(f["state_dict"])) == 2 for f in folds)
     head = torch.load(tmp_path / "out" / "slide_abmil.pt", weights_only=True)
     assert head["config"]["labels"] == ["benign", "malignant"] and len(head["config"]["feature_mean"]) == 171
+    assert head["config"]["ensemble"] == 2 and len(ensemble_members(head["state_dict"])) == 2
+
+
+def test_slide_head_snapshots_equal_shorter_runs() -> None:
+    """The head kept after 2 of 4 epochs is the head of a 2-epoch run (what lets the grid share runs)."""
+    import torch
+
+    from pathasst.finetune import slide_mil
+
+    rng = np.random.default_rng(0)
+    bags = [slide_mil.Bag(f"b{i}", f"g{i % 3}", i % 2, [rng.normal(size=(6, 171)) + i % 2]) for i in range(6)]
+    snaps, _, _ = slide_mil.fit_snapshots(bags, [2, 4], weight_decay=0.1, seed=3)
+    short, _, _ = slide_mil.fit_head(bags, epochs=2, weight_decay=0.1, seed=3)
+    for k, v in short.state_dict().items():
+        assert torch.equal(v, snaps[2].state_dict()[k])
+    assert not torch.equal(snaps[2].state_dict()["fc.0.weight"], snaps[4].state_dict()["fc.0.weight"])

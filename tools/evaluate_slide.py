@@ -4,10 +4,10 @@
 Every image is analysed exactly as ``pathasst tools predict slide_classification DIR`` does with no ``--mpp``
 (:func:`pathasst.tools.evaluate_tissue.run_on_file`). Without ``held_out`` the tool as configured (the shipped head)
 scores every image: on the 40 training images these figures are in-sample; on another cohort, all of it is unseen.
-With ``held_out`` each image is scored by the fold head of the shipped leave-one-TMA-group-out cross-validation that
-never saw its group (``tools/weights/slide_abmil_cv.pt``, configured in turn as ``PATHASST_SLIDE_MIL_WEIGHTS``), so
-the figures are the cross-validated ones. Scores: accuracy, ROC AUC of P(malignant), next to the majority-class
-baseline (AUC 0.5) in the same run, and a 95 % interval of the AUC by resampling whole groups.
+With ``held_out`` each image is scored by the fold head of the shipped (nested) leave-one-TMA-group-out
+cross-validation that never saw its group (``tools/weights/slide_abmil_cv.pt``: a single head or a seed ensemble per
+fold, configured in turn as ``PATHASST_SLIDE_MIL_WEIGHTS``), so the figures are the cross-validated ones. Scores:
+accuracy, ROC AUC of P(malignant), next to the majority-class baseline (AUC 0.5) in the same run, and a 95 % interval of the AUC by resampling whole groups.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Embedded backend (``PATHASST_SLIDE_MIL_WEIGHTS`` unset): the shipped head ``tools/weights/slide_abmil.pt`` (model card
 ``tools/weights/SLIDE_MODEL_CARD.md``), trained on the UCSB breast TMA set (benign / malignant) over the weight-free
 ``hed-texture-v1`` descriptor of each tile (stain, texture, nuclear size and shape; it beat the tissue network's
-features in the cross-validation, see the model card). Configured: the ABMIL head in ``PATHASST_SLIDE_MIL_WEIGHTS``
+features in the cross-validation, see the model card), a seed ensemble of ABMIL heads whose probabilities and
+attention are averaged (a single head loads too). Configured: the ABMIL head in ``PATHASST_SLIDE_MIL_WEIGHTS``
 (format and config in :mod:`pathasst.tools.backends.abmil`) over the embedder it names: PathCLIP
 (``PATHASST_PATHCLIP_WEIGHTS``, else 'not configured'), the tissue network or hed-texture. Tiles: ``tile_size`` px squares at the head's
 ``tile_mpp`` holding at least ``min_tissue`` tissue, at most ``MAX_TILES`` (spread evenly; a note says so).
@@ -94,7 +95,7 @@ class SlideClassificationTool(DeepTool):
         "malignant?') and to pick regions for closer measurement; for the tissue type of a patch use "
         "tissue_classification."
     )
-    version: ClassVar[str] = "0.3.0"
+    version: ClassVar[str] = "0.4.0"
     input_model: ClassVar[type[ToolInput]] = SlideClassificationInput
     headline_fields: ClassVar[tuple[str, ...]] = ("label", "probability", "n_tiles", "domain_warning")
     output_model: ClassVar[type[ToolOutput]] = SlideClassificationOutput
@@ -294,6 +295,6 @@ def pixel_tiles(image: ImageData, tile_mpp: float, tile_size: int, min_tissue: f
     return rects, read
 
 
-#: the shipped ABMIL head over the tissue network (model card tools/weights/SLIDE_MODEL_CARD.md)
+#: the shipped ABMIL head over hed-texture tiles (model card tools/weights/SLIDE_MODEL_CARD.md)
 SHIPPED_SLIDE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "slide_abmil.pt"
 _LOAD_LOCK = threading.Lock()

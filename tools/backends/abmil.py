@@ -19,6 +19,10 @@ key              required  meaning
 ``feature_std``            before the head (lists of ``in_dim`` numbers; default: none)
 ===============  ========  ==========================================================================================
 
+A **seed ensemble** is one state dict holding K heads of the same shape under ``members.0.``, ``members.1.``, ...
+(:func:`ensemble_state_dict`; optional config ``ensemble``: K); its class probabilities and attention weights are the
+means of its members'. A plain state dict is a one-member ensemble, so single-head checkpoints load as before.
+
 Layer sizes (input, hidden and attention widths, gated or not) are read from the state dict. The model:
 ``h = ReLU(W1 x)``; attention ``a = softmax(w^T (tanh(V h) * sigmoid(U h)))`` over the tiles (``U`` absent when not
 gated); slide logits ``= C (sum a_i h_i)``.
@@ -37,7 +41,7 @@ from pathasst.core.settings import Settings
 from pathasst.core.weights import Checkpoint, WeightsFormat, read_checkpoint
 from pathasst.tools.backends.runtime import configure_threads, load_state, torch_device
 
-__all__ = ["EMBEDDERS", "ABMILConfig", "ABMILHead", "build_abmil"]
+__all__ = ["EMBEDDERS", "ABMILConfig", "ABMILHead", "build_abmil", "ensemble_members", "ensemble_state_dict"]
 
 #: tile embedders an ABMIL head may have been trained on
 EMBEDDERS = ("pathclip", "tissue_net", "hed_texture")
@@ -68,6 +72,26 @@ def build_abmil(in_dim: int, n_classes: int, hidden_dim: int = 256, attention_di
     return ABMIL()
 
 
+def ensemble_state_dict(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One state dict holding the heads ``states`` as the members of a seed ensemble (``members.K.<key>``)."""
+    return {f"members.{k}.{key}": v for k, sd in enumerate(states) for key, v in sd.items()}
+
+
+def ensemble_members(state_dict: dict[str, Any]) -> list[dict[str, Any]]:
+    """The member state dicts of an ensemble state dict, in order; a plain state dict is its only member."""
+    if not any(key.startswith("members.") for key in state_dict):
+        return [state_dict]
+    members: dict[int, dict[str, Any]] = {}
+    for key, v in state_dict.items():
+        head, _, rest = key.partition(".")[2].partition(".")
+        if not key.startswith("members.") or not head.isdigit() or not rest:
+            raise WeightsError(f"ensemble state dict: key {key!r} is not 'members.<k>.<name>'")
+        members.setdefault(int(head), {})[rest] = v
+    if sorted(members) != list(range(len(members))):
+        raise WeightsError(f"ensemble state dict: members {sorted(members)} are not numbered 0..{len(members) - 1}")
+    return [members[k] for k in range(len(members))]
+
+
 @dataclass
 class ABMILConfig:
     labels: list[str]
@@ -82,13 +106,18 @@ class ABMILConfig:
     embed_mpp: float | None = None
     feature_mean: list[float] | None = None
     feature_std: list[float] | None = None
+    members: int = 1
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint) -> ABMILConfig:
         labels = ckpt.require("labels", list)
         if len(labels) < 2 or not all(isinstance(s, str) and s.strip() for s in labels) or len(set(labels)) != len(labels):
             raise WeightsError(f"ABMIL head {ckpt.where()}: 'labels' must be >= 2 distinct names, got {labels!r}")
-        sd = ckpt.state_dict
+        members = ensemble_members(ckpt.state_dict)
+        shapes = {k: tuple(v.shape) for k, v in members[0].items()}
+        if any({k: tuple(v.shape) for k, v in m.items()} != shapes for m in members[1:]):
+            raise WeightsError(f"ABMIL ensemble {ckpt.where()}: its {len(members)} members differ in keys or shapes")
+        sd = members[0]
         needed = ("fc.0.weight", "attention_v.0.weight", "attention_w.weight", "classifier.weight")
         missing = [k for k in needed if k not in sd]
         if missing:
@@ -100,7 +129,7 @@ class ABMILConfig:
             raise WeightsError(f"ABMIL head {ckpt.where()} has {n_cls} outputs but {len(labels)} labels {labels}")
         cfg = cls(
             labels=[s.strip() for s in labels], in_dim=in_dim, hidden_dim=hidden, attention_dim=att,
-            gated="attention_u.0.weight" in sd,
+            gated="attention_u.0.weight" in sd, members=len(members),
         )
         if "tile_mpp" in ckpt.config:
             cfg.tile_mpp = float(ckpt.require("tile_mpp", (int, float)))
@@ -129,8 +158,8 @@ class ABMILConfig:
 class ABMILHead:
     """A loaded ABMIL head: :meth:`predict` maps ``(N, in_dim)`` embeddings to class probabilities and attention."""
 
-    def __init__(self, model: Any, config: ABMILConfig, device: Any) -> None:
-        self.model = model
+    def __init__(self, models: list[Any], config: ABMILConfig, device: Any) -> None:
+        self.models = models
         self.config = config
         self.device = device
 
@@ -139,18 +168,24 @@ class ABMILHead:
         configure_threads(settings)
         ckpt = read_checkpoint(path, setting, fmt)
         cfg = ABMILConfig.from_checkpoint(ckpt)
-        model = build_abmil(cfg.in_dim, len(cfg.labels), cfg.hidden_dim, cfg.attention_dim, cfg.gated)
-        load_state(model, ckpt, f"an ABMIL head ({cfg.in_dim} -> {cfg.hidden_dim}, attention {cfg.attention_dim}, gated {cfg.gated})")
         device = torch_device()
-        return cls(model.to(device).eval(), cfg, device)
+        what = f"an ABMIL head ({cfg.in_dim} -> {cfg.hidden_dim}, attention {cfg.attention_dim}, gated {cfg.gated})"
+        models = []
+        for member in ensemble_members(ckpt.state_dict):
+            model = build_abmil(cfg.in_dim, len(cfg.labels), cfg.hidden_dim, cfg.attention_dim, cfg.gated)
+            load_state(model, Checkpoint(member, ckpt.config, ckpt.path, ckpt.setting), what)
+            models.append(model.to(device).eval())
+        return cls(models, cfg, device)
 
     def describe(self) -> str:
         c = self.config
         what = {"pathclip": "PathCLIP", "tissue_net": "tissue-network", "hed_texture": "hed-texture"}[c.embedder]
-        return f"ABMIL ({'gated ' if c.gated else ''}attention, {c.in_dim}-d {what} tiles at {c.tile_mpp} um/px, labels {c.labels})"
+        seeds = f"mean of {c.members} seeds, " if c.members > 1 else ""
+        return (f"ABMIL ({seeds}{'gated ' if c.gated else ''}attention, {c.in_dim}-d {what} tiles at {c.tile_mpp} um/px, "
+                f"labels {c.labels})")
 
     def predict(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities ``(C,)`` and attention weights ``(N,)`` (summing to 1) of one bag."""
+        """Class probabilities ``(C,)`` and attention weights ``(N,)`` (summing to 1) of one bag: the members' means."""
         import torch
 
         emb = np.asarray(embeddings, dtype=np.float32)
@@ -159,7 +194,10 @@ class ABMILHead:
         x = torch.as_tensor(emb, device=self.device)
         if x.ndim != 2 or x.shape[1] != self.config.in_dim or x.shape[0] == 0:
             raise ValueError(f"expected (N >= 1, {self.config.in_dim}) embeddings, got {tuple(x.shape)}")
+        probs, atts = [], []
         with torch.inference_mode():
-            logits, att = self.model(x)
-            probs = torch.softmax(logits.float(), dim=-1)
-        return probs.cpu().numpy().astype(np.float64), att.float().cpu().numpy().astype(np.float64)
+            for model in self.models:
+                logits, att = model(x)
+                probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64))
+                atts.append(att.float().cpu().numpy().astype(np.float64))
+        return np.mean(probs, axis=0), np.mean(atts, axis=0)
