@@ -189,15 +189,22 @@ class SlideReader:
         }
 
     def thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
-        """RGB thumbnail whose longer side is at most ``max_size``, and its downsample from level 0."""
-        if self._thumb is None or max(self._thumb[0].shape[:2]) != min(max_size, max(self.dimensions)):
+        """RGB thumbnail whose longer side is at most ``max_size``, and its downsample from level 0. The largest
+        thumbnail read so far is kept: a smaller one is shrunk from it instead of read from the slide again."""
+        want = min(max_size, max(self.dimensions))
+        if self._thumb is None or max(self._thumb[0].shape[:2]) < want:
             try:
                 im = self._slide.get_thumbnail((max_size, max_size))
             except self._errors as exc:
                 raise CorruptImageError(f"{self.path.name}: cannot read thumbnail ({exc})") from exc
             arr = as_rgb_uint8(np.asarray(im.convert("RGB")))
             self._thumb = (arr, self.dimensions[0] / arr.shape[1])
-        return self._thumb
+        arr = self._thumb[0]
+        if max(arr.shape[:2]) > want:
+            im = Image.fromarray(arr)
+            im.thumbnail((want, want), Image.Resampling.BOX)
+            arr = np.asarray(im)
+        return arr, self.dimensions[0] / arr.shape[1]
 
     def read_region(self, region: Region, downsample: float, max_pixels: int) -> ImageData:
         """Read ``region`` (level 0) at ``downsample`` (>= 1) from the best pyramid level, capped at ``max_pixels``."""

@@ -225,6 +225,22 @@ def test_slide_reader_regions_never_whole_level0(shared_data):
         assert win.width == 1024 and 0 <= win.x <= W - 1024 and 0 <= win.y <= H - 1024
 
 
+def test_a_smaller_thumbnail_is_shrunk_from_the_one_read_not_read_again(shared_data, monkeypatch):
+    with SlideReader(shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs") as s:
+        big, ds_big = s.thumbnail(2048)
+        assert max(big.shape[:2]) == 2048 and ds_big == pytest.approx(4443 / big.shape[1])
+
+        def no_read(*_a, **_k):
+            raise AssertionError("the slide was read again")
+
+        monkeypatch.setattr(s._slide, "get_thumbnail", no_read)
+        small, ds_small = s.thumbnail(1024)
+        assert max(small.shape[:2]) == 1024 and ds_small == pytest.approx(4443 / small.shape[1])
+        assert abs(small.mean() - big.mean()) < 2  # the same picture, shrunk
+        with pytest.raises(AssertionError, match="read again"):
+            s.thumbnail(4096)  # larger than any read so far: read from the slide
+
+
 def test_slide_mpp_and_resolver(tmp_path, settings, shared_data):
     c = tmp_path / "c"
     c.mkdir()
