@@ -37,6 +37,7 @@ __all__ = [
     "default_gguf",
     "shipped_adapter",
     "tools_schema",
+    "unshout",
     "worked_examples",
 ]
 
@@ -128,14 +129,25 @@ def build_prompt(ctx: PlannerContext) -> str:
     return "\n".join(lines)
 
 
+def unshout(question: str) -> str:
+    """A question written in capitals (>= 80 % of at least 4 letters) in sentence case; any other unchanged. The
+    adapter never saw a shouted question (its tokens differ), and capitals cost it 20 points on dev."""
+    letters = [c for c in question if c.isalpha()]
+    if len(letters) < 4 or sum(c.isupper() for c in letters) < 0.8 * len(letters):
+        return question
+    lowered = question.lower()
+    return lowered[:1].upper() + lowered[1:]
+
+
 def build_tuned_prompt(ctx: PlannerContext) -> str:
-    """The prompt a planner LoRA adapter is trained on (``pathasst-train planner``): question, stain, image kind.
+    """The prompt a planner LoRA adapter is trained on (``pathasst-train planner``): question (:func:`unshout`),
+    stain, image kind.
 
     No catalogue and no examples (the adapter learnt the tools; the grammar still restricts the answer to the
     catalogue), and no DATA: notes and retrieved text never reach the tool choice."""
     return "\n".join(
         [
-            f"Question: {_short(ctx.question, _MAX_QUESTION_CHARS)}",
+            f"Question: {_short(unshout(ctx.question), _MAX_QUESTION_CHARS)}",
             f"Stain: {ctx.stain or 'unknown'} | Image: {ctx.image_kind}",
             "Answer:",
             "",
