@@ -144,7 +144,8 @@ def tool_on_region(region: list[int]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--paths", nargs="+", default=["ensemble", "fast"])
+    parser.add_argument("--paths", nargs="+", default=["ensemble", "fast-float32", "fast"],
+                        help="slide paths to run on each slide (fast = the 20x network in int8)")
     parser.add_argument("--tool", action="store_true", help="also time the nuclei tool on the 2048 px region")
     parser.add_argument("--large", type=int, default=0, help="also a synthetic N x N slide (new path only)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
@@ -171,6 +172,11 @@ def main() -> None:
                 if e["summary"]["wall_seconds"] and f["summary"]["wall_seconds"]:
                     entry["speedup_fast_vs_ensemble"] = round(e["summary"]["wall_seconds"] /
                                                               f["summary"]["wall_seconds"], 2)
+            if {"fast-float32", "fast"} <= set(runs):  # int8 vs float32 of the same network
+                a, b = runs["fast-float32"], runs["fast"]
+                entry["agreement_int8_vs_float32"] = {**agreement(a["xy"], b["xy"], 4.0 / 0.5),
+                                                      "count_ratio": round(len(b["xy"]) / max(len(a["xy"]), 1), 4)}
+                entry["speedup_int8_vs_float32"] = round(a["summary"]["wall_seconds"] / b["summary"]["wall_seconds"], 2)
             report["targets"][name] = entry
             print(json.dumps({name: entry}, indent=1), flush=True)
         if opts.tool:

@@ -43,8 +43,9 @@ def _fail(msg: str) -> None:
 def nuclei_command(
     slide: Annotated[Path, typer.Argument(help="A slide file OpenSlide reads (.svs, .ndpi, .mrxs, tiled TIFF...).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (resumed if it holds this slide's run).")],
-    path: Annotated[str, typer.Option(help=f"{' | '.join(SLIDE_PATHS)}: the 20x slide network, or the patch "
-                                           "ensemble on tiles resampled to 0.25 um/px (slower).")] = "fast",
+    path: Annotated[str, typer.Option(help=f"{' | '.join(SLIDE_PATHS)}: the 20x slide network (int8; or "
+                                           "float32), or the patch ensemble on tiles resampled to 0.25 um/px (slower)."
+                                      )] = "fast",
     weights: Annotated[Path | None, typer.Option(help="Another checkpoint for the chosen path.")] = None,
     mpp: Annotated[float | None, typer.Option(help="Slide resolution (um/px) when the file states none.")] = None,
     tile: Annotated[int, typer.Option(help="Tile side at the working resolution (px).")] = 512,

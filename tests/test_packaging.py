@@ -38,7 +38,7 @@ def test_wheel_has_only_the_pathasst_namespace_and_imports(tmp_path):
     assert "pathasst/planning/data/planner_dev.jsonl" in names
     for shipped in ("data/ebhi_seg_split.json", "data/amibr_split.json", "weights/tissue_net.pt", "weights/mitosis_net.pt",
                     "weights/slide_abmil.pt", "weights/slide_abmil_cv.pt", "weights/TISSUE_MODEL_CARD.md",
-                    "weights/nuclei_net_20x.pt", "wsi/run.py",
+                    "weights/nuclei_net_20x.pt", "weights/nuclei_net_20x.int8.onnx", "wsi/run.py",
                     "weights/nuclei_pixel.npz"):
         assert f"pathasst/tools/{shipped}" in names, shipped  # the embedded backends work from a wheel
     assert "pathasst/finetune/data/weights/image_filter.pt" in names

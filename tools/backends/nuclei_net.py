@@ -48,7 +48,7 @@ import numpy as np
 from pathasst.core.errors import WeightsError
 from pathasst.core.imaging import ImageData
 from pathasst.core.settings import Settings
-from pathasst.core.weights import Checkpoint, load_torch_file, read_checkpoint
+from pathasst.core.weights import Checkpoint, file_sha256, load_torch_file, read_checkpoint
 from pathasst.tools.backends.blocks import conv_blocks
 from pathasst.tools.backends.nuclei_post import EDGE_MODES, PostParams, instance_types, instances_from_maps
 from pathasst.tools.backends.runtime import (
@@ -75,6 +75,7 @@ __all__ = [
     "RUNTIMES",
     "build_nuclei_ensemble",
     "build_nuclei_net",
+    "int8_model_path",
     "is_nuclei_net_checkpoint",
     "to_image_labels",
 ]
@@ -83,6 +84,11 @@ __all__ = [
 SHIPPED_NET_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "nuclei_net.pt"
 #: its 20x network for whole slides (same card, "Slide path"): one small network working at 0.5 um/px
 SLIDE_NET_WEIGHTS = SHIPPED_NET_WEIGHTS.with_name("nuclei_net_20x.pt")
+
+
+def int8_model_path(weights: Path) -> Path:
+    """Where the int8 ONNX model of a nuclei-net checkpoint lives: beside it, ``NAME.int8.onnx``."""
+    return Path(weights).with_suffix(".int8.onnx")
 
 
 ARCHITECTURE = "pathasst-nuclei-net"
@@ -340,13 +346,16 @@ class NucleiNet:
         self.runtime = runtime if getattr(device, "type", "cpu") == "cpu" else "torch"
         self._session: Any = None
         self._session_lock = threading.Lock()
+        self._onnx_file: Path | None = None  # an int8 model run instead of the exported float32 graph
         #: ONNX Runtime's memory arena: off by default (it kept ~540 MB through a large window's post-processing);
         #: a slide run, whose windows are all one size, turns it on (:meth:`predict_window`)
         self.memory_arena = False
 
     @classmethod
-    def load(cls, path: Path, setting: str, settings: Settings = None, fmt: str = "pytorch") -> NucleiNet:
-        """Load a checkpoint (WeightsError naming ``setting`` when it is not a nuclei-net checkpoint)."""
+    def load(cls, path: Path, setting: str, settings: Settings = None, fmt: str = "pytorch",
+             int8: bool = False) -> NucleiNet:
+        """Load a checkpoint (WeightsError naming ``setting`` when it is not a nuclei-net checkpoint). ``int8``: run
+        its int8 ONNX model (:func:`int8_model_path`, written by ``python -m pathasst.finetune.quantize``) instead."""
         configure_threads(settings)
         ckpt = read_checkpoint(Path(path), setting, fmt)  # type: ignore[arg-type]
         cfg = NucleiNetConfig.from_checkpoint(ckpt)
@@ -357,7 +366,28 @@ class NucleiNet:
         device = torch_device()
         precision = str(getattr(settings, "nuclei_precision", None) or "float32")
         runtime = str(getattr(settings, "nuclei_runtime", None) or "auto")
-        return cls(model.to(device).eval(), cfg, device, source=str(path), precision=precision, runtime=runtime)
+        net = cls(model.to(device).eval(), cfg, device, source=str(path), precision=precision, runtime=runtime)
+        if int8:
+            net.use_int8(int8_model_path(Path(path)), setting)
+        return net
+
+    def use_int8(self, onnx_path: Path, setting: str = "int8 model") -> None:
+        """Run the int8 ONNX model at ``onnx_path`` (quantised from this checkpoint: its ``source_sha256`` must be the
+        checkpoint file's, so a retrained checkpoint never runs a stale model) in ONNX Runtime."""
+        if not _onnx_available():
+            raise RuntimeError("the int8 nuclei network needs the packages onnx and onnxruntime")
+        if not Path(onnx_path).is_file():
+            raise WeightsError(f"{setting}: no int8 model {onnx_path}; write it with python -m pathasst.finetune.quantize "
+                               f"--weights {self.source}")
+        import onnx
+
+        meta = {m.key: m.value for m in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+        if self.source and meta.get("source_sha256") != file_sha256(Path(self.source)):
+            raise WeightsError(f"{setting}: {onnx_path} was quantised from other weights than {self.source} "
+                               "(source_sha256 differs); quantise it again")
+        self.runtime, self.precision, self._onnx_file = "onnxruntime", "int8", Path(onnx_path)
+        with self._session_lock:
+            self._session = None
 
     @classmethod
     def from_module(cls, model: Any, config: NucleiNetConfig, device: Any = None) -> NucleiNet:
@@ -383,7 +413,7 @@ class NucleiNet:
         shape = f"ensemble of {len(c.members)}, widths {c.members}" if c.members else f"widths {c.widths}"
         if c.members and c.post.member_vote:
             shape += f", nuclei voted {c.post.member_vote} of {len(c.members) + 1}"
-        bf16 = ", bfloat16" if self.precision == "bfloat16" else ""
+        bf16 = f", {self.precision}" if self.precision in ("bfloat16", "int8") else ""
         ort = ", onnxruntime" if self.runtime == "onnxruntime" else ""
         return f"{ARCHITECTURE} ({n / 1e6:.2f} M params, {shape}, {len(c.type_classes)} types, {c.mpp} um/px{bf16}{ort})"
 
@@ -406,9 +436,6 @@ class NucleiNet:
         return self._session
 
     def _export_onnx(self) -> Any:
-        import io
-        import warnings
-
         import torch
 
         try:
@@ -417,6 +444,20 @@ class NucleiNet:
         except ImportError as exc:
             raise RuntimeError(f"PATHASST_NUCLEI_RUNTIME=onnxruntime needs the packages onnx and onnxruntime "
                                f"({exc}); set PATHASST_NUCLEI_RUNTIME=torch") from exc
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = self.memory_arena  # off: ~540 MB less through post-processing, 5-20 % slower
+        model = str(self._onnx_file) if self._onnx_file is not None else self.onnx_bytes()
+        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+    def onnx_bytes(self) -> bytes:
+        """The float32 network as an ONNX graph (any batch and tile size)."""
+        import io
+        import warnings
+
+        import torch
+
         size = 2 * self.config.multiple
         buf = io.BytesIO()
         with warnings.catch_warnings():
@@ -424,11 +465,7 @@ class NucleiNet:
             torch.onnx.export(self.model.eval(), torch.zeros(1, 3, size, size), buf, input_names=["x"],
                               output_names=["y"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
                               opset_version=17, dynamo=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.enable_cpu_mem_arena = self.memory_arena  # off: ~540 MB less through post-processing, 5-20 % slower
-        return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        return buf.getvalue()
 
     def _predict(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
         import torch

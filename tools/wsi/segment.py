@@ -10,6 +10,10 @@ Two segmenters: :class:`NativeSegmenter` runs a network that works at the workin
 one pass (the slide path); :class:`ResamplingSegmenter` runs any network through :meth:`NucleiNet.segment`, which
 resamples the window to the network's resolution and back (the patch path: the shipped ensemble at 0.25 um/px).
 Both time their network and post-processing stages.
+
+Slide paths (:func:`build_segmenter`): ``fast`` runs the 20x slide network quantised to int8 in ONNX Runtime where its
+int8 model lies beside the weights (shipped; made by ``python -m pathasst.finetune.quantize``), else in float32;
+``fast-float32`` always in float32; ``ensemble`` the patch ensemble.
 """
 
 from __future__ import annotations
@@ -23,14 +27,20 @@ import numpy as np
 
 from pathasst.core.imaging import ImageData
 from pathasst.core.settings import Settings
-from pathasst.tools.backends.nuclei_net import SHIPPED_NET_WEIGHTS, SLIDE_NET_WEIGHTS, NucleiNet, NucleiPrediction
+from pathasst.tools.backends.nuclei_net import (
+    SHIPPED_NET_WEIGHTS,
+    SLIDE_NET_WEIGHTS,
+    NucleiNet,
+    NucleiPrediction,
+    int8_model_path,
+)
 
 __all__ = ["SLIDE_PATHS", "NativeSegmenter", "ResamplingSegmenter", "TileNuclei", "Window",
            "build_segmenter", "outline_of", "segment_windows"]
 
 #: what segments a slide: ``fast`` = the 20x network at its own resolution; ``ensemble`` = the shipped patch
 #: ensemble, each tile resampled to 0.25 um/px and back
-SLIDE_PATHS = ("fast", "ensemble")
+SLIDE_PATHS = ("fast", "fast-float32", "ensemble")
 
 
 @dataclass
@@ -161,8 +171,10 @@ def build_segmenter(path: str, settings: Settings, weights: Path | None = None,
     if path not in SLIDE_PATHS:
         raise ValueError(f"slide path must be one of {SLIDE_PATHS}, not {path!r}")
     what = "--weights" if weights else f"--path {path} (shipped weights)"
-    if path == "fast":
-        net = NucleiNet.load(Path(weights or SLIDE_NET_WEIGHTS), what, settings)
-        return NativeSegmenter(net), f"fast: {net.describe()}"
+    if path in ("fast", "fast-float32"):
+        source = Path(weights or SLIDE_NET_WEIGHTS)
+        int8 = path == "fast" and int8_model_path(source).is_file()
+        net = NucleiNet.load(source, what, settings, int8=int8)
+        return NativeSegmenter(net), f"{path}: {net.describe()}"
     net = NucleiNet.load(Path(weights or SHIPPED_NET_WEIGHTS), what, settings)
     return ResamplingSegmenter(net, work_mpp), f"ensemble: {net.describe()}, tiles read at {work_mpp} um/px"
