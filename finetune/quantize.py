@@ -44,6 +44,7 @@ def quantize_nuclei_net(weights: Path, data_dir: Path, out: Path | None = None, 
     from pathasst.finetune.nuclei_data import load_samples
     from pathasst.finetune.nuclei_eval import TILE_MPP
     from pathasst.tools.backends.nuclei_net import NucleiNet, int8_model_path
+    from pathasst.tools.backends.runtime import predict_padded
 
     weights = Path(weights)
     out = Path(out) if out else int8_model_path(weights)
@@ -51,17 +52,18 @@ def quantize_nuclei_net(weights: Path, data_dir: Path, out: Path | None = None, 
     c = net.config
     names = calibration_tiles(Path(data_dir), n_tiles)
     samples = load_samples(Path(data_dir), names, TILE_MPP / c.mpp)
-    m = c.multiple
-    mean, std = np.asarray(c.mean, np.float32), np.asarray(c.std, np.float32)
+    inputs: list[dict[str, np.ndarray]] = []
 
-    def batch(rgb: np.ndarray) -> dict[str, np.ndarray]:
-        h, w = (rgb.shape[0] // m) * m, (rgb.shape[1] // m) * m
-        x = (rgb[:h, :w, :3].astype(np.float32) / 255.0 - mean) / std
-        return {"x": x.transpose(2, 0, 1)[None].copy()}
+    def capture(x: Any) -> Any:  # the network's input exactly as inference pads and normalises it
+        inputs.append({"x": x.numpy().copy()})
+        return x[:, :1]
+
+    for s in samples:
+        predict_padded([s.rgb], capture, c.multiple, c.mean, c.std, net.device)
 
     class Tiles(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter([batch(s.rgb) for s in samples])
+            self._it = iter(inputs)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
