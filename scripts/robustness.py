@@ -12,7 +12,7 @@ deconvolution and back), Gaussian blur (sigma 1 px), JPEG quality 40, and a resc
 not told about (the masks follow). Prints one JSON line per setting.
 
 ``nuclei-20x`` scores the held-out CoNSeP tiles scanned down to 20x (0.5 um/px, labels alike) under each
-perturbation, for the 20x slide network and the patch ensemble (told 0.5 um/px, so it resamples to 0.25 and back):
+perturbation, for the 20x slide network (float32 and its int8 model) and the patch ensemble (told 0.5 um/px, so it resamples to 0.25 and back):
 mean object F1 and AJI over the tiles.
 """
 
@@ -167,6 +167,7 @@ def nuclei_20x(data: Path, every: int) -> None:
 
     settings = Settings(_env_file=None)
     nets = {"slide_20x": NucleiNet.load(SLIDE_NET_WEIGHTS, "slide", settings),
+            "slide_20x_int8": NucleiNet.load(SLIDE_NET_WEIGHTS, "slide", settings, int8=True),
             "ensemble": NucleiNet.load(SHIPPED_NET_WEIGHTS, "ensemble", settings)}
     tiles = [rescale_tile(_read_rgb(data / "images" / f"{n}.jpg"), _read(data / "instances" / f"{n}.png"), 0.5)
              for n in held_out_tiles(data, every)]
