@@ -4,6 +4,7 @@
     .venv/bin/python scripts/robustness.py mitosis --data ../shared/data/mitosis_amibr
     .venv/bin/python scripts/robustness.py nuclei-20x --data ../shared/data/consep_train [--every 2]
     .venv/bin/python scripts/robustness.py ihc --data ../shared/data/deepliif_ki67
+    .venv/bin/python scripts/robustness.py slide --data ../shared/data/bisque_breast
 
 Each perturbation is applied to copies of the held-out images written in the dataset's layout to a temporary folder,
 and the same evaluator as ``pathasst tools eval`` scores them (mpp not given, as a user without it would run them;
@@ -186,13 +187,33 @@ def nuclei_20x(data: Path, every: int) -> None:
         print(json.dumps(row), flush=True)
 
 
+def slide(data: Path, every: int) -> None:
+    """The slide head's cross-validated figures (each image by the fold ensemble that never saw its TMA group, as
+    ``tools eval slide_classification --held-out``) on perturbed copies of the 40 images."""
+    from pathasst.tools.evaluate_slide import evaluate_slide_classification
+    from pathasst.tools.registry import default_registry
+
+    settings = Settings(_env_file=None)
+    tool = default_registry(settings).get("slide_classification")
+    labels = (data / "labels.csv").read_text()
+    for name, (fn, _) in SETTINGS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            for path in sorted((data / "images").iterdir()):
+                _save(fn(np.asarray(Image.open(path).convert("RGB"))), root / "images" / path.stem)
+            (root / "labels.csv").write_text(labels)
+            m = evaluate_slide_classification(tool, root, settings, held_out=True)
+        print(json.dumps({"setting": name, "n": m["n_images"], "auc": round(m["auc"], 4),
+                          "accuracy": round(m["accuracy"], 4)}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["tissue", "mitosis", "nuclei-20x", "ihc"])
+    p.add_argument("what", choices=["tissue", "mitosis", "nuclei-20x", "ihc", "slide"])
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--every", type=int, default=1, help="use every N-th held-out item")
     a = p.parse_args(argv)
-    {"tissue": tissue, "mitosis": mitosis, "nuclei-20x": nuclei_20x, "ihc": ihc}[a.what](a.data, a.every)
+    {"tissue": tissue, "mitosis": mitosis, "nuclei-20x": nuclei_20x, "ihc": ihc, "slide": slide}[a.what](a.data, a.every)
 
 
 if __name__ == "__main__":
