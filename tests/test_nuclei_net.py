@@ -16,7 +16,7 @@ from tool_helpers import make_resolver
 from pathasst.core.errors import WeightsError
 from pathasst.core.imaging import ImageData
 from pathasst.tools.backends.nuclei_net import ARCHITECTURE, NucleiNet, NucleiNetConfig, build_nuclei_net
-from pathasst.tools.backends.nuclei_post import hover_instances, instance_types
+from pathasst.tools.backends.nuclei_post import fill_holes, hover_instances, instance_types, open_disk2
 from pathasst.tools.base import call_tool
 
 TINY_WIDTHS = [4, 8, 16]
@@ -122,6 +122,26 @@ def test_hover_post_processing_splits_touching_nuclei_and_votes_types() -> None:
     tp[0][true == 0] = 1.0
     types = instance_types(labels, tp)
     assert types[labels[32, 30]] == 3 and types[labels[32, 58]] == 2
+
+
+def test_the_fast_hole_filling_and_opening_give_scipys_masks_exactly() -> None:
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    rng = np.random.default_rng(3)
+    holes = 0
+    for _ in range(120):
+        shape = tuple(int(v) for v in rng.integers(1, 70, 2))
+        m = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3.0)) > rng.uniform(0.3, 0.7)
+        filled = fill_holes(m)
+        assert np.array_equal(filled, ndi.binary_fill_holes(m))
+        assert np.array_equal(open_disk2(m), ndi.binary_opening(m, structure=disk(2)))
+        holes += int(filled.sum() - m.sum())
+    assert holes > 100  # the masks had holes to fill
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False
+    assert fill_holes(ring)[4, 4] and not fill_holes(np.pad(ring[:, 4:], ((0, 0), (0, 0))))[4, 0]
 
 
 def test_absolute_edge_mode_splits_by_a_fixed_threshold_on_sparse_and_dense_images() -> None:
