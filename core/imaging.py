@@ -84,12 +84,13 @@ def tissue_mask(rgb: np.ndarray, min_size: int = 64) -> np.ndarray:
 
     Works on thumbnails of whole slides and on patches; a blank (all-background) image gives an empty mask.
     """
-    from skimage import color, filters, morphology
+    from skimage import filters, morphology
 
     rgb = as_rgb_uint8(rgb)
-    hsv = color.rgb2hsv(rgb)
-    sat = hsv[..., 1]
-    dark = 1.0 - hsv[..., 2]
+    hi = rgb.max(axis=-1).astype(np.float32)
+    lo = rgb.min(axis=-1).astype(np.float32)
+    sat = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1.0), 0.0)  # HSV saturation and value, as rgb2hsv gives them
+    dark = 1.0 - hi / 255.0
     score = np.maximum(sat, dark * 0.5)
     if float(score.max() - score.min()) < 0.05:  # flat image: nothing to separate
         return np.zeros(rgb.shape[:2], dtype=bool)

@@ -128,6 +128,7 @@ def test_the_plan_covers_the_tissue_with_cores_that_partition_it(slide: tuple[Pa
         assert (x1 - x0, y1 - y0) == (128, 128) or x1 == 1200 or y1 == 900
         assert wx0 == max(0, x0 - 24) and wy1 == min(900, y1 + 24)
     assert 0.16 < plan.tissue_mm2 < 0.20  # 900 x 720 px of tissue at 0.5 um/px = 0.162 mm^2 (mask edges blur a little)
+    assert plan.mask_downsample * plan.slide_mpp == pytest.approx(1.0, rel=0.01)  # MASK_UM_PER_PX, not level 0
 
 
 def test_a_region_run_counts_the_nuclei_of_that_region_only(slide: tuple[Path, np.ndarray], tmp_path: Path) -> None:
@@ -256,6 +257,34 @@ def test_density_grid_and_hot_spot_follow_the_nuclei(slide: tuple[Path, np.ndarr
     assert np.isnan(grid.density[0, 0]) and np.isnan(grid.density[-1, -1])  # glass
     x, y, dens = hot_spot(grid, 50)
     assert 690 <= x <= 770 and 390 <= y <= 470 and dens > 2 * np.nanmedian(inner)
+
+
+def test_the_heat_map_colours_dense_cells_hot_and_leaves_glass_clear(slide: tuple[Path, np.ndarray],
+                                                                      tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pathasst.tools.backends.render import colormap
+    from pathasst.tools.wsi.density import render_heat_map
+
+    path, truth = slide
+    with SlideReader(path) as reader:
+        plan = plan_slide(reader, 0.5, tile=128, halo=24)
+        thumb, tds = reader.thumbnail(600)
+    extra = np.array([[700 + dx, 400 + dy] for dx in range(0, 60, 4) for dy in range(0, 60, 4)], float)
+    grid = density_grid(plan, [truth, extra], cell_um=50)
+    render_heat_map(grid, thumb, tds, tmp_path / "density.png", "synthetic: dense patch at (700, 400)")
+    img = np.asarray(Image.open(tmp_path / "density.png").convert("RGB")).astype(int)
+    pad, top = 8, 22 + 8  # the renderer's margins: the thumbnail is drawn at (pad, top)
+    assert img.shape[1] > thumb.shape[1] + 2 * pad and img.shape[0] > thumb.shape[0] + top  # colour bar, title
+
+    def at(x0: float, y0: float) -> np.ndarray:  # the drawn pixel at level-0 (x, y)
+        return img[top + int(y0 / tds), pad + int(x0 / tds)]
+
+    hot = colormap(np.array([1.0]))[0].astype(int)
+    blend = 0.45 * thumb[int(420 / tds), int(720 / tds)] + 0.55 * hot
+    assert np.abs(at(720, 420) - blend).max() <= 2  # the densest cell: the top of the scale over the tissue
+    assert np.abs(at(1150, 860) - thumb[int(860 / tds), int(1150 / tds)]).max() <= 1  # glass: no colour
+    assert np.abs(at(300, 300) - thumb[int(300 / tds), int(300 / tds)]).max() > 20  # ordinary tissue is coloured
 
 
 # ---- the CLI, with the shipped 20x network ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pathasst.tools.backends.render import colormap, heatmap_overlay
 from pathasst.tools.wsi.plan import SlidePlan
 
 __all__ = ["DensityGrid", "density_grid", "hot_spot", "render_heat_map"]
@@ -78,31 +79,47 @@ def hot_spot(grid: DensityGrid, size_um: float) -> tuple[float, float, float] | 
 
 def render_heat_map(grid: DensityGrid, thumbnail: np.ndarray, thumb_downsample: float, path: Path,
                     title: str) -> None:
-    """The density grid over the slide thumbnail, with a colour bar in nuclei per mm^2 and a scale bar, as PNG."""
-    import matplotlib
+    """The density grid over the slide thumbnail (cells with too little tissue left clear), with a title, a colour
+    bar in nuclei per mm^2 and a scale bar, as PNG. Drawn with Pillow on the project's heat-map scale
+    (:func:`~pathasst.tools.backends.render.colormap`)."""
+    from PIL import Image, ImageDraw, ImageFont
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    h, w = thumbnail.shape[:2]
+    thumb = np.asarray(thumbnail, dtype=np.uint8)[..., :3]
+    h, w = thumb.shape[:2]
     gh, gw = grid.density.shape
-    extent = (0, gw * grid.cell_px / thumb_downsample, gh * grid.cell_px / thumb_downsample, 0)
-    fig, ax = plt.subplots(figsize=(8, 8 * h / max(w, 1) + 0.6), dpi=110)
-    ax.imshow(thumbnail)
-    im = ax.imshow(np.ma.masked_invalid(grid.density), cmap="inferno", alpha=0.55, extent=extent,
-                   interpolation="nearest")
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    bar_um = _nice_length(0.2 * w * thumb_downsample * grid.cell_um / grid.cell_px)
-    bar_px = bar_um / (grid.cell_um / grid.cell_px) / thumb_downsample
-    ax.plot([0.04 * w, 0.04 * w + bar_px], [0.96 * h] * 2, color="black", linewidth=4)
-    ax.text(0.04 * w, 0.94 * h, f"{bar_um / 1000:g} mm" if bar_um >= 1000 else f"{bar_um:g} um", fontsize=9)
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, label=f"nuclei per mm^2 of tissue ({grid.cell_um:g} um cells)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    # the grid cell under each thumbnail pixel
+    iy = np.minimum((np.arange(h) * thumb_downsample / grid.cell_px).astype(np.int64), gh - 1)
+    ix = np.minimum((np.arange(w) * thumb_downsample / grid.cell_px).astype(np.int64), gw - 1)
+    dens = grid.density[np.ix_(iy, ix)]
+    finite = np.isfinite(dens)
+    top = float(np.nanmax(grid.density)) if np.isfinite(grid.density).any() else 0.0
+    top = top if top > 0 else 1.0
+    body = heatmap_overlay(thumb, np.where(finite, dens / top, 0.0), alpha=0.55, mask=finite)
+
+    font = ImageFont.load_default()
+    pad, title_h, bar_w, label_w = 8, 22, 14, 70
+    canvas = Image.new("RGB", (w + 2 * pad + bar_w + label_w, h + title_h + 2 * pad + 12), "white")
+    canvas.paste(Image.fromarray(body), (pad, title_h + pad))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 4), title, fill=(0, 0, 0), font=font)
+    # scale bar on the image, bottom left
+    um_per_px = thumb_downsample * grid.cell_um / grid.cell_px
+    bar_um = _nice_length(0.2 * w * um_per_px)
+    x0, y0 = pad + int(0.04 * w), title_h + pad + int(0.96 * h)
+    draw.rectangle((x0, y0 - 3, x0 + int(round(bar_um / um_per_px)), y0), fill=(0, 0, 0))
+    draw.text((x0, y0 - 16), f"{bar_um / 1000:g} mm" if bar_um >= 1000 else f"{bar_um:g} um", fill=(0, 0, 0),
+              font=font)
+    # colour bar: top of the image = the densest cell
+    bx, by = w + 2 * pad, title_h + pad
+    ramp = colormap(np.linspace(1.0, 0.0, h))[:, None, :].repeat(bar_w, axis=1)
+    canvas.paste(Image.fromarray(np.ascontiguousarray(ramp)), (bx, by))
+    for frac in (1.0, 0.5, 0.0):
+        y = by + int(round((1 - frac) * (h - 1)))
+        draw.line((bx + bar_w, y, bx + bar_w + 3, y), fill=(0, 0, 0))
+        draw.text((bx + bar_w + 5, max(by, min(y - 5, by + h - 11))), f"{frac * top:,.0f}", fill=(0, 0, 0),
+                  font=font)
+    draw.text((bx, by + h + 1), f"/mm^2 ({grid.cell_um:g} um)", fill=(0, 0, 0), font=font)
+    canvas.save(path)
 
 
 def _nice_length(um: float) -> float:

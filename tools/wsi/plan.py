@@ -21,8 +21,11 @@ from pathasst.core.regions import Region
 
 __all__ = ["SlidePlan", "SlideTile", "plan_slide"]
 
-#: the longest side of the thumbnail the tissue mask is computed on
+#: the longest side of the thumbnail the tissue mask is computed on, at most
 MASK_SIZE = 2048
+#: the finest resolution the tissue mask is computed at (um per mask pixel): a small slide's mask costs half its
+#: level 0 at most (CMU-1's small region: 0.526 mm^2 of tissue against 0.516 at 0.25 um/px, 2.0 gave 0.543)
+MASK_UM_PER_PX = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,9 @@ def plan_slide(reader: SlideReader, work_mpp: float, tile: int = 512, halo: int 
     if tile < 64 or halo < 0 or halo >= tile:
         raise ValueError(f"tile must be >= 64 px and 0 <= halo < tile (got tile {tile}, halo {halo})")
     slide_mpp = reader.mpp or assumed_mpp
-    thumb, mds = reader.thumbnail(MASK_SIZE)
-    mask = tissue_mask(thumb)
     W, H = reader.dimensions
+    thumb, mds = reader.thumbnail(min(MASK_SIZE, max(256, math.ceil(max(W, H) * slide_mpp / MASK_UM_PER_PX))))
+    mask = tissue_mask(thumb)
     rx0, ry0, rx1, ry1 = 0, 0, W, H
     if region is not None:
         rx0, ry0 = max(0, region.x), max(0, region.y)

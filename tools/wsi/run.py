@@ -115,7 +115,7 @@ class SlideNucleiRun:
         t0 = time.perf_counter()
         n = store.export_geojson(self.out_dir / "nuclei.geojson")
         grid = density_grid(plan, store.iter_centroids())
-        thumb, tds = reader.thumbnail(1024)
+        thumb, tds = reader.thumbnail(min(1024, max(plan.mask.shape)))  # the mask's thumbnail, not a new read
         tissue = plan.tissue_mm2
         render_heat_map(grid, thumb, tds, self.out_dir / "density.png",
                         f"{self.slide.name}: {n:,} nuclei, {n / tissue if tissue else 0:,.0f} per mm^2 of tissue")
