@@ -18,7 +18,6 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED  # noqa: E402
+from common import SHARED, rss_mib  # noqa: E402
 
 
 def _cpu() -> str:
@@ -52,7 +51,7 @@ def _run(slide: str, out: str, path: str, region: list[int] | None, queue: Any) 
     summary = SlideNucleiRun(Path(slide), Path(out), segmenter, description=description, region=box).run()
     with NucleiStore(Path(out) / "nuclei.sqlite") as store:
         xy = store.centroids()[:, :2]
-    queue.put((summary, xy, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    queue.put((summary, xy, rss_mib()))
 
 
 def run_in_child(slide: Path, out: Path, path: str, region: list[int] | None = None) -> dict[str, Any]:

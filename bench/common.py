@@ -17,8 +17,14 @@ __all__ = ["SHARED", "he_region", "measure", "rss_mib"]
 
 
 def rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process so far, MiB: ``VmHWM`` of /proc/self/status where there is one.
+    (``ru_maxrss`` survives exec on Linux: a child started by multiprocessing's spawn would report its parent's peak
+    at fork time when that is larger than its own.)"""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(fn: Callable[[], Any], repeat: int = 3) -> dict[str, float]:
