@@ -262,7 +262,8 @@ def test_large_image_tiles_run_as_ray_tasks_and_stitch_identically(
     assert np.abs(local.artifacts[lrec.id].overlay.astype(int) - remote.artifacts[rrec.id].overlay.astype(int)).max() <= 2
 
 
-def test_slide_run_tiles_go_to_ray_tasks_and_give_the_same_nuclei(tmp_path: Path, ray_local: None) -> None:
+def test_slide_run_tiles_go_to_ray_tasks_and_give_the_same_nuclei(tmp_path: Path, ray_local: None,
+                                                                 shared_data: Path) -> None:
     """`pathasst slide nuclei`'s tile batches through the Ray executor's tile mapper, unchanged: the shipped 20x
     network on a 1024 px CMU-1 region in 256 px tiles (16 tiles, 8 batches of 2)."""
     from pathasst.core.regions import Region
@@ -272,7 +273,7 @@ def test_slide_run_tiles_go_to_ray_tasks_and_give_the_same_nuclei(tmp_path: Path
     from pathasst.tools.wsi.segment import build_segmenter
     from pathasst.tools.wsi.store import NucleiStore
 
-    slide = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "cmu-1-small-region.svs"
+    slide = shared_data / "slides" / "cmu-1-small-region.svs"
     segmenter, _ = build_segmenter("fast", Settings(_env_file=None))
     region = Region(x=600, y=1000, width=1024, height=1024)
     local = SlideNucleiRun(slide, tmp_path / "local", segmenter, tile=256, region=region, group=4).run()

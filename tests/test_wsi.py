@@ -27,8 +27,13 @@ from pathasst.tools.wsi.plan import plan_slide
 from pathasst.tools.wsi.run import SlideNucleiRun
 from pathasst.tools.wsi.store import NucleiStore, StoreMismatchError
 
-SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
 CLI_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def slides(shared_data: Path) -> Path:
+    """The real slides of ``../shared/data/slides`` (the tests using them skip when the shared data is absent)."""
+    return shared_data / "slides"
 
 
 # ---- a synthetic slide with known nuclei ---------------------------------------------------------------------------
@@ -143,8 +148,8 @@ def test_a_region_run_counts_the_nuclei_of_that_region_only(slide: tuple[Path, n
     assert s["tissue_mm2"] == pytest.approx(400 * 300 * 0.25e-6, rel=0.03)
 
 
-def test_a_slide_without_resolution_is_assumed_20x_and_says_so() -> None:
-    with SlideReader(SLIDES / "tcga-cr-7395-01a-01-ts1.svs") as reader:
+def test_a_slide_without_resolution_is_assumed_20x_and_says_so(slides: Path) -> None:
+    with SlideReader(slides / "tcga-cr-7395-01a-01-ts1.svs") as reader:
         plan = plan_slide(reader, 0.5)
     assert plan.mpp_assumed and plan.slide_mpp == 0.5
     assert 0 < len(plan.tiles) <= plan.grid[0] * plan.grid[1]
@@ -293,8 +298,8 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_a_killed_slide_run_resumes_from_its_finished_tiles(tmp_path: Path) -> None:
-    slide = SLIDES / "cmu-1-small-region.svs"
+def test_a_killed_slide_run_resumes_from_its_finished_tiles(slides: Path, tmp_path: Path) -> None:
+    slide = slides / "cmu-1-small-region.svs"
     args = ["nuclei", str(slide), "--tile", "256", "--json"]
     clean = _cli(*args, "--out", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr
@@ -337,15 +342,15 @@ def test_a_killed_slide_run_resumes_from_its_finished_tiles(tmp_path: Path) -> N
         assert max(xs) >= 1000 and min(xs) <= 1300 and max(ys) >= 1000 and min(ys) <= 1200
 
 
-def test_a_corrupt_slide_or_a_missing_run_is_a_clear_error(tmp_path: Path) -> None:
-    bad = _cli("nuclei", str(SLIDES / "broken.svs"), "--out", str(tmp_path / "o"))
+def test_a_corrupt_slide_or_a_missing_run_is_a_clear_error(slides: Path, tmp_path: Path) -> None:
+    bad = _cli("nuclei", str(slides / "broken.svs"), "--out", str(tmp_path / "o"))
     assert bad.returncode == 2 and "broken.svs" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "o" / "summary.json").exists()
     missing = _cli("query", str(tmp_path / "nothing"), "0", "0", "10", "10")
     assert missing.returncode == 2 and "no slide run" in missing.stderr
 
 
-def test_the_nuclei_tool_runs_the_20x_network_on_slide_pixels_and_says_so() -> None:
+def test_the_nuclei_tool_runs_the_20x_network_on_slide_pixels_and_says_so(slides: Path) -> None:
     from pathasst.core.imaging import ImageData
     from pathasst.core.regions import Region
     from pathasst.core.settings import Settings
@@ -353,7 +358,7 @@ def test_the_nuclei_tool_runs_the_20x_network_on_slide_pixels_and_says_so() -> N
 
     tool = default_registry(Settings(_env_file=None)).get("nuclei_segmentation")
     args = tool.input_model.model_validate({"image": "slide"})
-    with SlideReader(SLIDES / "cmu-1-small-region.svs") as reader:
+    with SlideReader(slides / "cmu-1-small-region.svs") as reader:
         img = reader.read_region(Region(x=900, y=1300, width=320, height=320), 1.0, 320 * 320)
         img.slide = reader
         on_slide = tool.analyze(img, args).output
