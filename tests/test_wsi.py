@@ -249,6 +249,37 @@ def test_a_crash_mid_run_keeps_whole_tiles_and_the_rerun_finishes_the_rest(slide
     assert s["nuclei"] == len(truth)
 
 
+def test_windows_are_read_ahead_in_a_thread_and_a_read_error_keeps_the_finished_tiles(
+        slide: tuple[Path, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from pathasst.core.case_model import CorruptImageError
+
+    path, truth = slide
+    real = SlideNucleiRun._window
+    readers: list[str] = []
+
+    def window(self, reader, plan, t):  # the 9th window's pixels cannot be decoded
+        readers.append(threading.current_thread().name)
+        if len(readers) == 9:
+            raise CorruptImageError("synthetic.tif: cannot read region (bad tile)")
+        return real(self, reader, plan, t)
+
+    monkeypatch.setattr(SlideNucleiRun, "_window", window)
+    seg = ThresholdSegmenter()
+    with pytest.raises(CorruptImageError, match="bad tile"):
+        SlideNucleiRun(path, tmp_path, seg, tile=128, halo=24, batch=2, group=2).run()
+    assert readers and all(name.startswith("slide-read") for name in readers)  # never on the segmenting thread
+    assert seg.calls == 8  # groups of 4: the third group's read failed after the second was segmented
+    db = sqlite3.connect(tmp_path / "nuclei.sqlite")
+    assert db.execute("SELECT count(*) FROM tiles").fetchone()[0] == 8
+    db.close()
+    monkeypatch.setattr(SlideNucleiRun, "_window", real)
+    s = SlideNucleiRun(path, tmp_path, ThresholdSegmenter(), tile=128, halo=24).run()
+    assert s["tiles"]["resumed"] == 8 and s["nuclei"] == len(truth)
+    assert s["seconds"]["read"] > 0 and s["seconds"]["read_wait"] >= 0
+
+
 # ---- slide-level figures ---------------------------------------------------------------------------------------------
 def test_density_grid_and_hot_spot_follow_the_nuclei(slide: tuple[Path, np.ndarray]) -> None:
     path, truth = slide

@@ -20,6 +20,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ class SlideNucleiRun:
                 "segmenter": self.description}
 
     def run(self, progress: Progress | None = None) -> dict[str, Any]:
-        seconds = {"tissue_mask": 0.0, "read": 0.0, "network": 0.0, "post": 0.0, "write": 0.0, "export": 0.0}
+        seconds = {"tissue_mask": 0.0, "read": 0.0, "read_wait": 0.0, "network": 0.0, "post": 0.0, "write": 0.0,
+                   "export": 0.0}
         started = time.perf_counter()
         with SlideReader(self.slide, mpp=self.mpp) as reader, NucleiStore(self.out_dir / "nuclei.sqlite") as store:
             t0 = time.perf_counter()
@@ -75,23 +77,35 @@ class SlideNucleiRun:
                 progress(finished, total, store.count())
             segment = functools.partial(segment_windows, self.segmenter)
             step = self.batch * self.group
-            for g in range(0, len(todo), step):
-                group = todo[g : g + step]
-                t0 = time.perf_counter()
-                windows = [self._window(reader, plan, t) for t in group]
-                seconds["read"] += time.perf_counter() - t0
-                batches = [windows[i : i + self.batch] for i in range(0, len(windows), self.batch)]
-                by_index = {t.index: t for t in group}
-                for results in map_batches(segment, batches):
-                    for res in results:
-                        t = by_index[res.index]
-                        processed_mp += self._write(store, t, res, seconds, plan)
-                        finished += 1
-                        if progress:
-                            progress(finished, total, store.count())
+            groups = [todo[g : g + step] for g in range(0, len(todo), step)]
+            # the next group's windows are read in a thread while this group's are segmented (OpenSlide decodes
+            # outside the GIL); one group ahead at most, so memory stays bounded
+            with ThreadPoolExecutor(1, thread_name_prefix="slide-read") as pool:
+                ahead = pool.submit(self._read_group, reader, plan, groups[0]) if groups else None
+                for i, group in enumerate(groups):
+                    t0 = time.perf_counter()
+                    windows, read_s = ahead.result()
+                    seconds["read"] += read_s
+                    seconds["read_wait"] += time.perf_counter() - t0
+                    if i + 1 < len(groups):
+                        ahead = pool.submit(self._read_group, reader, plan, groups[i + 1])
+                    batches = [windows[k : k + self.batch] for k in range(0, len(windows), self.batch)]
+                    by_index = {t.index: t for t in group}
+                    for results in map_batches(segment, batches):
+                        for res in results:
+                            t = by_index[res.index]
+                            processed_mp += self._write(store, t, res, seconds, plan)
+                            finished += 1
+                            if progress:
+                                progress(finished, total, store.count())
             wall = time.perf_counter() - started
             summary = self._finish(reader, plan, store, seconds, resumed, processed_mp, wall)
         return summary
+
+    def _read_group(self, reader: SlideReader, plan: SlidePlan, group: list[SlideTile]) -> tuple[list[Window], float]:
+        """The windows of ``group`` and the seconds reading them took."""
+        t0 = time.perf_counter()
+        return [self._window(reader, plan, t) for t in group], time.perf_counter() - t0
 
     def _window(self, reader: SlideReader, plan: SlidePlan, t: SlideTile) -> Window:
         img = reader.read_region(t.region(), plan.downsample, max_pixels=(4 * (self.tile + 2 * self.halo)) ** 2)
