@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageData", "as_rgb_uint8", "by_rows", "looks_like_he", "tissue_mask"]
+__all__ = ["ImageData", "as_rgb_uint8", "by_rows", "fill_holes", "looks_like_he", "open_disk", "tissue_mask"]
 
 
 @dataclass
@@ -77,6 +77,33 @@ def as_rgb_uint8(arr: np.ndarray) -> np.ndarray:
             a = a / 257.0
         a = np.clip(a, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(a)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask)`` of a 2-D mask (same result: a hole is a 4-connected background
+    component that does not touch the border), by one labelling instead of scipy's iterated dilation: 5-10x faster
+    on a 576 px tile."""
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask, bool)
+    background, n = ndi.label(~mask)
+    outside = np.zeros(n + 1, bool)
+    outside[0] = True  # label 0 is the mask itself
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    return mask | ~outside[background]
+
+
+def open_disk(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``scipy.ndimage.binary_opening(mask, structure=skimage.morphology.disk(radius))`` (same result: outside the
+    image counts as background), in OpenCV."""
+    import cv2
+
+    r = np.arange(-radius, radius + 1)
+    disk = (r[:, None] ** 2 + r[None, :] ** 2 <= radius**2).astype(np.uint8)
+    m = np.ascontiguousarray(mask, np.uint8)
+    kw = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
+    return cv2.dilate(cv2.erode(m, disk, **kw), disk, **kw).astype(bool)
 
 
 def tissue_mask(rgb: np.ndarray, min_size: int = 64) -> np.ndarray:

@@ -14,9 +14,9 @@ import torch
 from tool_helpers import make_resolver
 
 from pathasst.core.errors import WeightsError
-from pathasst.core.imaging import ImageData
+from pathasst.core.imaging import ImageData, fill_holes, open_disk
 from pathasst.tools.backends.nuclei_net import ARCHITECTURE, NucleiNet, NucleiNetConfig, build_nuclei_net
-from pathasst.tools.backends.nuclei_post import fill_holes, hover_instances, instance_types, open_disk2
+from pathasst.tools.backends.nuclei_post import hover_instances, instance_types
 from pathasst.tools.base import call_tool
 
 TINY_WIDTHS = [4, 8, 16]
@@ -135,7 +135,8 @@ def test_the_fast_hole_filling_and_opening_give_scipys_masks_exactly() -> None:
         m = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3.0)) > rng.uniform(0.3, 0.7)
         filled = fill_holes(m)
         assert np.array_equal(filled, ndi.binary_fill_holes(m))
-        assert np.array_equal(open_disk2(m), ndi.binary_opening(m, structure=disk(2)))
+        for r in (1, 2):
+            assert np.array_equal(open_disk(m, r), ndi.binary_opening(m, structure=disk(r)))
         holes += int(filled.sum() - m.sum())
     assert holes > 100  # the masks had holes to fill
     ring = np.zeros((9, 9), bool)

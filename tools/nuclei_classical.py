@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pathasst.core.imaging import by_rows, looks_like_he
+from pathasst.core.imaging import by_rows, fill_holes, looks_like_he, open_disk
 from pathasst.tools.backends.runtime import resample
 
 __all__ = [
@@ -272,13 +272,11 @@ def _watershed(mask: np.ndarray, energy: np.ndarray, h: float, min_area: int, fl
 def _classifier_labels(
     rgb: np.ndarray, min_area: int, seed_h: float, weights: dict[str, np.ndarray] | None = None
 ) -> np.ndarray:
-    from scipy import ndimage as ndi
     from skimage.filters import gaussian
-    from skimage.morphology import disk
 
     probs, dist = nucleus_maps(rgb, weights)
     mask = gaussian(probs[..., 1] + probs[..., 2], 1.0) > 0.5
-    mask = ndi.binary_opening(ndi.binary_fill_holes(mask), disk(1))
+    mask = open_disk(fill_holes(mask), 1)
     return _watershed(mask, gaussian(dist, 2.0), seed_h, min_area, floor=0.3)
 
 
@@ -288,12 +286,11 @@ def deconvolution_nuclei(rgb: np.ndarray, min_area: int = DEFAULT_MIN_AREA_PX, s
     from scipy import ndimage as ndi
     from skimage.color import rgb2hed
     from skimage.filters import gaussian, threshold_otsu
-    from skimage.morphology import disk
 
     hema = gaussian(by_rows(lambda b: rgb2hed(np.clip(b, 1, 255).astype(np.uint8))[..., 0], np.asarray(rgb)[..., :3]), 1.5)
     if float(np.ptp(hema)) < 1e-3:
         return np.zeros(hema.shape, np.int64)
-    mask = ndi.binary_opening(ndi.binary_fill_holes(hema > max(float(threshold_otsu(hema)), 0.03)), disk(2))
+    mask = open_disk(fill_holes(hema > max(float(threshold_otsu(hema)), 0.03)), 2)
     mask = remove_small_labels(ndi.label(mask)[0], min_area) > 0
     dist = gaussian(ndi.distance_transform_edt(mask), 1.0)
     return _watershed(mask, dist, seed_h, min_area)

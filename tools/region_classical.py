@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pathasst.core.imaging import fill_holes
+
 __all__ = ["MIN_CONTRAST_OD", "optical_density", "segment_box", "segment_point"]
 
 
@@ -146,7 +148,7 @@ def segment_box(rgb: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.nda
     core[bh // 4 : bh - bh // 4, bw // 4 : bw - bw // 4] = True
     gain = [float((labels[core] == c).mean() - (labels[rim] == c).mean()) for c in (0, 1)]
     fg = labels == int(np.argmax(gain))
-    fg = ndi.binary_fill_holes(ndi.binary_opening(fg, structure=np.ones((3, 3), dtype=bool)))
+    fg = fill_holes(ndi.binary_opening(fg, structure=np.ones((3, 3), dtype=bool)))
     comps, n = ndi.label(fg)
     mask = np.zeros((h, w), dtype=bool)
     if n == 0:

@@ -23,10 +23,9 @@ from typing import Literal, cast
 import numpy as np
 from pydantic import Field
 
-from pathasst.core.imaging import ImageData, by_rows
-from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult
+from pathasst.core.imaging import ImageData, by_rows, fill_holes
+from pathasst.tools.base import PathologyTool, ToolInput, ToolOutput, ToolResult, sig
 from pathasst.tools.geojson import mask_to_features
-from pathasst.tools.base import sig
 from pathasst.tools.nuclei_classical import remove_small_labels
 from pathasst.tools.planning import PlanExample, PlanningHints
 
@@ -90,7 +89,7 @@ def tissue_mask(rgb: np.ndarray, mpp: float = _DEFAULT_MPP) -> np.ndarray:
     mask = (od > t_od) | ((sat > 0.05) & (od > 0.1))
     radius = max(1, int(round(1.0 / mpp)))
     mask = ndi.binary_closing(np.pad(mask, radius, mode="edge"), disk(radius))[radius:-radius, radius:-radius]
-    holes, _ = ndi.label(ndi.binary_fill_holes(mask) & ~mask)  # background not touching the image border
+    holes, _ = ndi.label(fill_holes(mask) & ~mask)  # background not touching the image border
     mask = mask | (remove_small_labels(holes, _px(2000, mpp)) == 0) & (holes > 0)
     return remove_small_objects(mask, max_size=_px(50, mpp) - 1)
 

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import ConfigDict, Field
 
 from pathasst.core.errors import ToolExecutionError
-from pathasst.core.imaging import ImageData
+from pathasst.core.imaging import ImageData, fill_holes
 from pathasst.core.weights import WeightsFormat
 from pathasst.tools.backends.render import caption, class_map_overlay, heatmap_overlay
 from pathasst.tools.backends.runtime import working_image
@@ -164,7 +164,7 @@ class TumorSegmentationTool(DeepTool):
             prob = resize(prob, image.shape, order=1, preserve_range=True, anti_aliasing=False)
         mpp = image.mpp if image.mpp is not None else net.config.mpp
         min_px = max(1, int(round(LESION_MIN_UM2 / (mpp * mpp))))
-        tissue = ndi.binary_fill_holes(tissue_mask(image.pixels, mpp))  # glass inside tissue (lumina) counts
+        tissue = fill_holes(tissue_mask(image.pixels, mpp))  # glass inside tissue (lumina) counts
         lesion = (prob > net.config.seg_threshold) & tissue
         lesion = remove_small_holes(remove_small_objects(lesion, max_size=min_px - 1), max_size=min_px)
         labels, n_regions = ndi.label(lesion)

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pathasst.core.imaging import fill_holes, open_disk
+
 __all__ = [
     "EDGE_MODES",
     "PostParams",
-    "fill_holes",
     "hover_instances",
     "instance_types",
     "instances_from_maps",
-    "open_disk2",
     "vote_instances",
 ]
 
@@ -64,34 +64,6 @@ def _drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
     return np.where(small[labels], 0, labels)
 
 
-#: skimage.morphology.disk(2): the structuring element of the markers' opening
-_DISK2 = np.array([[0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0]], np.uint8)
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_fill_holes(mask)`` (same result: a hole is a 4-connected background component that does
-    not touch the border), by one labelling instead of scipy's iterated dilation: 5-10x faster on a 576 px tile."""
-    from scipy import ndimage as ndi
-
-    mask = np.asarray(mask, bool)
-    background, n = ndi.label(~mask)
-    outside = np.zeros(n + 1, bool)
-    outside[0] = True  # label 0 is the mask itself
-    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
-        outside[edge] = True
-    return mask | ~outside[background]
-
-
-def open_disk2(mask: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_opening(mask, structure=disk(2))`` (same result: outside the image counts as
-    background), in OpenCV."""
-    import cv2
-
-    m = np.ascontiguousarray(mask, np.uint8)
-    kw = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
-    return cv2.dilate(cv2.erode(m, _DISK2, **kw), _DISK2, **kw).astype(bool)
-
-
 def hover_instances(fg_prob: np.ndarray, hv: np.ndarray, post: PostParams | None = None) -> np.ndarray:
     """Instance labels (int32, 0 = background) from P(nucleus) ``(H, W)`` and HV maps ``(2, H, W)``."""
     from scipy import ndimage as ndi
@@ -117,7 +89,7 @@ def hover_instances(fg_prob: np.ndarray, hv: np.ndarray, post: PostParams | None
     edge = np.maximum(grads[0], grads[1])
     edge = np.where(mask, edge, 0.0)
     markers = mask & (edge < p.grad_threshold)
-    markers = open_disk2(fill_holes(markers))
+    markers = open_disk(fill_holes(markers), 2)
     mlab, _ = ndi.label(markers)
     mlab = _drop_small(mlab, p.min_marker_px)
     if p.edge_mode == "absolute":

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pathasst.core.errors import WeightsError
+from pathasst.core.imaging import fill_holes
 from pathasst.core.settings import Settings
 from pathasst.core.weights import WeightsFormat, load_torch_file, read_checkpoint
 from pathasst.tools.backends.runtime import configure_threads, load_state, torch_device
@@ -52,7 +53,7 @@ def _largest_filled(mask: np.ndarray) -> np.ndarray:
         sizes = np.bincount(comps.ravel())
         sizes[0] = 0
         mask = comps == int(np.argmax(sizes))
-    return ndi.binary_fill_holes(mask)
+    return fill_holes(mask)
 
 
 def is_sam_checkpoint(path: Path) -> bool:
@@ -133,7 +134,7 @@ class SamSegmenter:
         comps, _ = ndi.label(local)
         px, py = int(np.clip(round(x - x0), 0, x1 - x0 - 1)), int(np.clip(round(y - y0), 0, y1 - y0 - 1))
         keep = comps == comps[py, px] if comps[py, px] else np.zeros_like(local)
-        return self._place(rgb.shape[:2], ndi.binary_fill_holes(keep), score, win)
+        return self._place(rgb.shape[:2], fill_holes(keep), score, win)
 
     def segment_box(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> SamResult:
         """The object inside array box ``(x0, y0, x1, y1)``."""
