@@ -28,7 +28,6 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -37,7 +36,9 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, rss_mib  # noqa: E402
+
 SECTIONS = ("tissue224", "tissue2048", "mitosis1024", "slide", "ihc512", "ihc2048")
 TARGETS = {"tissue224": {"classify+segment": 0.2}, "mitosis1024": {"mitosis_detection": 15.0},
            "ihc512": {"ihc_quantification": 2.0}, "ihc2048": {"ihc_quantification": 20.0},
@@ -158,7 +159,7 @@ def _run_section(section: str, repeats: int, threads: int | None) -> dict[str, A
         t = tool_time("ihc_quantification", rgb, 0.25, "k.png")
         n = tool_time("nuclei_segmentation", rgb, 0.25, "k.png")
         res["tools"]["ihc_quantification"].update(net_s=n, ratio=t / n, net="nuclei_segmentation")
-    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mib"] = rss_mib()
     res["torch_threads"] = torch.get_num_threads()
     return res
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import he_region  # noqa: E402
+from common import he_region, rss_mib  # noqa: E402
 
 TOOLS = (
     "nuclei_segmentation",
@@ -42,10 +41,6 @@ TOOLS = (
     "nuclei_segmentation_yolo",
 )
 GIGAPIXEL = 1e9
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---- weights in their real formats -------------------------------------------------------------------------------
@@ -174,7 +169,7 @@ def _measure_tool(key: str, size: int, threads: int, folder: Path) -> dict[str, 
         "weights_build_s": round(make_s, 2),
         "load_s": round(load_s, 2),
         "call_s": round(best, 3),
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "peak_rss_mib": round(rss_mib(), 1),
         "torch_threads": threads,
         "status": result.output.status,
     }
